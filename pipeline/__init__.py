@@ -1,0 +1,3 @@
+"""leadflow: event-streaming lead scoring and routing on Kafka."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,20 @@
+"""Entry point of the `leadflow` console script: one sub-command group per job."""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline.cli import kafka, rules
+
+app = typer.Typer(
+    name="leadflow",
+    help="Event-streaming lead scoring and routing on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+kafka.register(app)
+rules.register(app)
+
+
+if __name__ == "__main__":
+    app()

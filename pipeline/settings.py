@@ -1,0 +1,69 @@
+"""All runtime settings in one class, read from the environment (prefix LEADFLOW_) once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    """Topic names; every name is a setting (LEADFLOW_TOPIC_<NAME>)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADFLOW_TOPIC_", frozen=True)
+
+    web: str = "events.web"
+    email: str = "events.email"
+    product: str = "events.product"
+    crm: str = "events.crm"
+    stage_changes: str = "leads.stage-changes"
+    routing_prefix: str = "routing."
+    nurture: str = "routing.nurture"
+    recycle: str = "routing.recycle"
+    escalations: str = "routing.escalations"
+    deadletter: str = "events.deadletter"
+
+    def inputs(self) -> dict[str, str]:
+        """Input topic name -> source name (web, email, product, crm)."""
+        return {self.web: "web", self.email: "email", self.product: "product", self.crm: "crm"}
+
+    def routing(self, team: str) -> str:
+        """The routing topic of one team."""
+        return f"{self.routing_prefix}{team}"
+
+
+class Settings(BaseSettings):
+    """leadflow settings. Environment variables are LEADFLOW_<FIELD> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
+
+    # None means: use (and if needed start) the local development broker.
+    bootstrap_servers: str | None = None
+    app_id: str = "leadflow"
+    home: Path = Field(
+        default=Path(".leadflow"),
+        description="Folder for the local broker's jars and data and the worker's state.",
+    )
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    standby_replicas: int = Field(default=1, ge=0)
+    rules_file: Path | None = Field(
+        default=None, description="Rules YAML; None uses the shipped default rules."
+    )
+    store: str = "rocksdb://"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    kafka_version: str = "3.9.1"
+    kafka_heap_mb: int = Field(default=512, ge=128)
+    topics: Topics = Field(default_factory=Topics)
+
+    @property
+    def kafka_dir(self) -> Path:
+        """Where the local broker keeps its jars, config, data and pid file."""
+        return self.home / "kafka"
