@@ -12,6 +12,11 @@ EventType = Literal["track", "page", "identify", "alias", "group"]
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _empty() -> Mapping[str, Any]:
+    # A shared read-only mapping: dataclasses refuse it as a plain default (unhashable).
+    return EMPTY
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One inbound call, already validated, keyed by the lead it belongs to.
@@ -26,9 +31,9 @@ class Event:
     timestamp_ms: int
     name: str = ""  # track: the event name; page: the page name (may be "")
     source: str = ""  # web | email | product | crm (the input topic's source)
-    properties: Mapping[str, Any] = field(default=EMPTY)
-    traits: Mapping[str, Any] = field(default=EMPTY)
+    properties: Mapping[str, Any] = field(default_factory=_empty)
+    traits: Mapping[str, Any] = field(default_factory=_empty)
     url: str = ""  # page URL (properties.url or context.page.url)
-    utm: Mapping[str, str] = field(default=EMPTY)  # context.campaign: source, medium, name, ...
+    utm: Mapping[str, str] = field(default_factory=_empty)  # context.campaign: source, medium, name, ...
     anonymous_id: str | None = None
     user_id: str | None = None

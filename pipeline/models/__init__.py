@@ -1,0 +1,1 @@
+"""Wire formats: inbound Segment messages and the outbound messages leadflow emits."""

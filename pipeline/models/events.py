@@ -1,0 +1,219 @@
+"""Inbound messages: the Segment Spec calls (track, page, identify, alias, group).
+
+`parse_message` is the one door from raw Kafka bytes to a core `Event`: it decodes once
+with orjson, validates with pydantic and raises `InvalidEvent` with a short reason code
+(used as the dead-letter reason and as a metric label) and a detail naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from pipeline.core.event import EMPTY, Event
+from pipeline.errors import InvalidEvent
+
+# Reason codes a message can be dead-lettered for; stable, used as metric label values.
+REASONS = (
+    "oversize",
+    "bad_encoding",
+    "bad_json",
+    "not_an_object",
+    "invalid",
+    "missing_id",
+    "future_timestamp",
+    "no_timestamp",
+)
+
+_Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Base(BaseModel):
+    # Segment libraries add fields we do not use (integrations, _metadata, writeKey...).
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    message_id: _Id = Field(alias="messageId")
+    anonymous_id: _Id | None = Field(default=None, alias="anonymousId")
+    user_id: _Id | None = Field(default=None, alias="userId")
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
+    received_at: datetime | None = Field(default=None, alias="receivedAt")
+    context: dict[str, Any] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> _Base:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("either userId or anonymousId is required")
+        return self
+
+    def event_time(self) -> datetime | None:
+        """The Segment event time: timestamp, else originalTimestamp, sentAt, receivedAt."""
+        return self.timestamp or self.original_timestamp or self.sent_at or self.received_at
+
+
+class Track(_Base):
+    """A user action, e.g. "Demo Requested"; CRM moves are track events too."""
+
+    type: Literal["track"]
+    event: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Page(_Base):
+    """A page view."""
+
+    type: Literal["page"]
+    name: str | None = Field(default=None, max_length=500)
+    category: str | None = Field(default=None, max_length=500)
+
+
+class Identify(_Base):
+    """Ties a user to their traits (e-mail, title, company...)."""
+
+    type: Literal["identify"]
+
+
+class Alias(_Base):
+    """Merges two identities: previousId becomes userId."""
+
+    type: Literal["alias"]
+    previous_id: _Id = Field(alias="previousId")
+
+
+class Group(_Base):
+    """Associates a user with a group (account/company)."""
+
+    type: Literal["group"]
+    group_id: _Id = Field(alias="groupId")
+
+
+SegmentMessage = Annotated[Track | Page | Identify | Alias | Group, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[Track | Page | Identify | Alias | Group] = TypeAdapter(SegmentMessage)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "message"
+    return f"{loc}: {err['msg']} ({len(exc.errors())} error(s))"
+
+
+def decode(raw: bytes, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
+    """Decode raw bytes to a JSON object, or raise InvalidEvent saying why not."""
+    if len(raw) > max_bytes:
+        raise InvalidEvent("oversize", f"message is {len(raw)} bytes, the limit is {max_bytes}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" in str(exc).lower() or "surrogate" in str(exc).lower():
+            raise InvalidEvent("bad_encoding", f"not valid UTF-8 JSON: {exc}") from None
+        raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate(data: dict[str, Any]) -> Track | Page | Identify | Alias | Group:
+    """Validate a decoded message against the Segment Spec models."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        missing_id = any(
+            e["type"] == "missing" and e["loc"][-1] in ("messageId", "userId", "anonymousId")
+            for e in exc.errors()
+        ) or "userId or anonymousId" in str(exc)
+        raise InvalidEvent("missing_id" if missing_id else "invalid", _first_error(exc)) from None
+
+
+def _ms(dt: datetime) -> int:
+    if dt.tzinfo is None:  # Segment timestamps are ISO-8601; a naive one is taken as UTC
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def lead_key(user_id: str | None, anonymous_id: str | None) -> str:
+    """The state key of a message before identity stitching: userId, else anon:<anonymousId>."""
+    if user_id:
+        return user_id
+    return f"anon:{anonymous_id}"
+
+
+def to_event(
+    msg: Track | Page | Identify | Alias | Group,
+    *,
+    source: str = "",
+    now_ms: int | None = None,
+    max_future_skew_ms: int = 300_000,
+) -> Event:
+    """Turn a validated Segment message into the core's Event.
+
+    `now_ms` is the time the message reached Kafka (its record timestamp): it stands in
+    when the message carries no time at all, and bounds clock skew into the future.
+    """
+    when = msg.event_time()
+    if when is None:
+        if now_ms is None:
+            raise InvalidEvent("no_timestamp", "timestamp: no timestamp, sentAt or receivedAt")
+        ts = now_ms
+    else:
+        ts = _ms(when)
+    if now_ms is not None and ts > now_ms + max_future_skew_ms:
+        raise InvalidEvent(
+            "future_timestamp",
+            f"timestamp: {when.isoformat() if when else ts} is more than "
+            f"{max_future_skew_ms // 1000}s ahead of the broker time",
+        )
+    ctx = msg.context
+    page = ctx.get("page") if isinstance(ctx.get("page"), dict) else None
+    url = msg.properties.get("url") or (page.get("url") if page else None) or ""
+    campaign = ctx.get("campaign")
+    utm: Any = EMPTY
+    if isinstance(campaign, dict) and campaign:
+        utm = MappingProxyType({str(k): str(v) for k, v in campaign.items()})
+    traits = msg.traits or (ctx.get("traits") if isinstance(ctx.get("traits"), dict) else None)
+    if isinstance(msg, Track):
+        name = msg.event
+    elif isinstance(msg, Page):
+        name = msg.name or ""
+    elif isinstance(msg, Alias):
+        name = msg.previous_id
+    elif isinstance(msg, Group):
+        name = msg.group_id
+    else:
+        name = ""
+    return Event(
+        message_id=msg.message_id,
+        lead_id=lead_key(msg.user_id, msg.anonymous_id),
+        type=msg.type,
+        timestamp_ms=ts,
+        name=name,
+        source=source,
+        properties=msg.properties or EMPTY,
+        traits=traits or EMPTY,
+        url=str(url),
+        utm=utm,
+        anonymous_id=msg.anonymous_id,
+        user_id=msg.user_id,
+    )
+
+
+def parse_message(
+    raw: bytes,
+    *,
+    source: str = "",
+    now_ms: int | None = None,
+    max_bytes: int = 64 * 1024,
+    max_future_skew_ms: int = 300_000,
+) -> Event:
+    """Raw bytes -> core Event, or InvalidEvent with a reason code and a detail."""
+    return to_event(
+        validate(decode(raw, max_bytes=max_bytes)),
+        source=source,
+        now_ms=now_ms,
+        max_future_skew_ms=max_future_skew_ms,
+    )
