@@ -1,0 +1,76 @@
+"""Compact JSON for core Events on leadflow's internal topics (validated once at ingest)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from pipeline.core.event import EMPTY, Event
+
+
+def _default(obj: object) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def event_to_dict(e: Event) -> dict[str, Any]:
+    """Short keys: this form is written once per event per internal hop."""
+    d: dict[str, Any] = {"m": e.message_id, "l": e.lead_id, "t": e.type, "ts": e.timestamp_ms}
+    if e.name:
+        d["n"] = e.name
+    if e.source:
+        d["s"] = e.source
+    if e.properties:
+        d["p"] = e.properties
+    if e.traits:
+        d["tr"] = e.traits
+    if e.url:
+        d["u"] = e.url
+    if e.utm:
+        d["utm"] = e.utm
+    if e.anonymous_id:
+        d["a"] = e.anonymous_id
+    if e.user_id:
+        d["uid"] = e.user_id
+    return d
+
+
+def _frozen(v: Any) -> Any:
+    return MappingProxyType(v) if v else EMPTY
+
+
+def event_from_dict(d: Mapping[str, Any]) -> Event:
+    """Inverse of event_to_dict."""
+    return Event(
+        message_id=d["m"],
+        lead_id=d["l"],
+        type=d["t"],
+        timestamp_ms=d["ts"],
+        name=d.get("n", ""),
+        source=d.get("s", ""),
+        properties=_frozen(d.get("p")),
+        traits=_frozen(d.get("tr")),
+        url=d.get("u", ""),
+        utm=_frozen(d.get("utm")),
+        anonymous_id=d.get("a"),
+        user_id=d.get("uid"),
+    )
+
+
+def dumps(obj: Any) -> bytes:
+    """orjson with read-only mappings allowed."""
+    return orjson.dumps(obj, default=_default)
+
+
+def encode_event(e: Event) -> bytes:
+    """Event -> bytes for an internal topic."""
+    return dumps(event_to_dict(e))
+
+
+def decode_event(raw: bytes) -> Event:
+    """bytes from an internal topic -> Event."""
+    return event_from_dict(orjson.loads(raw))
