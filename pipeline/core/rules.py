@@ -1,0 +1,659 @@
+"""The rules file revenue operations own: models, loading with line numbers, compilation.
+
+One YAML file holds every scoring rule (`engagement`, `fit`, `product`, `negative`), the
+score `groups` and how they combine, the `thresholds`, `decay` and the alert `cooldown`.
+`load_rules(path)` is the only place in the core that reads a file; every problem with a
+rules file becomes a `RulesError` whose message names the file, the line and the path
+inside the file, e.g. ``rules.yaml:42 engagement[3].points: Input should be a valid integer``.
+
+`compile_rules` turns the validated model into `CompiledRules`: event rules indexed by
+(event type, name) so that matching one event is a dict lookup plus a few checks, with
+URL globs and regexes compiled once. The engine never builds pydantic objects per event.
+
+A `routing:` section is reserved for team/rep assignment (owned by the routing module);
+it is accepted as a raw mapping here until that model is plugged in.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from pipeline.core.event import Event
+from pipeline.errors import RulesError
+
+# -- durations ---------------------------------------------------------------------------
+
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+             "w": 7 * 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
+
+
+def parse_duration(value: Any) -> int:
+    """A duration such as ``30m``, ``12h``, ``7d`` or ``2w`` in milliseconds (> 0)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError("a duration is written with a unit, e.g. 30m, 12h, 7d, 2w")
+    m = _DURATION.match(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30m, 12h, 7d, 2w)")
+    ms = int(m.group(1)) * _UNITS_MS[m.group(2)]
+    if ms <= 0:
+        raise ValueError("a duration must be positive")
+    return ms
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+Scalar = str | int | float | bool
+EventTypeName = Literal["track", "page", "identify", "group", "alias"]
+GroupName = Literal["fit", "engagement", "product"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- rule models -------------------------------------------------------------------------
+
+
+class Cap(_Model):
+    """At most `points` from one rule per `window` (tumbling windows aligned to the epoch)."""
+
+    points: int = Field(gt=0)
+    window: Duration
+
+
+class Trigger(_Model):
+    """An instant trigger: move the lead to `stage` and/or mark it hot, whatever its score."""
+
+    stage: Literal["mql", "sql", "pql"] | None = None
+    hot: bool = False
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Trigger:
+        if self.stage is None and not self.hot:
+            raise ValueError("a trigger needs a stage, hot: true, or both")
+        return self
+
+
+class EventMatch(_Model):
+    """Which events a rule matches; every condition given must hold."""
+
+    type: EventTypeName = "track"
+    name: str | list[str] | None = Field(
+        default=None, description="Track event name(s) or page name(s); none: any name."
+    )
+    source: str | None = None
+    properties: dict[str, Scalar] | None = Field(default=None, description="Equality.")
+    properties_contains: dict[str, str] | None = Field(
+        default=None, description="Case-insensitive substring of the property's value."
+    )
+    url: str | None = Field(default=None, description="Glob on the page URL, e.g. */pricing*")
+    url_regex: str | None = None
+    utm: dict[str, str] | None = Field(
+        default=None, description="context.campaign fields, case-insensitive equality."
+    )
+
+    @model_validator(mode="after")
+    def _regex_compiles(self) -> EventMatch:
+        if self.url_regex is not None:
+            try:
+                re.compile(self.url_regex)
+            except re.error as exc:
+                raise ValueError(f"url_regex does not compile: {exc}") from None
+        if isinstance(self.name, list) and not self.name:
+            raise ValueError("name: an empty list matches nothing; leave it out for any name")
+        return self
+
+
+class Range(_Model):
+    """An inclusive numeric range; either end may be left open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
+        return self
+
+
+class TraitCondition(_Model):
+    """One condition on the lead's latest traits (identify and group calls); exactly one test.
+
+    `trait` may be a dotted path (``company.employee_count``). The domain tests read the
+    domain of the e-mail address in `trait` (default ``email``).
+    """
+
+    trait: str = "email"
+    contains_any: list[str] | None = Field(default=None, description="Case-insensitive words.")
+    any_of: list[str] | None = Field(default=None, description="Case-insensitive equality.")
+    range: Range | None = None
+    free_email: bool | None = Field(
+        default=None, description="true: a free mail domain; false: a business domain."
+    )
+    domain_in: list[str] | None = None
+    domain_endswith: list[str] | None = Field(default=None, description="e.g. ['.edu']")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TraitCondition:
+        given = [k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
+                             "domain_endswith") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of contains_any, any_of, range, free_email, "
+                             f"domain_in, domain_endswith (got {', '.join(given) or 'none'})")
+        return self
+
+
+class EngagementRule(_Model):
+    """Points for an event (page view, e-mail open, download...), optionally capped."""
+
+    id: RuleId
+    description: str = ""
+    match: EventMatch
+    points: int
+    cap: Cap | None = None
+    trigger: Trigger | None = None
+
+
+class FitRule(_Model):
+    """Points for who the lead is; the fit score is recomputed from the latest traits."""
+
+    id: RuleId
+    description: str = ""
+    when: TraitCondition
+    points: int
+
+
+class Count(_Model):
+    """Award once `at_least` matching events fall within `within` of each other."""
+
+    at_least: int = Field(ge=1)
+    within: Duration
+
+
+class ProductRule(_Model):
+    """Product usage (PQL signals): per event points, or once when a count is reached."""
+
+    id: RuleId
+    description: str = ""
+    match: EventMatch
+    points: int
+    count: Count | None = None
+    cap: Cap | None = None
+    trigger: Trigger | None = None
+
+    @model_validator(mode="after")
+    def _count_or_cap(self) -> ProductRule:
+        if self.count is not None and self.cap is not None:
+            raise ValueError("a counted rule scores once per lead; a cap makes no sense here")
+        return self
+
+
+class NegativeRule(_Model):
+    """Negative points: on an event (`match`, engagement group) or a trait (`when`, fit)."""
+
+    id: RuleId
+    description: str = ""
+    points: int = Field(lt=0)
+    match: EventMatch | None = None
+    when: TraitCondition | None = None
+    cap: Cap | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NegativeRule:
+        if (self.match is None) == (self.when is None):
+            raise ValueError("a negative rule has exactly one of match (an event) or when "
+                             "(a trait)")
+        if self.cap is not None and self.when is not None:
+            raise ValueError("cap only applies to event rules (match)")
+        return self
+
+
+class PerPeriod(_Model):
+    """Linear decay: lose `points` per full `period` of inactivity."""
+
+    points: float = Field(gt=0)
+    period: Duration
+
+
+class Decay(_Model):
+    """Decay on inactivity, from event time only; it never raises a score, fit never decays."""
+
+    idle_after: Duration = parse_duration("14d")
+    half_life: Duration | None = None
+    points_per_period: PerPeriod | None = None
+    groups: list[Literal["engagement", "product"]] = ["engagement", "product"]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Decay:
+        if (self.half_life is None) == (self.points_per_period is None):
+            raise ValueError("decay needs exactly one of half_life or points_per_period")
+        return self
+
+
+class Group(_Model):
+    """How one group counts in the total: weight and an optional cap on its contribution."""
+
+    weight: float = Field(default=1.0, ge=0)
+    max: float | None = Field(default=None, gt=0)
+
+
+class Groups(_Model):
+    """The three score groups."""
+
+    fit: Group = Group()
+    engagement: Group = Group()
+    product: Group = Group()
+
+
+class Thresholds(_Model):
+    """Score lines tied to sales capacity: total for mql/hot/recycle, product group for pql."""
+
+    mql: float
+    hot: float
+    recycle: float
+    pql: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.recycle < self.mql <= self.hot:
+            raise ValueError("thresholds must satisfy recycle < mql <= hot")
+        return self
+
+
+class Alerts(_Model):
+    """Alert behaviour: no repeat for a lead within `cooldown` unless a new trigger rule."""
+
+    cooldown: Duration = parse_duration("24h")
+
+
+class RulesFile(_Model):
+    """The whole rules file (top level). New sections are added here as optional fields."""
+
+    version: Literal[1] = 1
+    description: str = ""
+    groups: Groups = Groups()
+    thresholds: Thresholds
+    alerts: Alerts = Alerts()
+    decay: Decay | None = None
+    free_email_domains: list[str] = []
+    engagement: list[EngagementRule] = []
+    fit: list[FitRule] = []
+    product: list[ProductRule] = []
+    negative: list[NegativeRule] = []
+    # Reserved for teams/reps/SLAs (pipeline.core.routing); validated by its own model.
+    routing: dict[str, Any] | None = None
+
+
+# -- compiled form -----------------------------------------------------------------------
+
+FIT, ENGAGEMENT, PRODUCT = 0, 1, 2
+GROUP_NAMES: tuple[str, str, str] = ("fit", "engagement", "product")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledEventRule:
+    """An event rule ready for the hot path; `check` is None when the key match suffices."""
+
+    id: str
+    group: int  # ENGAGEMENT or PRODUCT
+    points: int
+    check: Callable[[Event], bool] | None
+    cap_points: int = 0  # 0: no cap
+    cap_window_ms: int = 0
+    count_at_least: int = 0  # 0: not a counted rule
+    count_within_ms: int = 0
+    trigger_stage: str | None = None
+    trigger_hot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTraitRule:
+    """A fit or negative trait rule: a predicate on the merged traits."""
+
+    id: str
+    points: int
+    test: Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledDecay:
+    """Decay parameters in milliseconds; exactly one of half_life_ms / period_ms is set."""
+
+    idle_after_ms: int
+    half_life_ms: int = 0
+    period_ms: int = 0
+    period_points: float = 0.0
+    engagement: bool = True
+    product: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """Everything the engine needs, indexed for one dict lookup per event."""
+
+    model: RulesFile
+    by_key: Mapping[tuple[str, str], tuple[CompiledEventRule, ...]]
+    by_type: Mapping[str, tuple[CompiledEventRule, ...]]  # rules matching any name
+    traits: tuple[CompiledTraitRule, ...]
+    weights: tuple[float, float, float]
+    maxes: tuple[float, float, float]
+    mql: float
+    hot: float
+    recycle: float
+    pql: float
+    cooldown_ms: int
+    decay: CompiledDecay | None
+    rule_ids: frozenset[str] = field(default_factory=frozenset)
+
+    def lookup(self, type_: str, name: str) -> tuple[CompiledEventRule, ...]:
+        """The candidate rules for an event: exact (type, name) rules plus any-name rules."""
+        hit = self.by_key.get((type_, name))
+        if hit is not None:
+            return hit  # already includes the any-name rules of this type
+        return self.by_type.get(type_, ())
+
+    def total(self, fit: float, engagement: float, product: float) -> float:
+        """The combined score: weighted groups, each capped at its max."""
+        w, m = self.weights, self.maxes
+        return (w[0] * min(fit, m[0]) + w[1] * min(engagement, m[1])
+                + w[2] * min(product, m[2]))
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per section and the thresholds, for `leadflow rules check`."""
+        md = self.model
+        return {
+            "engagement": len(md.engagement),
+            "fit": len(md.fit),
+            "product": len(md.product),
+            "negative": len(md.negative),
+            "thresholds": md.thresholds.model_dump(),
+            "cooldown_ms": self.cooldown_ms,
+            "decay": None if md.decay is None else (
+                "half_life" if md.decay.half_life is not None else "points_per_period"),
+            "triggers": sorted(r.id for r in [*md.engagement, *md.product]
+                               if r.trigger is not None),
+        }
+
+
+def _lower(v: Any) -> str:
+    return v.lower() if isinstance(v, str) else str(v).lower()
+
+
+def _compile_glob(pattern: str) -> Callable[[Event], bool]:
+    """A case-insensitive URL glob; ``*literal*`` (the common case) is a substring test."""
+    core = pattern.strip("*")
+    if pattern.startswith("*") and pattern.endswith("*") and core and not any(
+            c in core for c in "*?[]"):
+        low = core.lower()
+        # URLs are mostly lower case already: try the cheap test before lower-casing
+        return lambda e: low in e.url or low in e.url.lower()
+    glob = re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+    return lambda e: glob.match(e.url) is not None
+
+
+def _compile_match(m: EventMatch) -> Callable[[Event], bool] | None:
+    """One predicate for the conditions beyond (type, name); None if there are none."""
+    checks: list[Callable[[Event], bool]] = []
+    if m.source is not None:
+        src = m.source
+        checks.append(lambda e: e.source == src)
+    if m.properties:
+        props = tuple(m.properties.items())
+        checks.append(lambda e: all(k in e.properties and e.properties[k] == v
+                                    for k, v in props))
+    if m.properties_contains:
+        pc = tuple((k, v.lower()) for k, v in m.properties_contains.items())
+        checks.append(lambda e: all(k in e.properties and v in _lower(e.properties[k])
+                                    for k, v in pc))
+    if m.url is not None:
+        checks.append(_compile_glob(m.url))
+    if m.url_regex is not None:
+        rx = re.compile(m.url_regex, re.IGNORECASE)
+        checks.append(lambda e: rx.search(e.url) is not None)
+    if m.utm:
+        utm = tuple((k, v.lower()) for k, v in m.utm.items())
+        checks.append(lambda e: all(_lower(e.utm.get(k, "")) == v for k, v in utm))
+    if not checks:
+        return None
+    if len(checks) == 1:
+        return checks[0]
+    tup = tuple(checks)
+    return lambda e: all(c(e) for c in tup)
+
+
+def trait_value(traits: Mapping[str, Any], path: str) -> Any:
+    """A trait by dotted path (``company.employees``), or None."""
+    cur: Any = traits
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def email_domain(value: Any) -> str | None:
+    """The lower-case domain of an e-mail address (or of a bare domain), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    dom = value.rsplit("@", 1)[-1].strip().lower()
+    return dom or None
+
+
+def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:
+    path = c.trait
+    if c.contains_any is not None:
+        # word-ish match: "vp" must not match "mvp"; a keyword may hold spaces ("head of")
+        rx = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in c.contains_any) + r")\b",
+                        re.IGNORECASE)
+        return lambda t: (v := trait_value(t, path)) is not None and rx.search(str(v)) is not None
+    if c.any_of is not None:
+        vals = frozenset(x.lower() for x in c.any_of)
+        return lambda t: (v := trait_value(t, path)) is not None and _lower(v) in vals
+    if c.range is not None:
+        lo = -math.inf if c.range.min is None else c.range.min
+        hi = math.inf if c.range.max is None else c.range.max
+
+        def in_range(t: Mapping[str, Any]) -> bool:
+            v = trait_value(t, path)
+            if isinstance(v, bool) or v is None:
+                return False
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                return False
+            return lo <= x <= hi
+
+        return in_range
+    if c.free_email is not None:
+        want = c.free_email
+        return lambda t: (d := email_domain(trait_value(t, path))) is not None and (
+            (d in free) == want)
+    if c.domain_in is not None:
+        doms = frozenset(x.lower() for x in c.domain_in)
+        return lambda t: email_domain(trait_value(t, path)) in doms
+    suffixes = tuple(x.lower() for x in c.domain_endswith or ())
+    return lambda t: (d := email_domain(trait_value(t, path))) is not None and d.endswith(
+        suffixes)
+
+
+def _event_rule(rid: str, group: int, m: EventMatch, points: int, cap: Cap | None,
+                count: Count | None, trigger: Trigger | None) -> CompiledEventRule:
+    return CompiledEventRule(
+        id=rid, group=group, points=points, check=_compile_match(m),
+        cap_points=cap.points if cap else 0, cap_window_ms=cap.window if cap else 0,
+        count_at_least=count.at_least if count else 0,
+        count_within_ms=count.within if count else 0,
+        trigger_stage=trigger.stage if trigger else None,
+        trigger_hot=trigger.hot if trigger else False,
+    )
+
+
+def compile_rules(model: RulesFile) -> CompiledRules:
+    """Index and precompile a validated rules model."""
+    free = frozenset(d.lower() for d in model.free_email_domains)
+    items: list[tuple[EventMatch, CompiledEventRule]] = []
+    for er in model.engagement:
+        items.append((er.match, _event_rule(er.id, ENGAGEMENT, er.match, er.points, er.cap,
+                                            None, er.trigger)))
+    for pr in model.product:
+        items.append((pr.match, _event_rule(pr.id, PRODUCT, pr.match, pr.points, pr.cap,
+                                            pr.count, pr.trigger)))
+    traits: list[CompiledTraitRule] = [
+        CompiledTraitRule(f.id, f.points, _compile_trait(f.when, free)) for f in model.fit]
+    for nr in model.negative:
+        if nr.match is not None:
+            items.append((nr.match, _event_rule(nr.id, ENGAGEMENT, nr.match, nr.points, nr.cap,
+                                                None, None)))
+        elif nr.when is not None:
+            traits.append(CompiledTraitRule(nr.id, nr.points, _compile_trait(nr.when, free)))
+    # Rules keep file order within a key so that the first trigger in the file wins.
+    by_key: dict[tuple[str, str], list[tuple[int, CompiledEventRule]]] = {}
+    by_type: dict[str, list[tuple[int, CompiledEventRule]]] = {}
+    for i, (m, r) in enumerate(items):
+        if m.name is None:
+            by_type.setdefault(m.type, []).append((i, r))
+        else:
+            for n in [m.name] if isinstance(m.name, str) else m.name:
+                by_key.setdefault((m.type, n), []).append((i, r))
+    merged = {k: tuple(r for _, r in sorted([*v, *by_type.get(k[0], [])], key=lambda x: x[0]))
+              for k, v in by_key.items()}
+    g = model.groups
+    d = model.decay
+    cdecay = None if d is None else CompiledDecay(
+        idle_after_ms=d.idle_after,
+        half_life_ms=d.half_life or 0,
+        period_ms=d.points_per_period.period if d.points_per_period else 0,
+        period_points=d.points_per_period.points if d.points_per_period else 0.0,
+        engagement="engagement" in d.groups,
+        product="product" in d.groups,
+    )
+    inf = math.inf
+    return CompiledRules(
+        model=model,
+        by_key=merged,
+        by_type={k: tuple(r for _, r in v) for k, v in by_type.items()},
+        traits=tuple(traits),
+        weights=(g.fit.weight, g.engagement.weight, g.product.weight),
+        maxes=(g.fit.max or inf, g.engagement.max or inf, g.product.max or inf),
+        mql=model.thresholds.mql, hot=model.thresholds.hot,
+        recycle=model.thresholds.recycle, pql=model.thresholds.pql,
+        cooldown_ms=model.alerts.cooldown,
+        decay=cdecay,
+        rule_ids=frozenset(r.id for _, r in items) | frozenset(t.id for t in traits),
+    )
+
+
+# -- loading with line numbers -----------------------------------------------------------
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> tuple[int | None, list[int | str]]:
+    """The 1-based line of the deepest node of `loc` present in the YAML, and its path.
+
+    Pydantic adds locations that are not in the file (union member names, validator
+    tags); those are skipped. A missing key is kept in the path, with its parent's line.
+    """
+    line: int | None = None
+    path: list[int | str] = []
+    cur: Any = doc
+    for i, part in enumerate(loc):
+        if isinstance(cur, CommentedMap) and part in cur:
+            line = cur.lc.key(part)[0] + 1
+            path.append(part)
+            cur = cur[part]
+        elif isinstance(cur, CommentedSeq) and isinstance(part, int) and 0 <= part < len(cur):
+            line = cur.lc.item(part)[0] + 1
+            path.append(part)
+            cur = cur[part]
+        elif i == len(loc) - 1 and isinstance(cur, CommentedMap) and isinstance(part, str):
+            path.append(part)  # a missing field: named, at its parent's line
+        else:
+            continue
+    if line is None and isinstance(doc, CommentedMap):
+        line = doc.lc.line + 1
+    return line, path
+
+
+def _fmt_path(path: list[int | str]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _error(source: str, doc: Any, loc: tuple[int | str, ...], msg: str) -> RulesError:
+    line, path = _line_of(doc, loc)
+    where = f"{source}:{line}" if line is not None else source
+    return RulesError(f"{where} {_fmt_path(path)}: {msg}")
+
+
+def _check_ids(source: str, doc: Any, model: RulesFile) -> None:
+    seen: dict[str, str] = {}
+    sections: list[tuple[str, list[Any]]] = [
+        ("engagement", list(model.engagement)), ("fit", list(model.fit)),
+        ("product", list(model.product)), ("negative", list(model.negative))]
+    for sec, rules in sections:
+        for i, r in enumerate(rules):
+            if r.id in seen:
+                raise _error(source, doc, (sec, i, "id"),
+                             f"duplicate rule id {r.id!r} (first used in {seen[r.id]})")
+            seen[r.id] = f"{sec}[{i}]"
+
+
+def parse_rules(text: str, source: str = "rules.yaml") -> CompiledRules:
+    """Validate and compile rules from YAML text; `source` names the file in errors."""
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise RulesError(f"{where} (YAML): {problem}") from None
+    except YAMLError as exc:
+        raise RulesError(f"{source}: invalid YAML: {exc}") from None
+    if not isinstance(doc, CommentedMap):
+        raise RulesError(f"{source}:1 (top level): the rules file must be a mapping")
+    try:
+        model = RulesFile.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise _error(source, doc, tuple(err["loc"]), msg) from None
+    _check_ids(source, doc, model)
+    return compile_rules(model)
+
+
+def load_rules(path: str | Path) -> CompiledRules:
+    """Read, validate and compile a rules file; any problem is a RulesError naming the line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{p}: cannot read rules file: {exc}") from None
+    return parse_rules(text, str(p))
+
+
+def default_rules_text() -> str:
+    """The text of the shipped default rules file."""
+    return resources.files("pipeline").joinpath("rules", "default.yaml").read_text("utf-8")
+
+
+def load_default_rules() -> CompiledRules:
+    """The shipped default rules (pipeline/rules/default.yaml)."""
+    return parse_rules(default_rules_text(), "default.yaml")
