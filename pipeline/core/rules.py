@@ -359,7 +359,7 @@ class CompiledRules:
     pql: float
     cooldown_ms: int
     decay: CompiledDecay | None
-    rule_ids: frozenset[str] = field(default_factory=frozenset)
+    rule_groups: Mapping[str, str] = field(default_factory=dict)  # rule id -> group name
 
     def lookup(self, type_: str, name: str) -> tuple[CompiledEventRule, ...]:
         """The candidate rules for an event: exact (type, name) rules plus any-name rules."""
@@ -386,8 +386,8 @@ class CompiledRules:
             "cooldown_ms": self.cooldown_ms,
             "decay": None if md.decay is None else (
                 "half_life" if md.decay.half_life is not None else "points_per_period"),
-            "triggers": sorted(r.id for r in [*md.engagement, *md.product]
-                               if r.trigger is not None),
+            "triggers": sorted([r.id for r in md.engagement if r.trigger is not None]
+                               + [r.id for r in md.product if r.trigger is not None]),
         }
 
 
@@ -555,7 +555,8 @@ def compile_rules(model: RulesFile) -> CompiledRules:
         recycle=model.thresholds.recycle, pql=model.thresholds.pql,
         cooldown_ms=model.alerts.cooldown,
         decay=cdecay,
-        rule_ids=frozenset(r.id for _, r in items) | frozenset(t.id for t in traits),
+        rule_groups={**{r.id: GROUP_NAMES[r.group] for _, r in items},
+                     **{t.id: "fit" for t in traits}},
     )
 
 

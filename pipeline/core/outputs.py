@@ -1,0 +1,108 @@
+"""What the core emits: stage moves, refused moves, alerts and routing decisions.
+
+All outputs are frozen dataclasses with a `to_dict()` giving a JSON-friendly dict whose
+`output` key names the kind; the stream shell maps them to topics:
+`StageMove` -> leads.stage-changes, `MoveRefused` -> leads.stage-changes (as a refusal),
+`AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / routing.recycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+AlertKind = Literal["instant", "hot_score", "pql"]
+Temperature = Literal["hot", "warm", "cold"]
+Route = Literal["nurture", "recycle"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageMove:
+    """A lead moved from one lifecycle stage to another, and why."""
+
+    lead_id: str
+    from_stage: str
+    to_stage: str
+    at_ms: int
+    cause_rule: str  # a rule id, a threshold ("mql_threshold"), "decay", "crm:<event>"...
+    cause_message_id: str | None
+    score_total: float
+    scores_by_group: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "stage_move", "lead_id": self.lead_id, "from_stage": self.from_stage,
+                "to_stage": self.to_stage, "at_ms": self.at_ms, "cause_rule": self.cause_rule,
+                "cause_message_id": self.cause_message_id, "score_total": self.score_total,
+                "scores_by_group": dict(self.scores_by_group)}
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRefused:
+    """A move that was asked for (CRM event, trigger, threshold) but is not allowed."""
+
+    lead_id: str
+    from_stage: str
+    to_stage: str
+    at_ms: int
+    reason: str
+    cause_message_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "move_refused", "lead_id": self.lead_id,
+                "from_stage": self.from_stage, "to_stage": self.to_stage, "at_ms": self.at_ms,
+                "reason": self.reason, "cause_message_id": self.cause_message_id}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTrigger:
+    """A hot-lead alert for the owning team (instant trigger, hot score or PQL)."""
+
+    lead_id: str
+    kind: AlertKind
+    temperature: Temperature
+    at_ms: int
+    rule: str
+    message_id: str | None
+    score_total: float
+    scores_by_group: Mapping[str, float]
+    top_reasons: tuple[str, ...]
+
+    @property
+    def alert_id(self) -> str:
+        """Stable across replays: the same event raises the same alert id."""
+        return f"{self.lead_id}:{self.kind}:{self.rule}:{self.message_id or self.at_ms}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "alert", "alert_id": self.alert_id, "lead_id": self.lead_id,
+                "kind": self.kind, "temperature": self.temperature, "at_ms": self.at_ms,
+                "rule": self.rule, "message_id": self.message_id,
+                "score_total": self.score_total, "scores_by_group": dict(self.scores_by_group),
+                "top_reasons": list(self.top_reasons)}
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Warm leads go to nurture, cold/recycled ones to recycle (hot ones get an alert)."""
+
+    lead_id: str
+    route: Route
+    temperature: Temperature
+    at_ms: int
+    reason: str
+    message_id: str | None
+    score_total: float
+    scores_by_group: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "routing", "lead_id": self.lead_id, "route": self.route,
+                "temperature": self.temperature, "at_ms": self.at_ms, "reason": self.reason,
+                "message_id": self.message_id, "score_total": self.score_total,
+                "scores_by_group": dict(self.scores_by_group)}
+
+
+Output = StageMove | MoveRefused | AlertTrigger | RoutingDecision

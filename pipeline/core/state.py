@@ -1,0 +1,125 @@
+"""A lead's state between events: frozen, bounded, and JSON-friendly for the Faust table.
+
+Memory is bounded per lead whatever its activity: cap windows keep the last
+`MAX_CAP_WINDOWS` windows per rule, counted product rules keep only the timestamps that
+their window still needs, dedup keeps the last `MAX_SEEN` message ids, the breakdown keeps
+one entry per rule (rules are finite) and the last `MAX_RECENT` scoring events.
+
+The mapping fields hold plain dicts for speed; treat them as read-only (the engine copies
+before it writes, so a LeadState is never changed after it is made).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+MAX_SEEN = 64
+MAX_RECENT = 10
+MAX_CAP_WINDOWS = 8
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class LeadState:
+    """Everything the core knows about one lead.
+
+    Scores per group are as of `score_ms` (event time up to which decay was applied).
+    `caps` is rule id -> ((window index, |points| awarded in that window), ...), oldest
+    first; `counts` is counted rule id -> event times still inside the rule's window;
+    `achieved` the counted rules already awarded. `contributions` is rule id ->
+    (points, count, last message id, last event ms); `recent` the last scoring events as
+    (rule id, message id, points, event ms). `traits` is trait -> (value, event ms): the
+    latest value by event time, so fit does not depend on arrival order.
+    """
+
+    lead_id: str
+    stage: str = "visitor"
+    stage_since_ms: int | None = None
+    fit: float = 0.0
+    engagement: float = 0.0
+    product: float = 0.0
+    score_ms: int | None = None
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    traits: Mapping[str, tuple[Any, int]] = field(default_factory=_empty)
+    fit_hits: tuple[tuple[str, int], ...] = ()
+    caps: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=_empty)
+    counts: Mapping[str, tuple[int, ...]] = field(default_factory=_empty)
+    achieved: frozenset[str] = frozenset()
+    seen: Mapping[str, int] = field(default_factory=_empty)
+    contributions: Mapping[str, tuple[float, int, str, int]] = field(default_factory=_empty)
+    recent: tuple[tuple[str, str, float, int], ...] = ()
+    hot: bool = False
+    last_alert_ms: int | None = None
+    alert_rules: tuple[str, ...] = ()
+    owner: str | None = None  # set by routing; the core only carries it
+
+    def scores_by_group(self) -> dict[str, float]:
+        """Group scores rounded for display."""
+        return {"fit": round(self.fit, 2), "engagement": round(self.engagement, 2),
+                "product": round(self.product, 2)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (orjson-serialisable); `from_dict` reverses it exactly."""
+        return {
+            "v": 1,
+            "lead_id": self.lead_id,
+            "stage": self.stage,
+            "stage_since_ms": self.stage_since_ms,
+            "fit": self.fit,
+            "engagement": self.engagement,
+            "product": self.product,
+            "score_ms": self.score_ms,
+            "first_event_ms": self.first_event_ms,
+            "last_event_ms": self.last_event_ms,
+            "traits": {k: [v, ts] for k, (v, ts) in self.traits.items()},
+            "fit_hits": [[r, p] for r, p in self.fit_hits],
+            "caps": {r: [[w, p] for w, p in ws] for r, ws in self.caps.items()},
+            "counts": {r: list(ts) for r, ts in self.counts.items()},
+            "achieved": sorted(self.achieved),
+            "seen": dict(self.seen),
+            "contributions": {r: list(c) for r, c in self.contributions.items()},
+            "recent": [list(x) for x in self.recent],
+            "hot": self.hot,
+            "last_alert_ms": self.last_alert_ms,
+            "alert_rules": list(self.alert_rules),
+            "owner": self.owner,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LeadState:
+        """Rebuild a state from `to_dict` output (e.g. read back from a changelog)."""
+        return cls(
+            lead_id=d["lead_id"],
+            stage=d["stage"],
+            stage_since_ms=d.get("stage_since_ms"),
+            fit=float(d["fit"]),
+            engagement=float(d["engagement"]),
+            product=float(d["product"]),
+            score_ms=d.get("score_ms"),
+            first_event_ms=d.get("first_event_ms"),
+            last_event_ms=d.get("last_event_ms"),
+            traits={k: (v[0], int(v[1])) for k, v in d.get("traits", {}).items()},
+            fit_hits=tuple((str(r), int(p)) for r, p in d.get("fit_hits", ())),
+            caps={r: tuple((int(w), int(p)) for w, p in ws)
+                  for r, ws in d.get("caps", {}).items()},
+            counts={r: tuple(int(t) for t in ts) for r, ts in d.get("counts", {}).items()},
+            achieved=frozenset(d.get("achieved", ())),
+            seen={str(k): int(v) for k, v in d.get("seen", {}).items()},
+            contributions={r: (float(c[0]), int(c[1]), str(c[2]), int(c[3]))
+                           for r, c in d.get("contributions", {}).items()},
+            recent=tuple((str(x[0]), str(x[1]), float(x[2]), int(x[3]))
+                         for x in d.get("recent", ())),
+            hot=bool(d.get("hot", False)),
+            last_alert_ms=d.get("last_alert_ms"),
+            alert_rules=tuple(d.get("alert_rules", ())),
+            owner=d.get("owner"),
+        )
