@@ -91,7 +91,7 @@ class _Work:
         self.seen_own = False
         self.contrib: Any = s.contributions
         self.contrib_own = False
-        self.recent = s.recent
+        self.recent = list(s.recent)
         self.hot = s.hot
         self.last_alert_ms = s.last_alert_ms
         self.alert_rules = s.alert_rules
@@ -103,7 +103,7 @@ class _Work:
             self.lead_id, self.stage, self.stage_since_ms, self.fit, self.engagement,
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
-            self.recent, self.hot, self.last_alert_ms, self.alert_rules, self.owner,
+            tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules, self.owner,
         )
 
     def groups(self) -> dict[str, float]:
@@ -250,10 +250,14 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
         wins: tuple[tuple[int, int], ...] = w.caps.get(rid, ())
         used = 0
         idx = -1
-        for i, (wi, u) in enumerate(wins):
-            if wi == win:
-                used, idx = u, i
-                break
+        if wins and wins[-1][0] == win:  # the common case: the newest window
+            idx = len(wins) - 1
+            used = wins[idx][1]
+        else:
+            for i, (wi, u) in enumerate(wins):
+                if wi == win:
+                    used, idx = u, i
+                    break
         if idx < 0 and len(wins) >= MAX_CAP_WINDOWS and win < wins[0][0]:
             return 0.0  # older than what we remember: its window total is unknown
         room = cr.cap_points - used
@@ -262,7 +266,9 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
         a = -p if p < 0 else p
         if a > room:
             a = room
-        if idx >= 0:
+        if idx == len(wins) - 1:
+            new = (*wins[:idx], (win, used + a))
+        elif idx >= 0:
             new = (*wins[:idx], (win, used + a), *wins[idx + 1:])
         else:
             new = tuple(sorted((*wins, (win, a))))[-MAX_CAP_WINDOWS:]
@@ -289,9 +295,7 @@ def _credit(w: _Work, rid: str, pts: float, mid: str, t: int) -> None:
     else:
         w.contrib[rid] = (c[0] + pts, c[1] + 1, mid, t) if t >= c[3] else (
             c[0] + pts, c[1] + 1, c[2], c[3])
-    rec = w.recent
-    w.recent = (*rec[1:], (rid, mid, pts, t)) if len(rec) >= MAX_RECENT else (
-        *rec, (rid, mid, pts, t))
+    w.recent.append((rid, mid, pts, t))  # trimmed to MAX_RECENT when frozen
 
 
 def _step(w: _Work, e: Event, r: CompiledRules) -> None:
@@ -325,27 +329,28 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
         if t < w.first_event_ms:
             w.first_event_ms = t
 
-    stage = w.stage
-    if stage in DECAYS_TO_RECYCLED and r.total(w.fit, w.engagement, w.product) < r.recycle:
-        _move(w, r, "recycled", DECAY, "decay", t, mid)
+    stage0 = w.stage
+    prev_total = r.total(w.fit, w.engagement, w.product)
+    if prev_total < r.recycle:
+        if stage0 in DECAYS_TO_RECYCLED:
+            _move(w, r, "recycled", DECAY, "decay", t, mid)
+        w.hot = False
     if w.stage == "visitor" and (e.user_id or "email" in e.traits):
         _move(w, r, "lead", IDENTIFIED, "identified", t, mid)
 
-    prev_total = r.total(w.fit, w.engagement, w.product)
     prev_product = w.product
     etype = e.type
     name = e.name
-    if e.traits and (etype == "identify" or etype == "group"):
+    if etype == "track":
+        if name in CRM_EVENTS:
+            target = CRM_EVENTS[name]
+            if target is not None:
+                _move(w, r, target, CRM, f"crm:{name}", t, mid)
+    elif e.traits and (etype == "identify" or etype == "group"):
         _merge_traits(w, e, r)
-    if etype == "track" and name in CRM_EVENTS:
-        target = CRM_EVENTS[name]
-        if target is not None:
-            _move(w, r, target, CRM, f"crm:{name}", t, mid)
 
     trig: CompiledEventRule | None = None
-    for cr in r.lookup(etype, name):
-        if cr.check is not None and not cr.check(e):
-            continue
+    for cr in r.match(e):
         pts = _award(w, cr, t, late, d)
         if cr.trigger_stage is not None or cr.trigger_hot:
             if trig is None:
@@ -360,8 +365,9 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
 
     total = r.total(w.fit, w.engagement, w.product)
     if (trig is None and total == prev_total and w.product == prev_product
-            and total < r.mql and w.product < r.pql):
-        return  # nothing changed that could move or alert (the common case)
+            and w.stage == stage0):
+        # Nothing changed: every line was already checked at these values (common case).
+        return
     _thresholds(w, r, e, trig, prev_total, prev_product, total)
 
 
