@@ -103,7 +103,8 @@ class _Work:
             self.lead_id, self.stage, self.stage_since_ms, self.fit, self.engagement,
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
-            tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules, self.owner,
+            tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
+            self.owner,
         )
 
     def groups(self) -> dict[str, float]:
@@ -128,17 +129,18 @@ def _decayed(v: float, start: int, end: int, anchor: int, d: CompiledDecay) -> f
     return max(0.0, v - n * d.period_points) if n > 0 else v
 
 
-def _decay_to(w: _Work, t: int, d: CompiledDecay) -> None:
-    """Decay the decaying groups from w.score_ms up to event time t (t > score_ms)."""
+def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
+    """Decay the decaying groups from w.score_ms up to event time t; True if idle time passed."""
     assert w.last_event_ms is not None and w.score_ms is not None
     anchor = w.last_event_ms + d.idle_after_ms
     start = w.score_ms if w.score_ms > anchor else anchor
     if t <= start:
-        return
+        return False
     if d.engagement:
         w.engagement = _decayed(w.engagement, start, t, anchor, d)
     if d.product:
         w.product = _decayed(w.product, start, t, anchor, d)
+    return True
 
 
 # -- moves, alerts -------------------------------------------------------------------------
@@ -312,6 +314,7 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
         del seen[next(iter(seen))]
 
     late = False
+    idle = False
     d = r.decay
     if w.score_ms is None or w.last_event_ms is None or w.first_event_ms is None:
         w.score_ms = w.last_event_ms = w.first_event_ms = t
@@ -320,7 +323,7 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
     else:
         if t > w.score_ms:
             if d is not None:
-                _decay_to(w, t, d)
+                idle = _decay_to(w, t, d)
             w.score_ms = t
         elif t < w.score_ms:
             late = True
@@ -331,7 +334,8 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
 
     stage0 = w.stage
     prev_total = r.total(w.fit, w.engagement, w.product)
-    if prev_total < r.recycle:
+    if idle and prev_total < r.recycle:
+        # only decay recycles: an MQL made by a trigger with few points stays until idle
         if stage0 in DECAYS_TO_RECYCLED:
             _move(w, r, "recycled", DECAY, "decay", t, mid)
         w.hot = False
@@ -443,9 +447,9 @@ def tick(state: LeadState, now_ms: int, rules: CompiledRules) -> Result:
     if d is None or state.score_ms is None or now_ms <= state.score_ms:
         return Result(state, ())
     w = _Work(state)
-    _decay_to(w, now_ms, d)
+    idle = _decay_to(w, now_ms, d)
     w.score_ms = now_ms
-    below = rules.total(w.fit, w.engagement, w.product) < rules.recycle
+    below = idle and rules.total(w.fit, w.engagement, w.product) < rules.recycle
     if below and w.stage in DECAYS_TO_RECYCLED:
         _move(w, rules, "recycled", DECAY, "decay", now_ms, None)
     if below and w.hot:
