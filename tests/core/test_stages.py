@@ -9,7 +9,7 @@ import pytest
 from pipeline.core.engine import apply, apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.outputs import MoveRefused, RoutingDecision, StageMove
-from pipeline.core.rules import CompiledRules, parse_rules
+from pipeline.core.rules import parse_rules
 from pipeline.core.stages import ALLOWED, CRM, CRM_EVENTS, DECAY, SCORE, STAGES, decide, refusal
 from pipeline.core.state import LeadState
 
