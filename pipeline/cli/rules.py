@@ -1,9 +1,66 @@
-"""CLI commands (placeholder until filled in)."""
+"""`leadflow rules check FILE` and `leadflow backtest`: rules work for revenue operations."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import orjson
 import typer
+
+from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
+from pipeline.errors import RulesError
+
+rules_app = typer.Typer(help="Validate scoring rules files.", no_args_is_help=True)
+
+
+def _load(path: Path | None) -> CompiledRules:
+    try:
+        return load_rules(path) if path is not None else load_default_rules()
+    except RulesError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@rules_app.command("check")
+def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) -> None:
+    """Validate a rules file and print a summary; exit 1 with a one-line error if invalid."""
+    r = _load(file)
+    s = r.summary()
+    th = s["thresholds"]
+    typer.echo(f"{file}: ok")
+    typer.echo(f"  rules: engagement {s['engagement']}, fit {s['fit']}, product {s['product']}, "
+               f"negative {s['negative']}")
+    typer.echo(f"  thresholds: mql {th['mql']:g}, hot {th['hot']:g}, recycle {th['recycle']:g}, "
+               f"pql {th['pql']:g}")
+    typer.echo(f"  triggers: {', '.join(s['triggers']) or 'none'}")
+    typer.echo(f"  decay: {s['decay'] or 'none'}; alert cooldown {s['cooldown_ms'] // 60000} min")
+
+
+def backtest_cmd(
+    events: Annotated[Path, typer.Argument(help="JSONL file of Segment messages.")],
+    rules: Annotated[Path | None, typer.Option(
+        "--rules", help="Rules file (default: the shipped rules).")] = None,
+    compare: Annotated[Path | None, typer.Option(
+        "--compare", help="A second rules file to compare with.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for programs.")] = False,
+) -> None:
+    """Run the scoring core offline over past events and report (optionally compare)."""
+    from pipeline.backtest import backtest, render
+
+    ra = _load(rules)
+    rb = _load(compare) if compare is not None else None
+    if not events.is_file():
+        typer.echo(f"error: {events}: no such file", err=True)
+        raise typer.Exit(1)
+    report = backtest(events, ra, other=rb, progress=not as_json)
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(report)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `rules` and `backtest` to the root app."""
+    app.add_typer(rules_app, name="rules")
+    app.command("backtest")(backtest_cmd)
