@@ -221,7 +221,8 @@ def render(report: Mapping[str, Any]) -> None:
                   markup=False)
     res = report["result"]
     other = report.get("compare")
-    t = Table(title=f"Leads per stage ({res['leads']} leads)")
+    con.print(f"[bold]{res['leads']} leads[/]")
+    t = Table(title="Leads per stage")
     t.add_column("stage")
     t.add_column("leads", justify="right")
     if other:

@@ -136,8 +136,9 @@ def test_duplicates_are_counted_once(events: list[Event], rules: CompiledRules,
                                      data: st.DataObject) -> None:
     dups = data.draw(st.lists(st.integers(0, len(events) - 1), max_size=10))
     with_dups = list(events)
-    for i in dups:  # a replayed message arrives again later
-        with_dups.insert(data.draw(st.integers(i + 1, len(with_dups))), events[i])
+    for i in dups:  # a replayed message arrives again, after the original
+        first = next(k for k, x in enumerate(with_dups) if x is events[i])
+        with_dups.insert(data.draw(st.integers(first + 1, len(with_dups))), events[i])
     a = apply_batch(None, events, rules)
     b = apply_batch(None, with_dups, rules)
     assert a.outputs == b.outputs

@@ -1,0 +1,111 @@
+"""Backtest over a small JSONL file: counts, bad lines, JSON output, --compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from typer.testing import CliRunner
+
+from pipeline.backtest import backtest
+from pipeline.cli.main import app
+from pipeline.core.rules import default_rules_text, load_default_rules, load_rules
+
+
+def _ts(minute: int) -> str:
+    return f"2026-03-02T{9 + minute // 60:02d}:{minute % 60:02d}:00.000Z"
+
+
+def messages() -> list[dict[str, Any]]:
+    """Ada goes all the way to an opportunity; Bob reads two blog posts and leaves."""
+    def page(i: int, who: str, anon: str, path: str) -> dict[str, Any]:
+        return {"type": "page", "messageId": f"{who}-{i}", "anonymousId": anon,
+                "timestamp": _ts(i), "name": path,
+                "context": {"page": {"url": f"https://example.com{path}"}}}
+
+    def track(i: int, who: str, event: str) -> dict[str, Any]:
+        return {"type": "track", "messageId": f"{who}-{i}", "userId": who,
+                "anonymousId": f"anon-{who}", "timestamp": _ts(i), "event": event}
+
+    return [
+        page(1, "ada", "anon-ada", "/blog/mql-vs-sql"),
+        page(1, "bob", "anon-bob", "/blog/one"),
+        {"type": "identify", "messageId": "ada-2", "anonymousId": "anon-ada", "userId": "ada",
+         "timestamp": _ts(2), "traits": {"email": "ada@globex.com", "title": "VP Sales",
+                                         "employees": 800, "industry": "software",
+                                         "country": "US"}},
+        track(3, "ada", "Document Downloaded"),
+        track(4, "ada", "Form Submitted"),
+        page(5, "ada", "anon-ada", "/pricing"),
+        page(6, "ada", "anon-ada", "/pricing"),
+        page(7, "ada", "anon-ada", "/pricing"),
+        page(7, "bob", "anon-bob", "/blog/two"),
+        track(8, "ada", "Demo Requested"),
+        track(9, "ada", "Lead Accepted"),
+        track(10, "ada", "Opportunity Created"),
+    ]
+
+
+def write(tmp_path: Path) -> Path:
+    p = tmp_path / "events.jsonl"
+    lines = [orjson.dumps(m) for m in messages()]
+    lines.insert(4, b'{"type": "track", "messageId": "x"')  # line 5: truncated JSON
+    lines.insert(6, b"")  # blank lines are not messages
+    lines.append(orjson.dumps({"type": "track", "messageId": "y", "userId": "z",
+                               "timestamp": _ts(11)}))  # no event name
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+def test_report_counts(tmp_path: Path) -> None:
+    rep = backtest(write(tmp_path), load_default_rules())
+    assert rep["input"]["events"] == 12
+    assert rep["input"]["invalid"] == 2
+    assert [(b["line"], b["reason"]) for b in rep["input"]["invalid_lines"]] == [
+        (5, "bad_json"), (15, "invalid")]
+    res = rep["result"]
+    assert res["leads"] == 2
+    assert {k: v for k, v in res["stages"].items() if v} == {"visitor": 1, "opportunity": 1}
+    assert res["per_day"] == {"2026-03-02": {"mql": 1, "sql": 0, "pql": 0, "hot_alerts": 2,
+                                             "pql_alerts": 0}}
+    assert res["alerts"] == {"instant": 1, "hot_score": 1, "pql": 0, "total": 2}
+    assert res["score_buckets"]["100+"] == 1 and res["score_buckets"]["0-10"] == 1
+    assert sum(res["score_buckets"].values()) == 2
+
+
+def test_cli_json_and_compare(tmp_path: Path) -> None:
+    events = write(tmp_path)
+    strict = tmp_path / "strict.yaml"
+    # a stricter sales line and no instant demo trigger: Ada is no MQL before sales accepts
+    strict.write_text(default_rules_text()
+                      .replace("mql: 60 ", "mql: 150 ").replace("hot: 90 ", "hot: 200 ")
+                      .replace("trigger: {stage: mql, hot: true}", "description: no trigger"))
+    load_rules(strict)  # still a valid file
+    out = CliRunner().invoke(app, ["backtest", "--json", "--compare", str(strict), str(events)])
+    assert out.exit_code == 0, out.output
+    rep = orjson.loads(out.stdout)
+    assert rep["input"]["invalid"] == 2
+    diff = rep["compare"]["diff"]
+    # under the strict rules Lead Accepted is refused (no MQL yet) and so is the opportunity
+    assert diff["stages"]["opportunity"] == {"a": 1, "b": 0, "delta": -1}
+    assert diff["stages"]["lead"] == {"a": 0, "b": 1, "delta": 1}
+    assert diff["leads_changed"] == 1
+    assert diff["changed_sample"] == [{"lead_id": "ada", "a": "opportunity", "b": "lead"}]
+    assert diff["alerts"] == {"a": 2, "b": 0, "delta": -2, "leads_with_different_alerts": 1}
+
+
+def test_cli_tables(tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["backtest", str(write(tmp_path))])
+    assert out.exit_code == 0, out.output
+    assert "2 leads\n" in out.output and "Leads per stage" in out.output
+    assert "line 5: bad_json" in out.output
+    assert "opportunity" in out.output
+
+
+def test_cli_bad_rules_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("thresholds: {mql: 1}\n")
+    out = CliRunner().invoke(app, ["backtest", "--rules", str(bad), str(write(tmp_path))])
+    assert out.exit_code == 1
+    assert f"{bad}:1 thresholds.hot: Field required" in out.output
