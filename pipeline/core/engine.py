@@ -287,19 +287,6 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
     return pts
 
 
-def _credit(w: _Work, rid: str, pts: float, mid: str, t: int) -> None:
-    if not w.contrib_own:
-        w.contrib = dict(w.contrib)
-        w.contrib_own = True
-    c = w.contrib.get(rid)
-    if c is None:
-        w.contrib[rid] = (pts, 1, mid, t)
-    else:
-        w.contrib[rid] = (c[0] + pts, c[1] + 1, mid, t) if t >= c[3] else (
-            c[0] + pts, c[1] + 1, c[2], c[3])
-    w.recent.append((rid, mid, pts, t))  # trimmed to MAX_RECENT when frozen
-
-
 def _step(w: _Work, e: Event, r: CompiledRules) -> None:
     mid = e.message_id
     seen = w.seen
@@ -355,7 +342,10 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
 
     trig: CompiledEventRule | None = None
     for cr in r.match(e):
-        pts = _award(w, cr, t, late, d)
+        if cr.cap_points or cr.count_at_least or late:
+            pts = _award(w, cr, t, late, d)
+        else:
+            pts = float(cr.points)
         if cr.trigger_stage is not None or cr.trigger_hot:
             if trig is None:
                 trig = cr
@@ -365,7 +355,19 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
             w.engagement += pts
         else:
             w.product += pts
-        _credit(w, cr.id, pts, mid, t)
+        # credit the rule (inlined _credit: this is the hottest loop of the core)
+        if not w.contrib_own:
+            w.contrib = dict(w.contrib)
+            w.contrib_own = True
+        rid = cr.id
+        c = w.contrib.get(rid)
+        if c is None:
+            w.contrib[rid] = (pts, 1, mid, t)
+        elif t >= c[3]:
+            w.contrib[rid] = (c[0] + pts, c[1] + 1, mid, t)
+        else:
+            w.contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
+        w.recent.append((rid, mid, pts, t))
 
     total = r.total(w.fit, w.engagement, w.product)
     if (trig is None and total == prev_total and w.product == prev_product

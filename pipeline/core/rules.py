@@ -475,6 +475,8 @@ def _compile_match(m: EventMatch) -> Callable[[Event], bool] | None:
 
 def trait_value(traits: Mapping[str, Any], path: str) -> Any:
     """A trait by dotted path (``company.employees``), or None."""
+    if "." not in path:
+        return traits.get(path)
     cur: Any = traits
     for part in path.split("."):
         if not isinstance(cur, Mapping) or part not in cur:
