@@ -34,6 +34,6 @@ class Event:
     properties: Mapping[str, Any] = field(default_factory=_empty)
     traits: Mapping[str, Any] = field(default_factory=_empty)
     url: str = ""  # page URL (properties.url or context.page.url)
-    utm: Mapping[str, str] = field(default_factory=_empty)  # context.campaign: source, medium, name, ...
+    utm: Mapping[str, str] = field(default_factory=_empty)  # context.campaign (source, medium...)
     anonymous_id: str | None = None
     user_id: str | None = None

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.core.durations import Duration
+
 DAY_MS = 86_400_000
 
 FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "icloud.com",
@@ -66,10 +68,15 @@ class RoutingRules(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     teams: tuple[Team, ...] = Field(min_length=1)
-    sla_seconds: dict[str, int] = Field(
-        default_factory=lambda: {"instant": 300, "hot_score": 3600, "pql": 3600},
-        description="SLA per alert kind, in seconds.",
+    sla: dict[str, Duration] = Field(
+        default_factory=lambda: {"instant": 300_000, "hot_score": 3_600_000, "pql": 3_600_000},
+        description="SLA per alert kind (instant, hot_score, pql), e.g. 5m; in ms once parsed.",
     )
+
+    def sla_seconds(self, kind: str) -> int | None:
+        """The SLA of an alert kind in whole seconds, None when the kind has none."""
+        ms = self.sla.get(kind)
+        return None if ms is None else max(1, ms // 1000)
 
     @model_validator(mode="after")
     def _one_catch_all(self) -> RoutingRules:
@@ -208,3 +215,7 @@ def assign(
         accounts[domain] = owner
     new = TeamState(current=merged, day=day, today=today, accounts=accounts)
     return new, Assignment(owner, "weighted round robin by capacity", tuple(skipped))
+
+
+# Without a routing section every hot lead goes to one catch-all team with no named reps.
+DEFAULT_ROUTING = RoutingRules(teams=(Team(name="sales"),))

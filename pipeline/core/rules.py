@@ -25,35 +25,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+# Durations live in their own module so that routing can use them too.
+from pipeline.core.durations import Duration, parse_duration
 from pipeline.core.event import Event
+from pipeline.core.routing import DEFAULT_ROUTING, RoutingRules
 from pipeline.errors import RulesError
 
-# -- durations ---------------------------------------------------------------------------
-
-_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-             "w": 7 * 86_400_000}
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
-
-
-def parse_duration(value: Any) -> int:
-    """A duration such as ``30m``, ``12h``, ``7d`` or ``2w`` in milliseconds (> 0)."""
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError("a duration is written with a unit, e.g. 30m, 12h, 7d, 2w")
-    m = _DURATION.match(value)
-    if m is None:
-        raise ValueError(f"{value!r} is not a duration (e.g. 30m, 12h, 7d, 2w)")
-    ms = int(m.group(1)) * _UNITS_MS[m.group(2)]
-    if ms <= 0:
-        raise ValueError("a duration must be positive")
-    return ms
-
-
-Duration = Annotated[int, BeforeValidator(parse_duration)]
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
 Scalar = str | int | float | bool
 EventTypeName = Literal["track", "page", "identify", "group", "alias"]
@@ -296,8 +278,9 @@ class RulesFile(_Model):
     fit: list[FitRule] = []
     product: list[ProductRule] = []
     negative: list[NegativeRule] = []
-    # Reserved for teams/reps/SLAs (pipeline.core.routing); validated by its own model.
-    routing: dict[str, Any] | None = None
+    # Teams, reps and SLAs (pipeline.core.routing). Without it every hot lead goes to one
+    # catch-all team, "sales", with no named reps.
+    routing: RoutingRules = DEFAULT_ROUTING
 
 
 # -- compiled form -----------------------------------------------------------------------
@@ -363,11 +346,16 @@ class CompiledRules:
     cooldown_ms: int
     decay: CompiledDecay | None
     rule_groups: Mapping[str, str] = field(default_factory=dict)  # rule id -> group name
+    routing: RoutingRules = DEFAULT_ROUTING
     # (type, name, url) -> (rules decided by the key and URL alone, rules to check per event).
     # A cache only: bounded, never changes a result.
     _cache: dict[tuple[str, str, str], tuple[tuple[CompiledEventRule, ...],
                                              tuple[CompiledEventRule, ...]]] = field(
         default_factory=dict, compare=False, repr=False)
+
+    def teams(self) -> list[str]:
+        """Names of the routing teams, in match order (each has a routing.<team> topic)."""
+        return [t.name for t in self.routing.teams]
 
     def lookup(self, type_: str, name: str) -> tuple[CompiledEventRule, ...]:
         """The candidate rules for an event: exact (type, name) rules plus any-name rules."""
@@ -597,6 +585,7 @@ def compile_rules(model: RulesFile) -> CompiledRules:
         recycle=model.thresholds.recycle, pql=model.thresholds.pql,
         cooldown_ms=model.alerts.cooldown,
         decay=cdecay,
+        routing=model.routing,
         rule_groups={**{r.id: GROUP_NAMES[r.group] for _, r in items},
                      **{t.id: "fit" for t in traits}},
     )

@@ -41,7 +41,8 @@ def test_default_rules_are_valid_and_complete() -> None:
     assert r.summary()["triggers"] == ["demo_request", "quote_request", "talk_to_sales",
                                        "talk_to_sales_form"]
     assert r.decay is not None and r.decay.half_life_ms == 30 * 86_400_000
-    assert md.routing is None
+    assert [t.name for t in md.routing.teams] == ["enterprise", "emea", "sales"]
+    assert md.routing.sla_seconds("instant") == 300
 
 
 @pytest.mark.parametrize(("text", "ms"), [("30m", 1_800_000), ("12h", 43_200_000),
@@ -159,9 +160,15 @@ def test_load_rules_names_the_file(tmp_path: Path) -> None:
     assert str(ei.value) == f"{p}:2 groups.fit.weight: Input should be greater than or equal to 0"
 
 
-def test_routing_section_is_reserved() -> None:
-    r = parse_rules(BASE + "routing: {teams: [{name: emea}]}\n")
-    assert r.model.routing == {"teams": [{"name": "emea"}]}
+def test_routing_section_is_validated_with_line_numbers() -> None:
+    teams = "[{name: emea, match: {countries: [DE]}}, {name: sales}]"
+    r = parse_rules(BASE + f"routing: {{teams: {teams}}}\n")
+    assert r.teams() == ["emea", "sales"]
+    assert parse_rules(BASE).teams() == ["sales"]  # default: one catch-all team
+    with pytest.raises(RulesError, match=r"routing.*catch-all"):
+        parse_rules(BASE + "routing: {teams: [{name: emea, match: {countries: [DE]}}]}\n")
+    with pytest.raises(RulesError, match=r"rules.yaml:\d+ routing.sla.instant"):
+        parse_rules(BASE + "routing:\n  teams: [{name: sales}]\n  sla: {instant: soon}\n")
 
 
 def test_index_and_match() -> None:
