@@ -1,9 +1,104 @@
-"""CLI commands (placeholder until filled in)."""
+"""`leadflow kafka up|down|status` (the local development broker) and `leadflow topics create`."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Annotated
+
 import typer
+
+from pipeline.errors import LeadflowError
+from pipeline.settings import Settings
+
+kafka_app = typer.Typer(help="The local development Kafka broker (no Docker).",
+                        no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics leadflow uses.", no_args_is_help=True)
+
+
+def _fail(exc: LeadflowError) -> typer.Exit:
+    # A message for people, never a traceback.
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@kafka_app.command("up")
+def up(
+    port: Annotated[int | None, typer.Option(
+        "--port", help="Broker port (default: 9092 if free, else any free port; 0: any).",
+        min=0, max=65535)] = None,
+) -> None:
+    """Start the local broker (downloads its jars on the first run); reuse a running one."""
+    from pipeline.kafka.broker import BrokerAlreadyRunning, start_local_broker
+
+    try:
+        state = start_local_broker(Settings(), port=port)
+    except BrokerAlreadyRunning as exc:
+        typer.echo(f"Kafka {exc.state.version} already running at {exc.state.bootstrap} "
+                   f"(pid {exc.state.pid})")
+        return
+    except LeadflowError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"Kafka {state.version} running at {state.bootstrap} (pid {state.pid}, "
+               f"log {state.log})")
+
+
+@kafka_app.command("down")
+def down() -> None:
+    """Stop the local broker (its data stays for the next `up`)."""
+    from pipeline.kafka.broker import stop_local_broker
+
+    try:
+        was_running = stop_local_broker(Settings())
+    except LeadflowError as exc:
+        raise _fail(exc) from None
+    typer.echo("Kafka stopped" if was_running else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def status() -> None:
+    """Say whether the local broker runs; exit code 0 if it does, 1 if not."""
+    from pipeline.kafka.broker import broker_answers, local_status
+
+    try:
+        state = local_status(Settings())
+    except LeadflowError as exc:
+        raise _fail(exc) from None
+    if state is None:
+        typer.echo("Kafka is not running (start it with `leadflow kafka up`)")
+        raise typer.Exit(1)
+    answers = broker_answers(state.bootstrap, timeout_s=5.0)
+    health = "answering" if answers else "NOT answering metadata requests"
+    typer.echo(f"Kafka {state.version} running at {state.bootstrap} (pid {state.pid}), {health}")
+    if not answers:
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def create(
+    teams: Annotated[str, typer.Option(
+        "--teams", help="Comma-separated teams that get a routing.<team> topic.")] = "default",
+) -> None:
+    """Create every missing leadflow topic (inputs, outputs, routing, changelogs)."""
+    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.kafka.topics import ensure_topics, topic_specs
+
+    names = [t.strip() for t in teams.split(",") if t.strip()]
+    settings = Settings()
+    try:
+        bootstrap = resolve_bootstrap(settings)
+        report = asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=names)))
+    except LeadflowError as exc:
+        raise _fail(exc) from None
+    for name in report.created:
+        typer.echo(f"created  {name}")
+    for name in report.existing:
+        typer.echo(f"exists   {name}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"topics at {bootstrap}: {report}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `kafka` and `topics` to the root app."""
+    app.add_typer(kafka_app, name="kafka")
+    app.add_typer(topics_app, name="topics")

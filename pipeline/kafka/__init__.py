@@ -1,0 +1,1 @@
+"""Kafka plumbing: the local development broker (Maven Central jars, KRaft) and topic setup."""

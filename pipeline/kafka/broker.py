@@ -1,0 +1,655 @@
+"""A real local Apache Kafka broker for development and tests: Maven Central jars, no Docker.
+
+The broker's runtime jars are resolved once from Maven Central (``mvn`` with the pom next to
+this file) into a cache folder shared by every broker; each broker is then a single-node KRaft
+broker+controller JVM (``kafka.Kafka``) with its own data folder, free or chosen ports, and a
+JSON state file so that other processes (``leadflow worker``, ``leadflow kafka down``) find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.errors import BrokerError, ConfigError
+from pipeline.settings import Settings
+
+HOST = "127.0.0.1"
+#: The port ``leadflow kafka up`` prefers when none is asked for (Kafka's usual port).
+PREFERRED_PORT = 9092
+STATE_FILE = "broker.json"
+LOG_FILE = "kafka.log"
+JARS_ENV = "LEADFLOW_KAFKA_JARS"
+COMPLETE_MARKER = ".leadflow-complete"
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
+#: Largest message the local broker accepts; a few MB so that big batches never hit the limit.
+MESSAGE_MAX_BYTES = 5 * 1024 * 1024
+
+_HERE = Path(__file__).resolve().parent
+POM = _HERE / "pom.xml"
+LOG4J = _HERE / "log4j.properties"
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jars
+# ---------------------------------------------------------------------------------------------
+
+
+def jars_dir_for(settings: Settings) -> Path:
+    """The jar cache folder: $LEADFLOW_KAFKA_JARS, else ``<home>/kafka/lib-<version>``."""
+    override = os.environ.get(JARS_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return (settings.kafka_dir / f"lib-{settings.kafka_version}").resolve()
+
+
+def _check_version(version: str) -> None:
+    # The pom pins the reload4j logging backend, which only Kafka 3.x uses (4.x moved to log4j2).
+    if not version.startswith("3."):
+        raise ConfigError(
+            f"Kafka {version} is not supported by the local broker (use a 3.x version, e.g. 3.9.1)"
+        )
+
+
+def _lib_complete(lib: Path, version: str) -> bool:
+    marker = lib / COMPLETE_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    jars = info.get("jars", [])
+    return (
+        info.get("version") == version
+        and bool(jars)
+        and all((lib / name).is_file() for name in jars)
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, so two processes never resolve or start the same thing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def resolve_jars(lib: Path, version: str, progress: Progress | None = _stderr) -> Path:
+    """Make sure ``lib`` holds Kafka ``version``'s runtime jars (Maven Central, first run only)."""
+    _check_version(version)
+    lib = lib.resolve()
+    if _lib_complete(lib, version):
+        return lib
+    with _file_lock(lib.parent / f".{lib.name}.lock"):
+        if _lib_complete(lib, version):  # another process finished while we waited
+            return lib
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                "Maven (mvn) not found: install Maven 3 (e.g. `apt-get install maven`) so the "
+                f"Kafka jars can be downloaded, or set {JARS_ENV} to a folder that has them"
+            )
+        if progress:
+            progress(f"resolving Kafka {version} jars from Maven Central (first run only)…")
+        started = time.monotonic()
+        # Resolve into a scratch folder and move it into place, so a half-done download
+        # (Ctrl-C, network error) never looks like a usable lib folder.
+        work = lib.parent / f".{lib.name}.partial-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "lib").mkdir(parents=True)
+        shutil.copyfile(POM, work / "pom.xml")
+        cmd = [
+            mvn, "-B", "-q", f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
+            "-DincludeScope=runtime", f"-DoutputDirectory={work / 'lib'}",
+            f"-Dkafka.version={version}",
+        ]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=work, capture_output=True, text=True, timeout=900, check=False
+            )
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(work, ignore_errors=True)
+            raise BrokerError("resolving the Kafka jars with Maven took over 15 minutes") from None
+        if proc.returncode != 0:
+            shutil.rmtree(work, ignore_errors=True)
+            tail = _tail_text(proc.stdout + proc.stderr, 15)
+            raise BrokerError(
+                f"Maven could not resolve Kafka {version} jars (exit {proc.returncode}):\n{tail}"
+            )
+        jars = sorted(p.name for p in (work / "lib").glob("*.jar"))
+        if not any(name.startswith(f"kafka_2.13-{version}") for name in jars):
+            shutil.rmtree(work, ignore_errors=True)
+            raise BrokerError(f"Maven finished but kafka_2.13-{version}.jar is missing")
+        (work / "lib" / COMPLETE_MARKER).write_text(
+            json.dumps({"version": version, "jars": jars}, indent=1)
+        )
+        shutil.rmtree(lib, ignore_errors=True)
+        os.replace(work / "lib", lib)
+        shutil.rmtree(work, ignore_errors=True)
+        if progress:
+            progress(f"{len(jars)} jars in {lib} ({time.monotonic() - started:.1f} s)")
+    return lib
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka's ``Uuid.randomUuid()`` makes it (base64url, no padding)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):  # Kafka redraws these: they look like a CLI option
+            return cid
+
+
+def _tail_text(text: str, n: int) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-n:]) if lines else "(no output)"
+
+
+def _tail_file(path: Path, n: int = 20) -> str:
+    try:
+        return _tail_text(path.read_text(errors="replace"), n)
+    except OSError:
+        return "(no log)"
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound (SO_REUSEADDR: TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def require_java() -> None:
+    """Raise BrokerError unless a ``java`` executable is on PATH."""
+    if shutil.which("java") is None:
+        raise BrokerError(
+            "Java not found: the local Kafka broker needs a Java runtime; install OpenJDK 17 "
+            "(e.g. `apt-get install openjdk-17-jre-headless`) or set "
+            "LEADFLOW_BOOTSTRAP_SERVERS to an existing broker"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie whose parent is someone else: gone for our purposes
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" not in status
+
+
+def _is_our_broker(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is the kafka.Kafka JVM of ``data_dir`` (guards against pid reuse)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+    args = [a.decode(errors="replace") for a in cmdline]
+    return "kafka.Kafka" in args and str(data_dir / "server.properties") in args
+
+
+def _in_thread(fn: Callable[[], object]) -> object:
+    # Our callers may already run an event loop (the demo is async), where asyncio.run fails;
+    # a short-lived thread with its own loop works in both cases.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
+async def _metadata_ok(bootstrap: str, timeout_s: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout_s * 1000))
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        info = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        return bool(info.get("brokers"))
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """Whether a Kafka broker at ``bootstrap`` answers a metadata request with itself in it."""
+    host, _, port = bootstrap.rpartition(":")
+    try:  # cheap TCP check first: aiokafka logs an error for every refused connection
+        with socket.create_connection((host or HOST, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError):
+        return False
+    return bool(_in_thread(lambda: asyncio.run(_metadata_ok(bootstrap, timeout_s))))
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What the state file of a running local broker says."""
+
+    pid: int
+    bootstrap: str
+    port: int
+    controller_port: int
+    data_dir: str
+    version: str
+    log: str
+    started_at: float
+
+
+class LocalBroker:
+    """A single-node KRaft Kafka broker (broker+controller in one JVM) in ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        jars_dir: Path,
+        version: str = "3.9.1",
+        heap_mb: int = 512,
+        port: int = 0,
+        controller_port: int = 0,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.jars_dir = Path(jars_dir).resolve()
+        self.version = version
+        self.heap_mb = heap_mb
+        self.port = port
+        self.controller_port = controller_port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state_file(self) -> Path:
+        """The JSON file other processes read to find this broker."""
+        return self.data_dir / STATE_FILE
+
+    @property
+    def log_file(self) -> Path:
+        """The broker JVM's stdout and stderr."""
+        return self.data_dir / LOG_FILE
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` (the port is known once started)."""
+        return f"{HOST}:{self.port}"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def status(self) -> BrokerState | None:
+        """The running broker of this data folder, or None; a stale state file is removed."""
+        return read_state(self.data_dir)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 90.0, progress: Progress | None = None) -> BrokerState:
+        """Start the broker and wait until it answers a metadata request.
+
+        Raises BrokerError if this data folder's broker already runs (see ``status()``),
+        Java is missing, a port is taken, or the JVM exits or stays silent past ``timeout_s``.
+        """
+        _check_version(self.version)
+        require_java()
+        if not _lib_complete(self.jars_dir, self.version):
+            raise BrokerError(
+                f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
+                "(pipeline.kafka.broker.resolve_jars)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.data_dir / ".lock"):
+            running = self.status()
+            if running is not None:
+                raise BrokerAlreadyRunning(running)
+            self._pick_ports()
+            props = self._write_properties()
+            self._format(props)
+            self._launch(props)
+            try:
+                self._wait_ready(timeout_s, progress)
+            except BaseException:
+                self._kill_now()
+                raise
+            assert self._proc is not None
+            state = BrokerState(
+                pid=self._proc.pid, bootstrap=self.bootstrap, port=self.port,
+                controller_port=self.controller_port, data_dir=str(self.data_dir),
+                version=self.version, log=str(self.log_file), started_at=time.time(),
+            )
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(state), indent=1))
+            os.replace(tmp, self.state_file)
+            return state
+
+    def _pick_ports(self) -> None:
+        for name in ("port", "controller_port"):
+            wanted = getattr(self, name)
+            if wanted and not port_free(wanted):
+                what = "Kafka port" if name == "port" else "Kafka controller port"
+                raise BrokerError(f"{what} {wanted} on {HOST} is already in use by another process")
+        # Hold both sockets while picking so that the two free ports differ.
+        held: list[socket.socket] = []
+        try:
+            for name in ("port", "controller_port"):
+                if getattr(self, name) == 0:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    held.append(s)
+                    s.bind((HOST, 0))
+                    setattr(self, name, int(s.getsockname()[1]))
+        finally:
+            for s in held:
+                s.close()
+        if self.port == self.controller_port:
+            raise ConfigError(f"the Kafka port and controller port are both {self.port}")
+
+    def _write_properties(self) -> Path:
+        data = self.data_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            # A static voter set: works on every 3.x and needs no --standalone when formatting.
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(data),
+            # One node: every internal topic must live with replication factor 1.
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            # Consumers join a group at once instead of waiting 3 s for more members.
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are made on purpose (leadflow topics create); a typo must not make one.
+            "auto.create.topics.enable": "false",
+            "message.max.bytes": str(MESSAGE_MAX_BYTES),
+            "replica.fetch.max.bytes": str(MESSAGE_MAX_BYTES),
+            # A 2-core development machine: fewer threads and a small cleaner buffer
+            # (the default 128 MB would take a quarter of a 512 MB heap).
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            "log.cleaner.threads": "1",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text(
+            "# Written by leadflow (pipeline/kafka/broker.py) at every start.\n"
+            + "".join(f"{k}={v}\n" for k, v in props.items())
+        )
+        return path
+
+    def _java_base(self) -> list[str]:
+        return [
+            "java", f"-Dlog4j.configuration=file:{LOG4J}", "-Djava.awt.headless=true",
+            "-cp", str(self.jars_dir / "*"),
+        ]
+
+    def cluster_id(self) -> str:
+        """The cluster id of the formatted data folder, or a new one if it is not formatted."""
+        meta = self.data_dir / "data" / "meta.properties"
+        with contextlib.suppress(OSError):
+            for line in meta.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "cluster.id" and value.strip():
+                    return value.strip()
+        return new_cluster_id()
+
+    def _format(self, props: Path) -> None:
+        # --ignore-formatted lets a second start keep its data, but only with the *same*
+        # cluster id (3.9.1 refuses another one: "Invalid cluster.id in .../meta.properties").
+        cmd = [
+            *self._java_base(), "-Xmx256m", "kafka.tools.StorageTool", "format",
+            "-t", self.cluster_id(), "-c", str(props), "--ignore-formatted",
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            raise BrokerError("formatting the Kafka data folder took over 120 s") from None
+        if proc.returncode != 0:
+            tail = _tail_text(proc.stdout + proc.stderr, 15)
+            raise BrokerError(
+                f"formatting {self.data_dir / 'data'} failed (exit {proc.returncode}):\n{tail}"
+            )
+
+    def _launch(self, props: Path) -> None:
+        java_base = self._java_base()
+        cmd = [
+            java_base[0], f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", *java_base[1:],
+            "kafka.Kafka", str(props),
+        ]
+        with open(self.log_file, "ab") as log:
+            banner = f"\n=== leadflow: starting Kafka {self.version} at {self.bootstrap}\n"
+            log.write(banner.encode())
+            log.flush()
+            # Its own session/process group: Ctrl-C in the terminal that ran `kafka up` does
+            # not reach it, and stop() can signal the whole group.
+            self._proc = subprocess.Popen(
+                cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def _wait_ready(self, timeout_s: float, progress: Progress | None) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        told = False
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise BrokerError(
+                    f"the Kafka broker exited (code {code}) while starting; last lines of "
+                    f"{self.log_file}:\n{_tail_file(self.log_file)}"
+                )
+            if broker_answers(self.bootstrap, timeout_s=3.0):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the Kafka broker did not answer at {self.bootstrap} within {timeout_s:.0f} s;"
+                    f" last lines of {self.log_file}:\n{_tail_file(self.log_file)}"
+                )
+            if progress and not told and time.monotonic() > deadline - timeout_s + 10:
+                progress("still waiting for the broker (a cold JVM is slow on small machines)…")
+                told = True
+            time.sleep(0.5)
+
+    def _kill_now(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(10)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop this folder's broker (SIGTERM, then SIGKILL after ``timeout_s``).
+
+        Returns whether a broker was running. Works from any process via the state file.
+        """
+        state = self.status()
+        pid = state.pid if state else (self._proc.pid if self._proc else None)
+        was_running = pid is not None and _pid_alive(pid)
+        if pid is not None and was_running:
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                if self._proc is not None and self._proc.pid == pid:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self._proc.wait(0.2)
+                else:
+                    time.sleep(0.2)
+            if _pid_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(1)
+        self.state_file.unlink(missing_ok=True)
+        return was_running
+
+
+class BrokerAlreadyRunning(BrokerError):
+    """The data folder's broker runs already (``state`` says where)."""
+
+    def __init__(self, state: BrokerState) -> None:
+        super().__init__(f"already running at {state.bootstrap} (pid {state.pid})")
+        self.state = state
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the JVM leads its own process group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def read_state(data_dir: Path) -> BrokerState | None:
+    """The live broker recorded in ``data_dir``'s state file; a stale file is removed silently."""
+    data_dir = Path(data_dir).resolve()
+    path = data_dir / STATE_FILE
+    try:
+        state = BrokerState(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        path.unlink(missing_ok=True)  # unreadable: written by a crashed or older run
+        return None
+    if not _is_our_broker(state.pid, data_dir):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings-level entry points (CLI, worker, demo)
+# ---------------------------------------------------------------------------------------------
+
+
+def local_broker(settings: Settings, port: int = 0) -> LocalBroker:
+    """The local development broker of ``settings`` (data in ``settings.kafka_dir``)."""
+    return LocalBroker(
+        settings.kafka_dir, jars_dir_for(settings), settings.kafka_version,
+        settings.kafka_heap_mb, port=port,
+    )
+
+
+def local_status(settings: Settings) -> BrokerState | None:
+    """The running local broker of ``settings``, or None."""
+    return read_state(settings.kafka_dir)
+
+
+def start_local_broker(
+    settings: Settings, port: int | None = None, progress: Progress | None = _stderr
+) -> BrokerState:
+    """Resolve the jars if needed and start the local broker.
+
+    ``port=None`` prefers 9092 and takes a free port if 9092 is busy; an explicit port must be
+    free. Raises BrokerAlreadyRunning (a BrokerError) if it runs already.
+    """
+    running = local_status(settings)
+    if running is not None:
+        raise BrokerAlreadyRunning(running)
+    _check_version(settings.kafka_version)
+    require_java()  # say so before a long jar download
+    if port is None:
+        port = PREFERRED_PORT if port_free(PREFERRED_PORT) else 0
+    elif port and not port_free(port):
+        raise BrokerError(f"Kafka port {port} on {HOST} is already in use by another process")
+    resolve_jars(jars_dir_for(settings), settings.kafka_version, progress)
+    broker = local_broker(settings, port=port)
+    if progress:
+        progress(f"starting Kafka {settings.kafka_version} (KRaft, log {broker.log_file})…")
+    return broker.start(progress=progress)
+
+
+def stop_local_broker(settings: Settings) -> bool:
+    """Stop the local broker of ``settings``; returns whether one was running."""
+    return local_broker(settings).stop()
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """The bootstrap servers to use: the configured ones, else the running local broker."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    state = local_status(settings)
+    if state is not None:
+        return state.bootstrap
+    raise BrokerError(
+        "no Kafka broker: run `leadflow kafka up` or set LEADFLOW_BOOTSTRAP_SERVERS"
+    )
+
+
+def ensure_local_broker(settings: Settings, progress: Progress | None = _stderr) -> str:
+    """The bootstrap servers to use, starting the local broker if none is configured/running."""
+    with contextlib.suppress(BrokerError):
+        return resolve_bootstrap(settings)
+    try:
+        return start_local_broker(settings, progress=progress).bootstrap
+    except BrokerAlreadyRunning as exc:  # another process started it meanwhile
+        return exc.state.bootstrap

@@ -1,0 +1,139 @@
+"""Every topic leadflow uses, and creating the missing ones (safe to run again and again)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.errors import BrokerError
+from pipeline.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+#: Inputs and outputs: a week, long enough to replay after an incident.
+EVENT_RETENTION_MS = 7 * DAY_MS
+#: The dead-letter topic is read by people, days later: keep it a month.
+DEADLETTER_RETENTION_MS = 30 * DAY_MS
+#: Faust's tables (its changelog topics are named ``{app_id}-{table}-changelog``).
+DEFAULT_TABLES: tuple[str, ...] = ("leads", "identity", "dedup", "owners")
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as leadflow wants it."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class EnsureReport:
+    """What ``ensure_topics`` did: created and existing names, and warnings for people."""
+
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{len(self.created)} created, {len(self.existing)} already there"
+        if self.warnings:
+            text += f", {len(self.warnings)} warning(s)"
+        return text
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's changelog topic name of a table."""
+    return f"{app_id}-{table}-changelog"
+
+
+def topic_specs(
+    settings: Settings,
+    teams: Sequence[str],
+    tables: Sequence[str] = DEFAULT_TABLES,
+) -> list[TopicSpec]:
+    """All topics for ``settings``: inputs, outputs, dead letter, team routing, changelogs."""
+    t = settings.topics
+    parts, rf = settings.partitions, settings.replication_factor
+    events = {"cleanup.policy": "delete", "retention.ms": str(EVENT_RETENTION_MS)}
+    names: list[tuple[str, Mapping[str, str]]] = [
+        *((name, events) for name in t.inputs()),
+        (t.stage_changes, events),
+        *((t.routing(team), events) for team in teams),
+        (t.nurture, events),
+        (t.recycle, events),
+        (t.escalations, events),
+        (t.deadletter, {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
+        # Table changelogs hold state: only the latest value per key matters, forever.
+        *((changelog_topic(settings.app_id, table), {"cleanup.policy": "compact"})
+          for table in tables),
+    ]
+    specs: list[TopicSpec] = []
+    seen: set[str] = set()
+    for name, configs in names:
+        if name in seen:  # e.g. a team called "nurture" is the nurture topic
+            continue
+        seen.add(name)
+        specs.append(TopicSpec(name, parts, rf, dict(configs)))
+    return specs
+
+
+async def ensure_topics(
+    bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0
+) -> EnsureReport:
+    """Create the topics of ``specs`` that are missing; existing ones are left as they are."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
+
+    report = EnsureReport()
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        try:
+            await admin.start()
+            existing = {
+                meta["topic"]: len(meta["partitions"])
+                for meta in await admin.describe_topics([s.name for s in specs])
+                if meta["error_code"] == 0
+            }
+        except KafkaError as exc:
+            raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        missing = [s for s in specs if s.name not in existing]
+        for spec in specs:
+            if spec.name in existing:
+                report.existing.append(spec.name)
+                if existing[spec.name] != spec.partitions:
+                    report.warnings.append(
+                        f"topic {spec.name} has {existing[spec.name]} partitions, "
+                        f"settings say {spec.partitions} (left as it is)"
+                    )
+        if missing:
+            new = [
+                NewTopic(s.name, s.partitions, s.replication_factor,
+                         topic_configs=dict(s.configs))
+                for s in missing
+            ]
+            try:
+                response = await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except KafkaError as exc:
+                raise BrokerError(f"creating topics at {bootstrap} failed: {exc}") from exc
+            errors: list[str] = []
+            for result in response.topic_errors:
+                name, code = result[0], result[1]
+                message = result[2] if len(result) > 2 else None
+                if code == 0:
+                    report.created.append(name)
+                elif code == _TOPIC_ALREADY_EXISTS:  # another process made it just now
+                    report.existing.append(name)
+                else:
+                    errors.append(f"{name}: error {code} {message or ''}".strip())
+            if errors:
+                raise BrokerError("could not create topics: " + "; ".join(errors))
+    finally:
+        with contextlib.suppress(Exception):  # closing must not hide the real error
+            await admin.close()
+    return report
