@@ -32,9 +32,20 @@ REASONS = (
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+# The "userId or anonymousId" rule of `_Base._needs_identity`, for the published JSON Schema.
+_IDENTITY_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["userId"], "properties": {"userId": {"type": "string"}}},
+        {"required": ["anonymousId"], "properties": {"anonymousId": {"type": "string"}}},
+    ]
+}
+
+
 class _Base(BaseModel):
     # Segment libraries add fields we do not use (integrations, _metadata, writeKey...).
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, populate_by_name=True, json_schema_extra=_IDENTITY_SCHEMA
+    )
 
     message_id: _Id = Field(alias="messageId")
     anonymous_id: _Id | None = Field(default=None, alias="anonymousId")

@@ -1,0 +1,261 @@
+"""Outbound wire models: the JSON every output topic carries, with a stable documented shape.
+
+Each model is frozen and forbids unknown fields, so a typo in the code that builds a message
+fails at once instead of shipping a field nobody documented. `to_bytes()` is the only way a
+message leaves the process (orjson, UTC ISO-8601 datetimes), and `schemas/*.json` are generated
+from these classes by `pipeline.models.schemagen` and checked in CI.
+
+Schema evolution: every message carries `schema_version`. Adding an optional field keeps the
+version; removing or renaming a field, or changing a type, bumps it (see schemas/README.md).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+#: Version of every outbound schema in this module; consumers should accept unknown *higher*
+#: minor additions but must check this number before relying on a removed/renamed field.
+SCHEMA_VERSION = 1
+
+AlertKind = Literal["instant", "hot_score", "pql", "nurture", "recycle"]
+Temperature = Literal["hot", "warm", "cold"]
+
+_TOP_REASON = re.compile(r"^(?P<rule>\S+) (?P<points>[+-]?[\d.]+(?:e[+-]?\d+)?) \((?P<n>\d+)x\)$")
+_TOP_FIT = re.compile(r"^(?P<rule>\S+) (?P<points>[+-]?\d+) \(fit\)$")
+
+
+def _utc(dt: datetime) -> datetime:
+    # Naive datetimes are refused by AwareDatetime; aware ones are normalized to UTC so the
+    # wire always ends in "Z" and consumers can compare the strings.
+    return dt.astimezone(UTC)
+
+
+class _Wire(BaseModel):
+    """Common config: frozen, no unknown fields, JSON via orjson."""
+
+    # Every field is always written (nulls included), so the published (serialization)
+    # schema lists every field as required: consumers never have to guess a default.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-friendly dict of this message (datetimes as ISO-8601 strings)."""
+        return self.model_dump(mode="json")
+
+    def to_bytes(self) -> bytes:
+        """The message as UTF-8 JSON bytes, as it goes on the topic."""
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class _Message(_Wire):
+    """A top-level message: carries the schema version."""
+
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    #: The schema file (under schemas/) this message is validated against.
+    SCHEMA_FILE: ClassVar[str] = ""
+
+    schema_version: Literal[1] = Field(
+        default=1, description="Version of this message's schema; bumped on breaking changes."
+    )
+
+
+class Scores(_Wire):
+    """The lead's scores at the time of the message (after decay)."""
+
+    total: float = Field(description="Total score (the weighted sum of the groups).")
+    fit: float = Field(default=0.0, description="Explicit fit points (title, size, domain...).")
+    engagement: float = Field(default=0.0, description="Implicit engagement points (events).")
+    product: float = Field(default=0.0, description="Product usage points.")
+
+
+class Cause(_Wire):
+    """What made the message happen: a rule and the inbound message that triggered it."""
+
+    rule: str | None = Field(
+        default=None,
+        description='Rule id, threshold ("mql_threshold"), "decay", "crm:<event>"; null if none.',
+    )
+    message_id: str | None = Field(
+        default=None, description="messageId of the triggering inbound event; null for timers."
+    )
+    event_name: str | None = Field(
+        default=None, description="Name of the triggering event (track event or page name)."
+    )
+
+
+class StageChange(_Message):
+    """A lead's lifecycle stage moved (`applied`) or a requested move was `refused`.
+
+    Topic `leads.stage-changes`, key = lead_id.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "stage-change.json"
+
+    lead_id: str = Field(min_length=1, description="The lead (userId, or anon:<anonymousId>).")
+    from_stage: str = Field(description="Stage before the move.")
+    to_stage: str = Field(description="Stage after the move (or the refused target stage).")
+    status: Literal["applied", "refused"] = Field(description="Whether the move happened.")
+    reason: str | None = Field(default=None, description="Why a move was refused; else null.")
+    at: AwareDatetime = Field(description="When the move happened (event time), ISO-8601 UTC.")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    cause: Cause = Field(description="The rule and inbound message that caused the move.")
+    scores: Scores | None = Field(
+        default=None, description="Scores after the move; null for refused moves."
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
+class TopReason(_Wire):
+    """One rule that contributed to the score."""
+
+    rule: str = Field(description="Rule id.")
+    points: float = Field(description="Points the rule awarded (after caps, before decay).")
+    count: int | None = Field(
+        default=None, description="How many events earned them; null for fit rules."
+    )
+
+    @classmethod
+    def parse(cls, line: str) -> TopReason:
+        """From the core's short line (``pricing_page +30 (3x)``, ``title_vp +10 (fit)``)."""
+        m = _TOP_REASON.match(line)
+        if m:
+            return cls(rule=m["rule"], points=float(m["points"]), count=int(m["n"]))
+        m = _TOP_FIT.match(line)
+        if m:
+            return cls(rule=m["rule"], points=float(m["points"]), count=None)
+        raise ValueError(f"not a top-reason line: {line!r}")
+
+
+class LeadSummary(_Wire):
+    """What an account executive needs to act on the alert.
+
+    The e-mail address is included on purpose (the AE has to contact the lead); topics that
+    carry it are personal data. leadflow never logs these values, only counts and codes.
+    """
+
+    email: str | None = Field(default=None, description="Contact e-mail (personal data).")
+    email_domain: str | None = Field(default=None, description="Domain of the e-mail address.")
+    name: str | None = Field(default=None, description="First and last name, if known.")
+    title: str | None = Field(default=None, description="Job title.")
+    company: str | None = Field(default=None, description="Company name.")
+    country: str | None = Field(default=None, description="Country (as sent in traits).")
+    employees: int | None = Field(default=None, description="Company size in employees.")
+
+
+class Assignment(_Wire):
+    """The audit trail of how the owner was chosen."""
+
+    reason: str = Field(
+        description="Why this owner: account owner, territory, round robin, no rep available..."
+    )
+    skipped: list[str] = Field(
+        default_factory=list, description="Reps passed over (at cap, unavailable)."
+    )
+    excluded: list[str] = Field(
+        default_factory=list, description="Reps excluded (e.g. the one who let the SLA lapse)."
+    )
+
+
+class RoutingAlert(_Message):
+    """A lead for a team: hot alerts (`routing.<team>`), nurture and recycle hand-offs.
+
+    Topic `routing.<team>`, `routing.nurture` or `routing.recycle`; key = lead_id.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "routing-alert.json"
+
+    alert_id: str = Field(min_length=1, description="Stable id: replays produce the same id.")
+    lead_id: str = Field(min_length=1, description="The lead.")
+    team: str = Field(description="Owning team; `nurture` or `recycle` for those topics.")
+    kind: AlertKind = Field(description="What raised it: instant trigger, hot score, PQL...")
+    temperature: Temperature = Field(description="hot (alert), warm (nurture), cold (recycle).")
+    owner: str | None = Field(default=None, description="Assigned rep; null if none.")
+    assignment: Assignment | None = Field(
+        default=None, description="How the owner was chosen; null when nobody is assigned."
+    )
+    reassigned: bool = Field(
+        default=False, description="True when re-sent to a new owner after an SLA breach."
+    )
+    triggered_at: AwareDatetime = Field(description="Time of the triggering event, UTC.")
+    triggered_ms: int = Field(description="`triggered_at` in epoch milliseconds.")
+    sla_seconds: int | None = Field(
+        default=None, description="Seconds to acknowledge before escalation; null: no SLA."
+    )
+    due_at: AwareDatetime | None = Field(
+        default=None, description="When the SLA lapses, UTC; null without SLA."
+    )
+    trigger: Cause = Field(description="Rule and inbound message that triggered the alert.")
+    scores: Scores = Field(description="Scores when the alert was raised.")
+    top_reasons: list[TopReason] = Field(
+        default_factory=list, description="Biggest contributions first."
+    )
+    lead: LeadSummary = Field(default_factory=LeadSummary, description="Who the lead is.")
+
+    @field_validator("triggered_at", "due_at")
+    @classmethod
+    def _in_utc(cls, v: datetime | None) -> datetime | None:
+        return _utc(v) if v is not None else None
+
+
+class Escalation(_Message):
+    """An alert was not acknowledged within its SLA and was reassigned.
+
+    Topic `routing.escalations`; key = lead_id.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "escalation.json"
+
+    alert_id: str = Field(min_length=1, description="The alert that breached its SLA.")
+    lead_id: str = Field(min_length=1, description="The lead.")
+    team: str = Field(description="Owning team.")
+    kind: AlertKind | None = Field(default=None, description="The alert's kind.")
+    from_owner: str | None = Field(description="Rep who did not acknowledge in time.")
+    to_owner: str | None = Field(description="Rep it was reassigned to; null if none left.")
+    sla_seconds: int = Field(ge=0, description="The SLA that lapsed.")
+    triggered_at: AwareDatetime = Field(description="Time of the triggering event, UTC.")
+    breached_at: AwareDatetime = Field(description="When the breach was detected, UTC.")
+    reason: str = Field(description='Human reason, e.g. "not acknowledged within 300s".')
+
+    @field_validator("triggered_at", "breached_at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
+class DeadLetter(_Message):
+    """An inbound message that could not be used, with its original bytes.
+
+    Topic `events.deadletter`; key = the original message's key.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "dead-letter.json"
+
+    reason: str = Field(description="Reason code (see pipeline.models.events.REASONS).")
+    detail: str = Field(description="What is wrong, naming the field; no field values.")
+    source_topic: str = Field(description="Topic the message was read from.")
+    partition: int = Field(ge=0, description="Its partition.")
+    offset: int = Field(ge=0, description="Its offset.")
+    timestamp_ms: int | None = Field(description="Its Kafka record timestamp (epoch ms).")
+    key_b64: str | None = Field(description="Original key bytes, base64; null if no key.")
+    value_b64: str = Field(description="Original value bytes, base64 (may be personal data).")
+    value_size: int = Field(ge=0, description="Length of the original value in bytes.")
+    received_at: AwareDatetime = Field(description="When leadflow dead-lettered it, UTC.")
+
+    @field_validator("received_at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
+#: Every outbound model, by schema file name (for schemagen and the docs).
+OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, DeadLetter)
