@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.errors import BrokerError
 from pipeline.settings import Settings
@@ -17,6 +20,7 @@ DEADLETTER_RETENTION_MS = 30 * DAY_MS
 #: Faust's tables (its changelog topics are named ``{app_id}-{table}-changelog``).
 DEFAULT_TABLES: tuple[str, ...] = ("leads", "identity", "dedup", "owners")
 
+_UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -81,36 +85,56 @@ def topic_specs(
     return specs
 
 
+async def _partition_counts(
+    admin: Any, names: Sequence[str], wait_s: float, *, must_exist: bool = False
+) -> dict[str, int]:
+    """Partition counts of the topics among ``names`` that exist, once their leaders are known.
+
+    Right after a topic is created the broker's metadata can still say UNKNOWN_TOPIC (seen for
+    ~0.4 s on 3.9.1 right after a CreateTopics that succeeded), LEADER_NOT_AVAILABLE, or list
+    partitions without a leader. Wait up to ``wait_s`` for such topics to settle; with
+    ``must_exist`` (topics we just created) an unknown topic is still settling too.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        counts: dict[str, int] = {}
+        settling = False
+        for meta in await admin.describe_topics(list(names)):
+            code = meta["error_code"]
+            if code == _UNKNOWN_TOPIC:
+                settling = settling or must_exist
+                continue
+            counts[meta["topic"]] = len(meta["partitions"])
+            if code != 0 or any(p["leader"] < 0 for p in meta["partitions"]):
+                settling = True
+        if not settling or time.monotonic() >= deadline:
+            return counts
+        await asyncio.sleep(0.2)
+
+
 async def ensure_topics(
     bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0
 ) -> EnsureReport:
-    """Create the topics of ``specs`` that are missing; existing ones are left as they are."""
+    """Create the topics of ``specs`` that are missing; existing ones are left as they are.
+
+    Returns once the created topics have partition leaders, so producers can use them at once.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
 
     report = EnsureReport()
+    names = [s.name for s in specs]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
     try:
         try:
             await admin.start()
-            existing = {
-                meta["topic"]: len(meta["partitions"])
-                for meta in await admin.describe_topics([s.name for s in specs])
-                if meta["error_code"] == 0
-            }
+            existing = await _partition_counts(admin, names, wait_s=timeout_s)
         except KafkaError as exc:
             raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         missing = [s for s in specs if s.name not in existing]
-        for spec in specs:
-            if spec.name in existing:
-                report.existing.append(spec.name)
-                if existing[spec.name] != spec.partitions:
-                    report.warnings.append(
-                        f"topic {spec.name} has {existing[spec.name]} partitions, "
-                        f"settings say {spec.partitions} (left as it is)"
-                    )
+        raced: list[str] = []
         if missing:
             new = [
                 NewTopic(s.name, s.partitions, s.replication_factor,
@@ -128,11 +152,33 @@ async def ensure_topics(
                 if code == 0:
                     report.created.append(name)
                 elif code == _TOPIC_ALREADY_EXISTS:  # another process made it just now
-                    report.existing.append(name)
+                    raced.append(name)
                 else:
                     errors.append(f"{name}: error {code} {message or ''}".strip())
             if errors:
                 raise BrokerError("could not create topics: " + "; ".join(errors))
+            try:
+                existing.update(await _partition_counts(
+                    admin, report.created + raced, wait_s=timeout_s, must_exist=True))
+            except KafkaError as exc:
+                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        created = set(report.created)
+        for spec in specs:
+            if spec.name in created:
+                if spec.name not in existing:
+                    report.warnings.append(
+                        f"topic {spec.name} was created but is not visible after {timeout_s:g} s"
+                    )
+                continue
+            report.existing.append(spec.name)
+            have = existing.get(spec.name)
+            if have is not None and have != spec.partitions:
+                report.warnings.append(
+                    f"topic {spec.name} has {have} partitions, "
+                    f"settings say {spec.partitions} (left as it is)"
+                )
+        # Keep the order of `specs` in both lists.
+        report.created = [n for n in names if n in created]
     finally:
         with contextlib.suppress(Exception):  # closing must not hide the real error
             await admin.close()
