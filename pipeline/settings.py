@@ -59,9 +59,30 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    sla_check_interval_s: float = Field(default=1.0, gt=0)
     kafka_version: str = "3.9.1"
     kafka_heap_mb: int = Field(default=512, ge=128)
     topics: Topics = Field(default_factory=Topics)
+    # -- HTTP collector (leadflow collector) ---------------------------------------------
+    write_keys: dict[str, Literal["web", "email", "product", "crm"]] = Field(
+        default={"dev-web-key": "web"},
+        description="Collector write key -> source (picks the input topic). JSON in the "
+        'environment: LEADFLOW_WRITE_KEYS=\'{"k1": "web", "k2": "crm"}\'. Replace the dev key.',
+    )
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8088, ge=0, le=65535)
+    collector_cors_origins: list[str] = Field(
+        default=["*"], description='Origins allowed to post from browsers; ["*"] allows any.'
+    )
+    collector_rate_per_s: float = Field(
+        default=200.0, gt=0, description="Messages per second per write key (token bucket)."
+    )
+    collector_burst: int = Field(default=1000, ge=1, description="Token bucket size per key.")
+    collector_max_message_bytes: int = Field(default=32 * 1024, ge=1024)  # Segment's limit
+    collector_max_batch_bytes: int = Field(default=500 * 1024, ge=1024)  # Segment's limit
+    collector_ack_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for Kafka's acks before answering 503."
+    )
 
     @property
     def kafka_dir(self) -> Path:

@@ -205,8 +205,7 @@ async def run(
     from aiokafka import AIOKafkaProducer
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    start_ms = int(time.time() * 1000) - 3_600_000 if live_time else None
-    msgs = list(generate(visitors, seed=seed, start_ms=start_ms))
+    msgs = list(generate(visitors, seed=seed))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     sent = 0
@@ -221,6 +220,8 @@ async def run(
             for msg in msgs:
                 if stop is not None and stop.is_set():
                     break
+                if live_time:
+                    msg.body["timestamp"] = _iso(int(time.time() * 1000))
                 await producer.send(topics[msg.source], msg.value(), key=msg.key.encode())
                 sent += 1
                 if interval:

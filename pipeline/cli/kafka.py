@@ -75,16 +75,22 @@ def status() -> None:
 
 @topics_app.command("create")
 def create(
-    teams: Annotated[str, typer.Option(
-        "--teams", help="Comma-separated teams that get a routing.<team> topic.")] = "default",
+    teams: Annotated[str | None, typer.Option(
+        "--teams", help="Comma-separated teams that get a routing.<team> topic "
+        "(default: the teams of the configured rules file).")] = None,
 ) -> None:
-    """Create every missing leadflow topic (inputs, outputs, routing, changelogs)."""
+    """Create every missing leadflow topic (inputs, outputs, routing, internal, changelogs)."""
     from pipeline.kafka.broker import resolve_bootstrap
     from pipeline.kafka.topics import ensure_topics, topic_specs
 
-    names = [t.strip() for t in teams.split(",") if t.strip()]
     settings = Settings()
     try:
+        if teams is None:
+            from pipeline.stream.worker import load_configured_rules
+
+            names = load_configured_rules(settings).teams()
+        else:
+            names = [t.strip() for t in teams.split(",") if t.strip()]
         bootstrap = resolve_bootstrap(settings)
         report = asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=names)))
     except LeadflowError as exc:

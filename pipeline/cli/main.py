@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import kafka, rules
+from pipeline.cli import kafka, rules, stream
 
 app = typer.Typer(
     name="leadflow",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 kafka.register(app)
 rules.register(app)
+stream.register(app)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ EVENT_RETENTION_MS = 7 * DAY_MS
 #: The dead-letter topic is read by people, days later: keep it a month.
 DEADLETTER_RETENTION_MS = 30 * DAY_MS
 #: Faust's tables (its changelog topics are named ``{app_id}-{table}-changelog``).
-DEFAULT_TABLES: tuple[str, ...] = ("leads", "identity", "dedup", "owners")
+DEFAULT_TABLES: tuple[str, ...] = ("leads", "identity", "owners")
+# Re-keyed topics between the worker's agents (see pipeline.stream.app).
+DEFAULT_INTERNAL: tuple[str, ...] = ("identity", "leads", "assign")
 
 _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
@@ -58,8 +60,11 @@ def topic_specs(
     settings: Settings,
     teams: Sequence[str],
     tables: Sequence[str] = DEFAULT_TABLES,
+    internal: Sequence[str] = DEFAULT_INTERNAL,
 ) -> list[TopicSpec]:
-    """All topics for ``settings``: inputs, outputs, dead letter, team routing, changelogs."""
+    """All topics for ``settings``: inputs, outputs, dead letter, team routing, changelogs,
+    and the worker's internal re-keyed topics (created up front: a consumer that starts
+    before its topic exists ignores it until the next rebalance)."""
     t = settings.topics
     parts, rf = settings.partitions, settings.replication_factor
     events = {"cleanup.policy": "delete", "retention.ms": str(EVENT_RETENTION_MS)}
@@ -71,6 +76,7 @@ def topic_specs(
         (t.recycle, events),
         (t.escalations, events),
         (t.deadletter, {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
+        *((f"{settings.app_id}-{name}", events) for name in internal),
         # Table changelogs hold state: only the latest value per key matters, forever.
         *((changelog_topic(settings.app_id, table), {"cleanup.policy": "compact"})
           for table in tables),

@@ -24,14 +24,15 @@ def event_to_dict(e: Event) -> dict[str, Any]:
         d["n"] = e.name
     if e.source:
         d["s"] = e.source
+    # Plain dicts: the tables' JSON codec does not know read-only mappings.
     if e.properties:
-        d["p"] = e.properties
+        d["p"] = dict(e.properties)
     if e.traits:
-        d["tr"] = e.traits
+        d["tr"] = dict(e.traits)
     if e.url:
         d["u"] = e.url
     if e.utm:
-        d["utm"] = e.utm
+        d["utm"] = dict(e.utm)
     if e.anonymous_id:
         d["a"] = e.anonymous_id
     if e.user_id:

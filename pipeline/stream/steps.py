@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.engine import apply_batch
 from pipeline.core.event import Event
 from pipeline.core.identity import (
     IdentityRecord,
@@ -19,6 +20,9 @@ from pipeline.core.identity import (
     record_to_dict,
     stitch_many,
 )
+from pipeline.core.routing import RoutingRules, Team, TeamState, assign
+from pipeline.core.rules import CompiledRules
+from pipeline.core.state import LeadState
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import parse_message
 from pipeline.stream.codec import event_from_dict, event_to_dict
@@ -114,3 +118,183 @@ def stitch_batch(
         if res.record != rec:
             out.writes[key] = record_to_dict(res.record, event_to_dict)
     return out
+
+
+@dataclass(slots=True)
+class ScoreResult:
+    """Core outputs of a batch (in order), lead table writes, and duplicates dropped."""
+
+    outputs: list[Any] = field(default_factory=list)
+    writes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+# A lead record in the table: {"s": core LeadState as dict, "seen": {messageId: event ms}}.
+# The seen-set is the long dedup window (settings.dedup_retention_s, in event time); it is
+# kept beside the state so that both are written in one changelog record.
+SEEN_CAP = 5000
+
+
+def score_batch(
+    events: Sequence[Event],
+    get: Callable[[str], Mapping[str, Any] | None],
+    rules: CompiledRules,
+    *,
+    dedup_retention_ms: int,
+) -> ScoreResult:
+    """Run the core over a batch, per lead in arrival order; one table write per lead."""
+    by_lead: dict[str, list[Event]] = {}
+    for e in events:
+        by_lead.setdefault(e.lead_id, []).append(e)
+    out = ScoreResult()
+    for lead, evs in by_lead.items():
+        stored = get(lead)
+        seen: dict[str, int] = dict(stored["seen"]) if stored is not None else {}
+        fresh: list[Event] = []
+        for e in evs:
+            if e.message_id in seen:
+                out.duplicates += 1
+                continue
+            seen[e.message_id] = e.timestamp_ms
+            fresh.append(e)
+        if not fresh:
+            continue
+        state = LeadState.from_dict(stored["s"]) if stored is not None else None
+        res = apply_batch(state, fresh, rules)
+        out.outputs.extend(res.outputs)
+        horizon = max(seen.values()) - dedup_retention_ms
+        kept = {m: ts for m, ts in seen.items() if ts >= horizon}
+        if len(kept) > SEEN_CAP:  # bound memory for extremely active leads
+            kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-SEEN_CAP:])
+        out.writes[lead] = {"s": res.state.to_dict(), "seen": kept}
+    return out
+
+
+# -- assignment: one record per team on the <app>-assign topic --------------------------
+#
+# Commands (JSON, key = team name):
+#   {"op": "alert", "alert": {...}}  a hot lead to assign (built by the score stage)
+#   {"op": "ack", "lead_id": ..., "alert_id": ... | None, "at_ms": ..., "event": ...}
+#   {"op": "tick", "now_ms": ...}    sent by a timer when an SLA may have lapsed
+# Team record: {"state": TeamState.to_dict(), "pending": {alert_id: {...}}}
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One message to send: a topic role ('team', 'escalations'), key and JSON body."""
+
+    role: str
+    team: str
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AssignResult:
+    """Messages to send, team table writes, and measurements for the metrics."""
+
+    emitted: list[Emitted] = field(default_factory=list)
+    writes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    speed_to_lead: list[tuple[str, str, float]] = field(default_factory=list)  # team, kind, s
+    breaches: list[tuple[str, str]] = field(default_factory=list)  # team, kind
+
+
+def _iso_ms(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _place(
+    team: Team, st: TeamState, alert: dict[str, Any], sla_s: int | None, at_ms: int,
+    exclude: frozenset[str],
+) -> tuple[TeamState, dict[str, Any]]:
+    st, a = assign(team, st, domain=alert.get("domain"), at_ms=at_ms, exclude=exclude)
+    body = {k: v for k, v in alert.items() if k != "domain"}
+    body["team"] = team.name
+    body["owner"] = a.owner
+    body["assignment"] = {"reason": a.reason, "skipped": list(a.skipped),
+                          "excluded": sorted(exclude)}
+    body["sla_seconds"] = sla_s
+    body["due_at"] = _iso_ms(at_ms + sla_s * 1000) if sla_s else None
+    return st, body
+
+
+def assign_batch(
+    commands: Sequence[tuple[str, Mapping[str, Any]]],
+    get: Callable[[str], Mapping[str, Any] | None],
+    routing: RoutingRules,
+) -> AssignResult:
+    """Apply assignment commands per team in order; one table write per team."""
+    teams = {t.name: t for t in routing.teams}
+    out = AssignResult()
+    records: dict[str, dict[str, Any]] = {}
+    for team_name, cmd in commands:
+        team = teams.get(team_name)
+        if team is None:  # the rules changed under a pending command: keep it visible
+            team = routing.teams[-1]
+        rec = records.get(team.name)
+        if rec is None:
+            stored = get(team.name)
+            rec = {"state": dict(stored["state"]), "pending": dict(stored["pending"])} \
+                if stored is not None else {"state": TeamState().to_dict(), "pending": {}}
+            records[team.name] = rec
+        st = TeamState.from_dict(rec["state"])
+        pending: dict[str, Any] = rec["pending"]
+        op = cmd.get("op")
+        if op == "alert":
+            alert = dict(cmd["alert"])
+            if alert["alert_id"] in pending:
+                continue  # a replayed request: already assigned
+            sla = routing.sla_seconds(alert["kind"])
+            at = int(alert["triggered_ms"])
+            st, body = _place(team, st, alert, sla, at, frozenset())
+            out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+            if sla:
+                pending[alert["alert_id"]] = {"due_ms": at + sla * 1000, "alert": alert,
+                                              "owner": body["owner"], "excluded": []}
+        elif op == "ack":
+            lead, aid, at = cmd["lead_id"], cmd.get("alert_id"), int(cmd["at_ms"])
+            for key in [k for k, p in pending.items()
+                        if k == aid or (aid is None and p["alert"]["lead_id"] == lead)]:
+                p = pending.pop(key)
+                seconds = max(0.0, (at - int(p["alert"]["triggered_ms"])) / 1000)
+                out.speed_to_lead.append((team.name, p["alert"]["kind"], seconds))
+        elif op == "tick":
+            now = int(cmd["now_ms"])
+            for key in [k for k, p in pending.items() if p["due_ms"] <= now]:
+                p = pending[key]
+                alert = p["alert"]
+                sla = routing.sla_seconds(alert["kind"]) or 0
+                excluded = frozenset([*p["excluded"], *([p["owner"]] if p["owner"] else [])])
+                st, body = _place(team, st, alert, sla, now, excluded)
+                body["reassigned"] = True
+                out.breaches.append((team.name, alert["kind"]))
+                out.emitted.append(Emitted("escalations", team.name, alert["lead_id"], {
+                    "alert_id": key, "lead_id": alert["lead_id"], "team": team.name,
+                    "kind": alert["kind"], "from_owner": p["owner"], "to_owner": body["owner"],
+                    "sla_seconds": sla, "triggered_at": _iso_ms(int(alert["triggered_ms"])),
+                    "breached_at": _iso_ms(now),
+                    "reason": f"not acknowledged within {sla}s",
+                }))
+                out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+                pending[key] = {"due_ms": now + sla * 1000, "alert": alert,
+                                "owner": body["owner"], "excluded": sorted(excluded)}
+        rec["state"] = st.to_dict()
+    out.writes = records
+    return out
+
+
+def overdue(record: Mapping[str, Any], now_ms: int) -> bool:
+    """Whether a team record has an alert whose SLA has lapsed (the timer's test)."""
+    return any(p["due_ms"] <= now_ms for p in record.get("pending", {}).values())
+
+
+def rec_traits(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A lead record's latest traits (from identify calls), for routing."""
+    traits = record.get("s", {}).get("traits")
+    if not isinstance(traits, Mapping):
+        return {}
+    # LeadState.to_dict keeps each trait as [value, event ms] (latest identify wins).
+    return {k: v[0] if isinstance(v, list | tuple) and len(v) == 2 else v
+            for k, v in traits.items()}

@@ -65,8 +65,8 @@ def test_topic_specs_cover_every_topic() -> None:
         "events.web", "events.email", "events.product", "events.crm",
         "leads.stage-changes", "routing.sales", "routing.emea",
         "routing.nurture", "routing.recycle", "routing.escalations", "events.deadletter",
-        "lf-leads-changelog", "lf-identity-changelog", "lf-dedup-changelog",
-        "lf-owners-changelog",
+        "lf-identity", "lf-leads", "lf-assign",
+        "lf-leads-changelog", "lf-identity-changelog", "lf-owners-changelog",
     ]
     assert {(t.partitions, t.replication_factor) for t in specs} == {(6, 1)}
     by_name = {t.name: t for t in specs}

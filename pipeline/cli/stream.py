@@ -1,0 +1,70 @@
+"""`leadflow worker`, `leadflow simulate` and `leadflow demo`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from pipeline.errors import LeadflowError
+from pipeline.settings import Settings
+
+
+def _fail(exc: LeadflowError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stream commands to the root app."""
+
+    @app.command()
+    def worker(
+        loglevel: str = typer.Option("info", help="Faust log level."),
+        web_port: int | None = typer.Option(None, help="Web port (lead API, /metrics)."),
+    ) -> None:
+        """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
+        from pipeline.stream.worker import run
+
+        overrides = {"web_port": web_port} if web_port is not None else {}
+        try:
+            run(Settings(**overrides), loglevel=loglevel)
+        except LeadflowError as exc:
+            raise _fail(exc) from None
+
+    @app.command()
+    def simulate(
+        rate: float = typer.Option(200.0, help="Messages per second (0: as fast as possible)."),
+        visitors: int = typer.Option(2000, help="Visitor journeys to play."),
+        seed: int = typer.Option(7, help="Random seed: the same seed gives the same traffic."),
+    ) -> None:
+        """Produce realistic synthetic Segment traffic to the input topics."""
+        from pipeline.kafka.broker import resolve_bootstrap
+        from pipeline.simulator import run as sim_run
+
+        settings = Settings()
+        t = settings.topics
+        try:
+            bootstrap = resolve_bootstrap(settings)
+        except LeadflowError as exc:
+            raise _fail(exc) from None
+        topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
+        sent = asyncio.run(
+            sim_run(bootstrap, topics, rate=rate, visitors=visitors, seed=seed)
+        )
+        typer.echo(f"sent {sent} messages")
+
+    @app.command()
+    def demo(
+        rate: float = typer.Option(100.0, help="Simulated messages per second."),
+        visitors: int = typer.Option(3000, help="Visitor journeys to play."),
+        web_port: int = typer.Option(6066, help="Worker web port (lead API, /metrics)."),
+    ) -> None:
+        """The main job, locally: broker (if none configured), topics, a worker, the simulator,
+        and a live view of stage changes and alerts. Ctrl-C stops everything it started."""
+        from pipeline.demo import run_demo
+
+        try:
+            run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors)
+        except LeadflowError as exc:
+            raise _fail(exc) from None

@@ -1,0 +1,144 @@
+"""`leadflow demo`: the whole pipeline on one machine, with a live view of what it emits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from pipeline.errors import BrokerError
+from pipeline.settings import Settings
+
+console = Console()
+
+
+def _describe(topic: str, data: dict[str, Any]) -> str:
+    scores = data.get("scores") or {}
+    total = scores.get("total")
+    score = f"score {total:g}" if isinstance(total, int | float) else ""
+    lead = data.get("lead_id", "?")
+    if "to_stage" in data:
+        cause = (data.get("cause") or {}).get("rule") or (data.get("cause") or {}).get(
+            "event_name"
+        )
+        status = data.get("status", "applied")
+        if status == "refused":
+            return (f"[yellow]refused[/] {lead}: {data.get('from_stage')} → {data.get('to_stage')}"
+                    f" ({data.get('reason')})")
+        return (f"[cyan]stage[/]  {lead}: {data.get('from_stage')} → [bold]{data.get('to_stage')}"
+                f"[/] {score} (cause: {cause})")
+    if "reason" in data and "source_topic" in data:
+        return f"[red]dead letter[/] from {data.get('source_topic')}: {data.get('reason')}"
+    kind = data.get("kind", "?")
+    reasons = ", ".join(str(r.get("rule")) for r in (data.get("top_reasons") or [])[:3])
+    return (f"[magenta]alert[/]  {topic}: {lead} {kind} {data.get('temperature', '')} "
+            f"{score} owner={data.get('owner')} ({reasons})")
+
+
+async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
+                counts: dict[str, int]) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    t = settings.topics
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    consumer.subscribe(pattern=rf"^({t.stage_changes}|{t.deadletter}|{t.routing_prefix}.*)$"
+                       .replace(".", r"\.").replace(r"\.*)", ".*)"))
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                for rec in records:
+                    counts[tp.topic] = counts.get(tp.topic, 0) + 1
+                    try:
+                        data = orjson.loads(rec.value or b"{}")
+                    except orjson.JSONDecodeError:
+                        continue
+                    console.print(_describe(tp.topic, data), highlight=False)
+    finally:
+        await consumer.stop()
+
+
+async def _main(settings: Settings, rate: float, visitors: int) -> None:
+    from pipeline.kafka.broker import ensure_local_broker, resolve_bootstrap
+    from pipeline.kafka.topics import ensure_topics, topic_specs
+    from pipeline.simulator import run as simulate
+    from pipeline.stream.worker import load_configured_rules
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    started_broker = False
+    try:
+        bootstrap = resolve_bootstrap(settings)
+    except BrokerError:
+        console.print("no Kafka configured: starting a local broker (leadflow kafka up)…")
+        bootstrap = ensure_local_broker(settings)
+        started_broker = True
+    console.print(f"Kafka at [bold]{bootstrap}[/]")
+    rules = load_configured_rules(settings)
+    report = await ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()))
+    console.print(f"topics ready ({report})")
+
+    log_path = settings.home / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LEADFLOW_BOOTSTRAP_SERVERS": bootstrap,
+           "LEADFLOW_WEB_PORT": str(settings.web_port)}
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "worker", "--loglevel", "warning"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    console.print(f"worker started (pid {worker.pid}, log {log_path}); lead API on "
+                  f"http://{settings.web_host}:{settings.web_port}/leads/<id>")
+    counts: dict[str, int] = {}
+    t = settings.topics
+    topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
+    tail = asyncio.create_task(_tail(bootstrap, settings, stop, counts))
+    sim = asyncio.create_task(
+        simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False)
+    )
+    try:
+        while not stop.is_set():
+            if worker.poll() is not None:
+                console.print(f"[red]the worker exited ({worker.returncode}); see {log_path}[/]")
+                break
+            if sim.done() and not sim.cancelled():
+                console.print(f"simulator finished: {sim.result()} messages sent; "
+                              "still watching (Ctrl-C to stop)")
+                sim = asyncio.create_task(asyncio.sleep(1e9))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        stop.set()
+        console.print("stopping…")
+        for task in (sim, tail):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(worker.wait, 60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if started_broker:
+            from pipeline.kafka.broker import stop_local_broker
+
+            stop_local_broker(settings)
+        console.print(f"stopped. messages seen per topic: {counts}")
+
+
+def run_demo(settings: Settings, *, rate: float, visitors: int) -> None:
+    """Run the demo until Ctrl-C."""
+    asyncio.run(_main(settings, rate, visitors))

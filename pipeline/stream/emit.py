@@ -1,0 +1,150 @@
+"""From core outputs to wire messages: which topic, which key, which JSON body.
+
+Pure functions (no Faust): the score agent calls `plan` with a batch's core outputs and
+gets back the messages to send plus the assignment requests for the assign agent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.core.event import Event
+from pipeline.core.identity import identity_key
+from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
+from pipeline.core.routing import RoutingRules, choose_team, email_domain
+from pipeline.models.outputs import DeadLetter, StageChange
+from pipeline.settings import Topics
+from pipeline.stream.codec import dumps
+from pipeline.stream.steps import Rejected
+
+ACK_EVENTS = frozenset({"Alert Acknowledged", "Lead Contacted"})
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def identity_key_bytes(e: Event) -> bytes:
+    """Kafka key of an event on the identity topic."""
+    return identity_key(e).encode()
+
+
+def dead_letter(rej: Rejected, *, now_ms: int | None = None) -> bytes:
+    """The dead-letter message: reason, detail, the original bytes and where they came from."""
+    m = rej.message
+    value = m.value or b""
+    return DeadLetter(
+        reason=rej.reason,
+        detail=rej.detail,
+        source_topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        timestamp_ms=m.timestamp_ms,
+        key_b64=base64.b64encode(m.key).decode() if m.key is not None else None,
+        value_b64=base64.b64encode(value).decode(),
+        value_size=len(value),
+        received_at=datetime.fromtimestamp(
+            (now_ms if now_ms is not None else m.timestamp_ms) / 1000, UTC),
+    ).to_bytes()
+
+
+def _scores(total: float, by_group: Mapping[str, float]) -> dict[str, float]:
+    return {"total": total, "fit": by_group.get("fit", 0.0),
+            "engagement": by_group.get("engagement", 0.0),
+            "product": by_group.get("product", 0.0)}
+
+
+def _lead_summary(traits: Mapping[str, Any]) -> dict[str, Any]:
+    company = traits.get("company")
+    name = company.get("name") if isinstance(company, Mapping) else company
+    return {k: v for k, v in {
+        "email": traits.get("email"), "name": " ".join(
+            str(traits[k]) for k in ("firstName", "lastName") if traits.get(k)) or None,
+        "title": traits.get("title"), "company": name, "country": traits.get("country"),
+        "employees": traits.get("employees"),
+    }.items() if v is not None}
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the score stage sends: (topic, key, value) triples and assignment commands."""
+
+    sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    assign: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # team, command
+    alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
+    moves: list[tuple[str, str, bool]] = field(default_factory=list)  # from, to, refused
+
+
+def plan(
+    outputs: Sequence[object],
+    traits_of: Mapping[str, Mapping[str, Any]],
+    events: Sequence[Event],
+    routes: Mapping[str, Mapping[str, Any]],
+    routing: RoutingRules,
+    topics: Topics,
+) -> Plan:
+    """Map one batch's core outputs (and acknowledgement events) to messages."""
+    p = Plan()
+    for o in outputs:
+        if isinstance(o, StageMove):
+            msg = StageChange(
+                lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
+                status="applied", reason=None, at=iso(o.at_ms), at_ms=o.at_ms,
+                cause={"rule": o.cause_rule, "message_id": o.cause_message_id},
+                scores=_scores(o.score_total, o.scores_by_group),
+            )
+            p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
+            p.moves.append((o.from_stage, o.to_stage, False))
+        elif isinstance(o, MoveRefused):
+            msg = StageChange(
+                lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
+                status="refused", reason=o.reason, at=iso(o.at_ms), at_ms=o.at_ms,
+                cause={"rule": None, "message_id": o.cause_message_id}, scores=None,
+            )
+            p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
+            p.moves.append((o.from_stage, o.to_stage, True))
+        elif isinstance(o, AlertTrigger):
+            traits = traits_of.get(o.lead_id, {})
+            team, why = choose_team(routing, traits)
+            body: dict[str, Any] = {
+                "alert_id": o.alert_id, "lead_id": o.lead_id, "kind": o.kind,
+                "temperature": o.temperature, "triggered_at": iso(o.at_ms),
+                "triggered_ms": o.at_ms,
+                "trigger": {"rule": o.rule, "message_id": o.message_id},
+                "scores": _scores(o.score_total, o.scores_by_group),
+                "top_reasons": list(o.top_reasons),
+                "lead": _lead_summary(traits),
+                "domain": email_domain(traits),
+                "team_reason": why,
+            }
+            p.assign.append((team.name, {"op": "alert", "alert": body}))
+            p.alerts.append((team.name, o.kind))
+        elif isinstance(o, RoutingDecision):
+            traits = traits_of.get(o.lead_id, {})
+            topic = topics.nurture if o.route == "nurture" else topics.recycle
+            body = {
+                "alert_id": f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
+                "lead_id": o.lead_id, "team": o.route, "kind": o.route,
+                "temperature": o.temperature, "owner": None, "assignment": None,
+                "triggered_at": iso(o.at_ms), "sla_seconds": None, "due_at": None,
+                "trigger": {"rule": o.reason, "message_id": o.message_id},
+                "scores": _scores(o.score_total, o.scores_by_group),
+                "top_reasons": [], "lead": _lead_summary(traits),
+            }
+            p.sends.append((topic, o.lead_id.encode(), dumps(body)))
+            p.alerts.append((o.route, o.route))
+    for e in events:
+        if e.type == "track" and e.name in ACK_EVENTS:
+            route = routes.get(e.lead_id)
+            if route is None:
+                continue
+            aid = e.properties.get("alert_id")
+            p.assign.append((str(route["team"]), {
+                "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
+                else None, "at_ms": e.timestamp_ms, "event": e.name}))
+    return p

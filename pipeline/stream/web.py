@@ -1,0 +1,76 @@
+"""Web views on the worker: the lead API, liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faust import web
+from faust.exceptions import SameNode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pipeline.stream.leadview import lead_document
+
+if TYPE_CHECKING:
+    from pipeline.stream.app import LeadflowApp
+
+
+def install(lf: LeadflowApp) -> None:
+    """Register the views on the app's web server."""
+    app = lf.app
+    leads = lf.leads
+
+    @app.page("/leads/{lead_id}")
+    class LeadView(web.View):
+        """GET /leads/{id}: stage, scores by group, breakdown, last events, owner."""
+
+        async def get(self, request: web.Request, lead_id: str) -> web.Response:
+            # Faust's router picks the worker that owns the key's partition from the
+            # producer's metadata of the changelog topic, which it only has once it has
+            # written to it: fetch it first so that a fresh worker routes correctly.
+            await lf.app.producer._ensure_producer().partitions_for(leads.changelog_topic.get_topic_name())
+            try:
+                return await app.router.route_req(leads.name, lead_id, self.web, request)
+            except SameNode:
+                pass
+            stored = leads.get(lead_id.encode())
+            if stored is None:
+                return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
+            return self.json(lead_document(lead_id, stored, lf.rules))
+
+    @app.page("/healthz")
+    class Health(web.View):
+        """Liveness: the process serves requests."""
+
+        async def get(self, request: web.Request) -> web.Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class Ready(web.View):
+        """Readiness: partitions assigned and every table recovered."""
+
+        async def get(self, request: web.Request) -> web.Response:
+            state = readiness(lf)
+            return self.json(state, status=200 if state["ready"] else 503)
+
+    @app.page("/metrics")
+    class MetricsView(web.View):
+        """Prometheus text exposition of this worker's registry."""
+
+        async def get(self, request: web.Request) -> web.Response:
+            body = generate_latest(lf.metrics.registry)
+            return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+def readiness(lf: LeadflowApp) -> dict[str, Any]:
+    """Whether the worker is ready to serve: assigned, not rebalancing, not recovering."""
+    app = lf.app
+    recovery = app.tables.recovery
+    assigned = len(app.consumer.assignment()) if app.consumer else 0
+    recovering = bool(recovery.in_recovery)
+    rebalancing = bool(app.rebalancing)
+    return {
+        "ready": assigned > 0 and not recovering and not rebalancing,
+        "assigned_partitions": assigned,
+        "recovering": recovering,
+        "rebalancing": rebalancing,
+    }

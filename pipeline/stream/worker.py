@@ -1,0 +1,54 @@
+"""Build the app from settings and run it as a Faust worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
+from pipeline.kafka.broker import resolve_bootstrap
+from pipeline.kafka.topics import ensure_topics, topic_specs
+from pipeline.metrics.registry import Metrics
+from pipeline.settings import Settings
+from pipeline.stream.app import LeadflowApp
+
+
+def load_configured_rules(settings: Settings) -> CompiledRules:
+    """The rules file from settings, or the shipped default rules."""
+    if settings.rules_file is not None:
+        return load_rules(settings.rules_file)
+    return load_default_rules()
+
+
+def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
+    """Everything a worker needs, read once: settings, rules, broker address, metrics."""
+    return LeadflowApp(
+        settings,
+        load_configured_rules(settings),
+        bootstrap=bootstrap or resolve_bootstrap(settings),
+        metrics=Metrics(CollectorRegistry()),
+    )
+
+
+def ensure_all_topics(settings: Settings, bootstrap: str, rules: CompiledRules) -> None:
+    """Create missing topics before Faust subscribes (it ignores topics that are missing)."""
+    asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams())))
+    # asyncio.run leaves no current loop behind; Faust asks for one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def run(settings: Settings, *, loglevel: str = "info") -> None:
+    """Run a worker until SIGINT/SIGTERM (blocks)."""
+    import faust
+
+    lf = build(settings)
+    ensure_all_topics(settings, lf.bootstrap, lf.rules)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    worker = faust.Worker(
+        lf.app,
+        loglevel=loglevel,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
