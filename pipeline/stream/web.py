@@ -27,7 +27,8 @@ def install(lf: LeadflowApp) -> None:
             # Faust's router picks the worker that owns the key's partition from the
             # producer's metadata of the changelog topic, which it only has once it has
             # written to it: fetch it first so that a fresh worker routes correctly.
-            await lf.app.producer._ensure_producer().partitions_for(leads.changelog_topic.get_topic_name())
+            changelog = leads.changelog_topic.get_topic_name()
+            await lf.app.producer._ensure_producer().partitions_for(changelog)
             try:
                 return await app.router.route_req(leads.name, lead_id, self.web, request)
             except SameNode:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from pipeline.core.engine import apply
 from pipeline.core.outputs import StageMove
 from pipeline.core.rules import load_default_rules
 from pipeline.models.events import parse_message
-from tests.stream.conftest import Isolated, WorkerProcess, consume
+from tests.stream.workers import Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
