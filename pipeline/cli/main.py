@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import collector, kafka, rules, stream
+from pipeline.cli import alerts, collector, kafka, rules, stream
 
 app = typer.Typer(
     name="leadflow",
@@ -12,6 +12,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+alerts.register(app)
 collector.register(app)
 kafka.register(app)
 rules.register(app)
