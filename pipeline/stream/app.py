@@ -29,6 +29,7 @@ from faust.types import EventT
 
 from pipeline.core.rules import CompiledRules
 from pipeline.metrics.registry import Metrics
+from pipeline.models.outputs import Escalation, RoutingAlert
 from pipeline.settings import Settings
 from pipeline.stream import emit
 from pipeline.stream.codec import decode_event, dumps, encode_event
@@ -319,8 +320,10 @@ class LeadflowApp:
             if out.role == "team":
                 latency = now - int(out.body["triggered_ms"]) / 1000
                 self.metrics.alert(out.team, out.body["kind"], max(0.0, latency))
-            body = {k: v for k, v in out.body.items() if k != "triggered_ms"}
-            sends.append((self.out_topic(name), out.key.encode(), dumps(body)))
+            wire = Escalation if out.role == "escalations" else RoutingAlert
+            sends.append(
+                (self.out_topic(name), out.key.encode(), wire.model_validate(out.body).to_bytes())
+            )
         await self._send_all(sends)
         for key, value in res.writes.items():
             owners.put(key, value)

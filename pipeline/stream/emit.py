@@ -16,9 +16,8 @@ from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
 from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
-from pipeline.models.outputs import DeadLetter, StageChange
+from pipeline.models.outputs import DeadLetter, RoutingAlert, StageChange, TopReason
 from pipeline.settings import Topics
-from pipeline.stream.codec import dumps
 from pipeline.stream.steps import Rejected
 
 ACK_EVENTS = frozenset({"Alert Acknowledged", "Lead Contacted"})
@@ -59,15 +58,36 @@ def _scores(total: float, by_group: Mapping[str, float]) -> dict[str, float]:
             "product": by_group.get("product", 0.0)}
 
 
+def _reasons(lines: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for line in lines:
+        try:
+            out.append(TopReason.parse(line).to_dict())
+        except ValueError:  # a line the wire format does not know: keep the rule name
+            out.append({"rule": line, "points": 0.0, "count": None})
+    return out
+
+
 def _lead_summary(traits: Mapping[str, Any]) -> dict[str, Any]:
     company = traits.get("company")
     name = company.get("name") if isinstance(company, Mapping) else company
+    employees = traits.get("employees")
+    email = traits.get("email")
     return {k: v for k, v in {
-        "email": traits.get("email"), "name": " ".join(
+        "email": email if isinstance(email, str) else None,
+        "email_domain": email.rsplit("@", 1)[1].lower()
+        if isinstance(email, str) and "@" in email else None,
+        "employees": employees if isinstance(employees, int) and not isinstance(employees, bool)
+        else None,
+        "name": " ".join(
             str(traits[k]) for k in ("firstName", "lastName") if traits.get(k)) or None,
-        "title": traits.get("title"), "company": name, "country": traits.get("country"),
-        "employees": traits.get("employees"),
+        "title": _text(traits.get("title")), "company": _text(name),
+        "country": _text(traits.get("country")),
     }.items() if v is not None}
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
 
 
 @dataclass(slots=True)
@@ -117,7 +137,7 @@ def plan(
                 "triggered_ms": o.at_ms,
                 "trigger": {"rule": o.rule, "message_id": o.message_id},
                 "scores": _scores(o.score_total, o.scores_by_group),
-                "top_reasons": list(o.top_reasons),
+                "top_reasons": _reasons(o.top_reasons),
                 "lead": _lead_summary(traits),
                 "domain": email_domain(traits),
                 "team_reason": why,
@@ -127,16 +147,16 @@ def plan(
         elif isinstance(o, RoutingDecision):
             traits = traits_of.get(o.lead_id, {})
             topic = topics.nurture if o.route == "nurture" else topics.recycle
-            body = {
-                "alert_id": f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
-                "lead_id": o.lead_id, "team": o.route, "kind": o.route,
-                "temperature": o.temperature, "owner": None, "assignment": None,
-                "triggered_at": iso(o.at_ms), "sla_seconds": None, "due_at": None,
-                "trigger": {"rule": o.reason, "message_id": o.message_id},
-                "scores": _scores(o.score_total, o.scores_by_group),
-                "top_reasons": [], "lead": _lead_summary(traits),
-            }
-            p.sends.append((topic, o.lead_id.encode(), dumps(body)))
+            msg = RoutingAlert(
+                alert_id=f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
+                lead_id=o.lead_id, team=o.route, kind=o.route, temperature=o.temperature,
+                owner=None, assignment=None, triggered_at=iso(o.at_ms),  # type: ignore[arg-type]
+                triggered_ms=o.at_ms, sla_seconds=None, due_at=None,
+                trigger={"rule": o.reason, "message_id": o.message_id},  # type: ignore[arg-type]
+                scores=_scores(o.score_total, o.scores_by_group),  # type: ignore[arg-type]
+                lead=_lead_summary(traits),  # type: ignore[arg-type]
+            )
+            p.sends.append((topic, o.lead_id.encode(), msg.to_bytes()))
             p.alerts.append((o.route, o.route))
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:

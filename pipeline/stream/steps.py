@@ -210,11 +210,13 @@ def _place(
     exclude: frozenset[str],
 ) -> tuple[TeamState, dict[str, Any]]:
     st, a = assign(team, st, domain=alert.get("domain"), at_ms=at_ms, exclude=exclude)
-    body = {k: v for k, v in alert.items() if k != "domain"}
+    body = {k: v for k, v in alert.items() if k not in ("domain", "team_reason")}
     body["team"] = team.name
     body["owner"] = a.owner
-    body["assignment"] = {"reason": a.reason, "skipped": list(a.skipped),
-                          "excluded": sorted(exclude)}
+    team_reason = alert.get("team_reason")
+    body["assignment"] = {
+        "reason": f"team {team.name} ({team_reason}); {a.reason}" if team_reason else a.reason,
+        "skipped": list(a.skipped), "excluded": sorted(exclude)}
     body["sla_seconds"] = sla_s
     body["due_at"] = _iso_ms(at_ms + sla_s * 1000) if sla_s else None
     return st, body

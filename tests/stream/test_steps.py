@@ -157,3 +157,36 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
     # a replayed alert request is not assigned twice
     res = assign_batch([("sales", _alert(3, 1000))], table.get, ROUTING)
     assert res.emitted == []
+
+
+def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> None:
+    from pipeline.core.event import Event
+    from pipeline.models.outputs import Escalation, RoutingAlert
+    from pipeline.stream import emit
+
+    ident = Event(message_id="i1", lead_id="u1", type="identify", timestamp_ms=1_767_225_500_000,
+                  user_id="u1", traits={"email": "a@globex.com", "country": "US",
+                                        "employees": 5000, "title": "VP Sales"})
+    demo = Event(message_id="d1", lead_id="u1", type="track", timestamp_ms=1_767_225_600_000,
+                 name="Demo Requested", user_id="u1")
+    r1 = apply(None, ident, RULES)
+    r2 = apply(r1.state, demo, RULES)
+    traits = {"u1": dict(ident.traits)}
+    p = emit.plan([*r1.outputs, *r2.outputs], traits, [ident, demo], {}, RULES.routing, Topics())
+    table: dict[str, Any] = {}
+    res = assign_batch(p.assign, table.get, RULES.routing)
+    table.update(res.writes)
+    (out,) = res.emitted
+    alert = RoutingAlert.model_validate(out.body)
+    assert alert.team == "enterprise" and alert.owner == "rep-erin"
+    assert alert.assignment is not None
+    assert "min_employees" in alert.assignment.reason or "employees" in alert.assignment.reason
+    assert alert.sla_seconds == 300 and alert.lead.email_domain == "globex.com"
+    assert alert.top_reasons and alert.top_reasons[0].points > 0
+    # the SLA lapses: a valid escalation and a reassignment to the other rep
+    res = assign_batch([(out.team, {"op": "tick", "now_ms": 1_767_225_600_000 + 301_000})],
+                       table.get, RULES.routing)
+    esc = Escalation.model_validate(next(e.body for e in res.emitted if e.role == "escalations"))
+    again = RoutingAlert.model_validate(next(e.body for e in res.emitted if e.role == "team"))
+    assert (esc.from_owner, esc.to_owner) == ("rep-erin", "rep-omar")
+    assert again.reassigned and again.owner == "rep-omar"
