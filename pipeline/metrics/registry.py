@@ -1,0 +1,275 @@
+"""Prometheus metrics of a leadflow worker, behind one small API.
+
+The stream worker calls `Metrics` methods (`event_in`, `stage_move`, `alert`, ...) and never
+touches prometheus-client itself, so metric names, label sets and buckets live in one place
+and the recording rules, alert rules and dashboard in `deploy/` can depend on them.
+
+Conventions (https://prometheus.io/docs/practices/naming/):
+- counters end in `_total`, durations are histograms in seconds (`_seconds`);
+- labels are few and bounded: a value outside the known set becomes `"other"`, so a bad
+  message cannot create a new time series. There is never a per-lead label.
+
+Each `Metrics` owns the `CollectorRegistry` it was given: tests and several apps in one
+process get independent registries (no module-level singleton). Only when the caller passes
+no registry is prometheus-client's process-wide default used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from importlib import metadata
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from pipeline.core.stages import STAGES
+from pipeline.models.events import REASONS
+
+OTHER = "other"
+
+# Bounded label values. Sources are settings (topic -> source name); these are the defaults.
+DEFAULT_SOURCES: frozenset[str] = frozenset({"web", "email", "product", "crm"})
+EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "group"})
+# Dead-letter reasons: the inbound parser's codes plus the stream shell's own.
+DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
+STAGE_LABELS: frozenset[str] = frozenset(STAGES)
+ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
+# Team names come from the rules file; without a known set they are only length-capped.
+MAX_LABEL_LEN = 64
+
+# Event time -> emitted: events can arrive late (backfills, a worker catching up on lag), so
+# the buckets run from 1 ms to about an hour.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+# Trigger event -> first sales touch: seconds (an SLA is e.g. 5 min) to a working day.
+SPEED_TO_LEAD_BUCKETS: tuple[float, ...] = (
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+    7200.0, 14400.0, 28800.0, 86400.0,
+)
+
+
+def bounded(value: str, allowed: Iterable[str] | None) -> str:
+    """`value` if it is in `allowed` (or `allowed` is None), else `"other"`.
+
+    Also `"other"` for an empty value or one longer than MAX_LABEL_LEN: a label value is a
+    time series, and unbounded values are how a metrics server runs out of memory.
+    """
+    if not value or len(value) > MAX_LABEL_LEN:
+        return OTHER
+    if allowed is not None and value not in allowed:
+        return OTHER
+    return value
+
+
+def _version() -> str:
+    try:
+        return metadata.version("leadflow")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "unknown"
+
+
+class Metrics:
+    """The worker's metrics, registered on one `CollectorRegistry`.
+
+    `sources` and `teams` bound those labels (unknown values become "other"); pass the
+    configured source names and the teams of the rules file. `teams=None` accepts any team
+    name (length-capped), since teams are few and owned by revenue operations.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        sources: Iterable[str] = DEFAULT_SOURCES,
+        teams: Iterable[str] | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.registry: CollectorRegistry = REGISTRY if registry is None else registry
+        self._sources = frozenset(sources)
+        self._teams = None if teams is None else frozenset(teams)
+        r = self.registry
+
+        # -- pipeline health ------------------------------------------------------------
+        self.events_in = Counter(
+            "leadflow_events_in", "Inbound events accepted, by source and Segment type.",
+            ["source", "type"], registry=r)
+        self.deadletters = Counter(
+            "leadflow_deadletters", "Messages sent to the dead-letter topic, by reason.",
+            ["reason"], registry=r)
+        self.duplicates = Counter(
+            "leadflow_duplicates", "Events dropped as duplicates (same messageId).", registry=r)
+        self.events_scored = Counter(
+            "leadflow_events_scored", "Events run through the scoring core.", registry=r)
+        self.visitor_overflows = Counter(
+            "leadflow_visitor_overflow",
+            "Anonymous events dropped because a visitor's buffer was full.", registry=r)
+        self.processing_latency = Histogram(
+            "leadflow_processing_latency_seconds",
+            "Event timestamp to its outputs being emitted.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.alert_latency = Histogram(
+            "leadflow_alert_latency_seconds",
+            "Triggering event produced to the alert emitted on the team's routing topic.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.consumer_lag = Gauge(
+            "leadflow_consumer_lag", "Messages behind the partition's high watermark.",
+            ["topic", "partition"], registry=r)
+        self.highwater = Gauge(
+            "leadflow_consumer_highwater", "Partition high watermark (end offset).",
+            ["topic", "partition"], registry=r)
+        self.committed = Gauge(
+            "leadflow_consumer_committed", "Committed offset of this worker's group.",
+            ["topic", "partition"], registry=r)
+        self.table_keys = Gauge(
+            "leadflow_table_keys", "Keys in a table (this worker's partitions).",
+            ["table"], registry=r)
+        self.recovery_remaining = Gauge(
+            "leadflow_recovery_remaining", "Changelog messages left to recover, by table.",
+            ["table"], registry=r)
+        self.recovering = Gauge(
+            "leadflow_recovering", "1 while any table is recovering from its changelog.",
+            registry=r)
+        self.rebalances = Counter(
+            "leadflow_rebalances", "Consumer group rebalances seen by this worker.", registry=r)
+        self.worker_info = Gauge(
+            "leadflow_worker_info", "Always 1; the version label says what is running.",
+            ["version"], registry=r)
+        self.worker_info.labels(version=version or _version()).set(1)
+
+        # -- funnel ---------------------------------------------------------------------
+        self.stage_moves = Counter(
+            "leadflow_stage_moves", "Lifecycle stage moves applied.",
+            ["from_stage", "to_stage"], registry=r)
+        self.stage_moves_refused = Counter(
+            "leadflow_stage_moves_refused",
+            "Stage moves asked for and refused by the stage machine.",
+            ["from_stage", "to_stage"], registry=r)
+        self.alerts = Counter(
+            "leadflow_alerts", "Alerts emitted to a team's routing topic.",
+            ["team", "kind"], registry=r)
+        self.sla_breaches = Counter(
+            "leadflow_sla_breaches", "Alerts not acknowledged within their SLA (escalated).",
+            ["team", "kind"], registry=r)
+        self.speed_to_lead_s = Histogram(
+            "leadflow_speed_to_lead_seconds",
+            "Triggering event to the first sales touch, by team.",
+            ["team"], buckets=SPEED_TO_LEAD_BUCKETS, registry=r)
+
+        # Per-table remaining counts, so `recovering` is "any table still has work".
+        self._remaining: dict[str, int] = {}
+
+    # -- label bounding ---------------------------------------------------------------------
+    def _team(self, team: str) -> str:
+        return bounded(team, self._teams)
+
+    @staticmethod
+    def _stage(stage: str) -> str:
+        return bounded(stage, STAGE_LABELS)
+
+    # -- calls for the worker ---------------------------------------------------------------
+    def event_in(self, source: str, type: str) -> None:
+        """One inbound event accepted from `source` (web/email/...) of Segment `type`."""
+        self.events_in.labels(
+            source=bounded(source, self._sources), type=bounded(type, EVENT_TYPES)).inc()
+
+    def dead_letter(self, reason: str) -> None:
+        """One message sent to the dead-letter topic with reason code `reason`."""
+        self.deadletters.labels(reason=bounded(reason, DEADLETTER_REASONS)).inc()
+
+    def duplicate(self, n: int = 1) -> None:
+        """`n` events dropped as duplicates."""
+        self.duplicates.inc(n)
+
+    def visitor_overflow(self, n: int = 1) -> None:
+        """`n` anonymous events dropped because the visitor buffer was full."""
+        self.visitor_overflows.inc(n)
+
+    def processed(self, latency_s: float) -> None:
+        """One event scored and its outputs emitted, `latency_s` after its event time."""
+        self.events_scored.inc()
+        self.processing_latency.observe(max(0.0, latency_s))
+
+    def stage_move(self, from_stage: str, to_stage: str, refused: bool = False) -> None:
+        """A lead moved (or was refused a move) from `from_stage` to `to_stage`."""
+        counter = self.stage_moves_refused if refused else self.stage_moves
+        counter.labels(from_stage=self._stage(from_stage), to_stage=self._stage(to_stage)).inc()
+
+    def alert(self, team: str, kind: str, latency_s: float) -> None:
+        """An alert of `kind` emitted to `team`, `latency_s` after its triggering event."""
+        self.alerts.labels(team=self._team(team), kind=bounded(kind, ALERT_KINDS)).inc()
+        self.alert_latency.observe(max(0.0, latency_s))
+
+    def sla_breach(self, team: str, kind: str) -> None:
+        """An alert of `kind` for `team` was not acknowledged within its SLA."""
+        self.sla_breaches.labels(team=self._team(team), kind=bounded(kind, ALERT_KINDS)).inc()
+
+    def speed_to_lead(self, team: str, seconds: float) -> None:
+        """`team`'s first sales touch came `seconds` after the triggering event."""
+        self.speed_to_lead_s.labels(team=self._team(team)).observe(max(0.0, seconds))
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Consumer lag of one assigned partition (messages)."""
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
+
+    def set_offsets(self, topic: str, partition: int, highwater: int, committed: int) -> None:
+        """High watermark and committed offset of a partition; also sets the lag from them."""
+        labels = {"topic": topic, "partition": str(partition)}
+        self.highwater.labels(**labels).set(highwater)
+        self.committed.labels(**labels).set(committed)
+        self.set_lag(topic, partition, highwater - committed)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a partition's gauges after it was revoked, so no stale lag is reported."""
+        for gauge in (self.consumer_lag, self.highwater, self.committed):
+            # KeyError: the partition was never set on this worker.
+            with contextlib.suppress(KeyError):
+                gauge.remove(topic, str(partition))
+
+    def set_table_keys(self, table: str, n: int) -> None:
+        """Number of keys in `table` on this worker."""
+        self.table_keys.labels(table=table).set(n)
+
+    def set_recovery(self, table: str, remaining: int) -> None:
+        """Changelog messages `table` still has to recover (0 when done)."""
+        remaining = max(0, remaining)
+        self.recovery_remaining.labels(table=table).set(remaining)
+        self._remaining[table] = remaining
+        self.recovering.set(1 if any(self._remaining.values()) else 0)
+
+    def rebalance(self) -> None:
+        """The consumer group rebalanced."""
+        self.rebalances.inc()
+
+    # -- exposition -------------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format and its Content-Type header value."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def metrics_handler(registry: CollectorRegistry | None = None) -> Handler:
+    """An aiohttp handler serving `registry` (default: the process-wide one) as /metrics.
+
+    The Content-Type is passed as a header rather than `content_type=`: aiohttp refuses a
+    `content_type` with parameters, and Prometheus reads the format version from them.
+    """
+    reg = REGISTRY if registry is None else registry
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(reg),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle

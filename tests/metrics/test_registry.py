@@ -1,0 +1,165 @@
+"""The Metrics API: values after calls, bounded labels, the /metrics exposition."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from pipeline.metrics import Metrics, bounded, metrics_handler
+
+
+@pytest.fixture
+def reg() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def m(reg: CollectorRegistry) -> Metrics:
+    return Metrics(reg, teams={"emea", "na"}, version="9.9.9")
+
+
+def val(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def test_own_registry_no_singleton() -> None:
+    a, b = CollectorRegistry(), CollectorRegistry()
+    ma, mb = Metrics(a), Metrics(b)  # same names twice: would raise on a shared registry
+    ma.duplicate()
+    assert a.get_sample_value("leadflow_duplicates_total") == 1
+    assert b.get_sample_value("leadflow_duplicates_total") == 0
+    assert mb.registry is b
+
+
+def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
+    m.event_in("web", "page")
+    m.event_in("web", "page")
+    m.event_in("crm", "track")
+    m.dead_letter("bad_json")
+    m.duplicate()
+    m.duplicate(2)
+    m.visitor_overflow(5)
+    m.rebalance()
+    assert val(reg, "leadflow_events_in_total", source="web", type="page") == 2
+    assert val(reg, "leadflow_events_in_total", source="crm", type="track") == 1
+    assert val(reg, "leadflow_deadletters_total", reason="bad_json") == 1
+    assert val(reg, "leadflow_duplicates_total") == 3
+    assert val(reg, "leadflow_visitor_overflow_total") == 5
+    assert val(reg, "leadflow_rebalances_total") == 1
+    assert val(reg, "leadflow_worker_info", version="9.9.9") == 1
+
+
+def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> None:
+    for _ in range(3):
+        m.stage_move("lead", "mql")
+    m.stage_move("mql", "sal")
+    m.stage_move("customer", "mql", refused=True)
+    assert val(reg, "leadflow_stage_moves_total", from_stage="lead", to_stage="mql") == 3
+    assert val(reg, "leadflow_stage_moves_total", from_stage="mql", to_stage="sal") == 1
+    assert val(reg, "leadflow_stage_moves_refused_total",
+               from_stage="customer", to_stage="mql") == 1
+    # A refused move is not counted as a move.
+    assert val(reg, "leadflow_stage_moves_total", from_stage="customer", to_stage="mql") is None
+
+
+def test_histograms_in_seconds(m: Metrics, reg: CollectorRegistry) -> None:
+    m.processed(0.002)
+    m.processed(1800.0)  # an old event: still inside the buckets, not +Inf only
+    m.processed(-1.0)  # clock skew: clamped to 0, never a negative observation
+    assert val(reg, "leadflow_events_scored_total") == 3
+    assert val(reg, "leadflow_processing_latency_seconds_count") == 3
+    assert val(reg, "leadflow_processing_latency_seconds_sum") == pytest.approx(1800.002)
+    assert val(reg, "leadflow_processing_latency_seconds_bucket", le="0.001") == 1
+    assert val(reg, "leadflow_processing_latency_seconds_bucket", le="0.0025") == 2
+    assert val(reg, "leadflow_processing_latency_seconds_bucket", le="1800.0") == 3
+
+    m.alert("emea", "instant", 0.5)
+    m.sla_breach("emea", "instant")
+    m.speed_to_lead("emea", 240.0)
+    m.speed_to_lead("emea", 7000.0)
+    assert val(reg, "leadflow_alerts_total", team="emea", kind="instant") == 1
+    assert val(reg, "leadflow_alert_latency_seconds_sum") == 0.5
+    assert val(reg, "leadflow_sla_breaches_total", team="emea", kind="instant") == 1
+    assert val(reg, "leadflow_speed_to_lead_seconds_count", team="emea") == 2
+    assert val(reg, "leadflow_speed_to_lead_seconds_bucket", team="emea", le="300.0") == 1
+    assert val(reg, "leadflow_speed_to_lead_seconds_bucket", team="emea", le="7200.0") == 2
+
+
+def test_gauges(m: Metrics, reg: CollectorRegistry) -> None:
+    m.set_lag("events.web", 0, 12)
+    assert val(reg, "leadflow_consumer_lag", topic="events.web", partition="0") == 12
+    m.set_offsets("events.web", 1, highwater=100, committed=60)
+    assert val(reg, "leadflow_consumer_lag", topic="events.web", partition="1") == 40
+    assert val(reg, "leadflow_consumer_highwater", topic="events.web", partition="1") == 100
+    assert val(reg, "leadflow_consumer_committed", topic="events.web", partition="1") == 60
+    m.forget_partition("events.web", 1)
+    assert val(reg, "leadflow_consumer_lag", topic="events.web", partition="1") is None
+    m.forget_partition("events.web", 7)  # never set: no error
+
+    m.set_table_keys("leads", 42)
+    assert val(reg, "leadflow_table_keys", table="leads") == 42
+
+    assert val(reg, "leadflow_recovering") == 0
+    m.set_recovery("leads", 500)
+    m.set_recovery("identity", 0)
+    assert val(reg, "leadflow_recovery_remaining", table="leads") == 500
+    assert val(reg, "leadflow_recovering") == 1
+    m.set_recovery("leads", 0)
+    assert val(reg, "leadflow_recovering") == 0
+
+
+def test_bounded_labels(m: Metrics, reg: CollectorRegistry) -> None:
+    m.event_in("evil-source", "screen")
+    m.dead_letter("whatever " * 3)
+    m.stage_move("lead", "lead-123@example.com")
+    m.alert("apac", "mystery", 1.0)  # apac is not a configured team
+    m.sla_breach("na", "mystery")
+    m.speed_to_lead("x" * 500, 1.0)
+    assert val(reg, "leadflow_events_in_total", source="other", type="other") == 1
+    assert val(reg, "leadflow_deadletters_total", reason="other") == 1
+    assert val(reg, "leadflow_stage_moves_total", from_stage="lead", to_stage="other") == 1
+    assert val(reg, "leadflow_alerts_total", team="other", kind="other") == 1
+    assert val(reg, "leadflow_sla_breaches_total", team="na", kind="other") == 1
+    assert val(reg, "leadflow_speed_to_lead_seconds_count", team="other") == 1
+
+
+def test_bounded_function() -> None:
+    assert bounded("sal", {"sal"}) == "sal"
+    assert bounded("nope", {"sal"}) == "other"
+    assert bounded("", None) == "other"
+    assert bounded("any-team", None) == "any-team"
+    assert bounded("t" * 65, None) == "other"
+
+
+def test_unbounded_teams_when_not_configured(reg: CollectorRegistry) -> None:
+    m = Metrics(reg)
+    m.alert("apac", "hot_score", 2.0)
+    assert val(reg, "leadflow_alerts_total", team="apac", kind="hot_score") == 1
+
+
+def test_exposition(m: Metrics) -> None:
+    m.stage_move("mql", "sal")
+    body, ctype = m.exposition()
+    text = body.decode()
+    assert ctype == CONTENT_TYPE_LATEST
+    assert 'leadflow_stage_moves_total{from_stage="mql",to_stage="sal"} 1.0' in text
+    for name in ("leadflow_events_in_total", "leadflow_processing_latency_seconds_bucket",
+                 "leadflow_consumer_lag", "leadflow_worker_info"):
+        assert f"# TYPE {name.removesuffix('_bucket')}" in text or name in text
+
+
+async def test_metrics_handler_over_http(m: Metrics) -> None:
+    m.event_in("web", "track")
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(m.registry))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        text = await resp.text()
+    assert 'leadflow_events_in_total{source="web",type="track"} 1.0' in text
+    assert "# TYPE leadflow_stage_moves_total counter" in text
+    assert "# TYPE leadflow_speed_to_lead_seconds histogram" in text
