@@ -30,6 +30,7 @@
   var timer = null;
   var attempts = 0;
   var sending = false;
+  var inflight = {}; // messageIds of the fetch under way: a beacon must not send them again
 
   function get(key) {
     try { return window.localStorage.getItem(STORE + key); } catch (e) { return readCookie(key); }
@@ -130,10 +131,11 @@
   }
 
   // Take messages from the front of the queue up to the byte budget of one request.
-  function nextBatch() {
+  function nextBatch(skipInflight) {
     var batch = [];
     var size = 100;
     for (var i = 0; i < queue.length; i++) {
+      if (skipInflight && inflight[queue[i].messageId]) continue;
       var n = JSON.stringify(queue[i]).length + 1;
       if (batch.length && size + n > MAX_BATCH_BYTES) break;
       batch.push(queue[i]);
@@ -155,8 +157,10 @@
 
   function flush() {
     if (sending || !queue.length || !cfg.host) return Promise.resolve();
-    var batch = nextBatch();
+    var batch = nextBatch(false);
     sending = true;
+    inflight = {};
+    batch.forEach(function (m) { inflight[m.messageId] = true; });
     return window.fetch(cfg.host + "/v1/batch", {
       method: "POST",
       body: body(batch),
@@ -166,6 +170,7 @@
       credentials: "omit",
     }).then(function (res) {
       sending = false;
+      inflight = {};
       if (res.ok) {
         attempts = 0;
         drop(batch);
@@ -180,6 +185,7 @@
       }
     }, function () {
       sending = false;
+      inflight = {};
       retry();
     });
   }
@@ -194,8 +200,11 @@
   // The page is going away: hand what is left to the browser, which sends it afterwards.
   function beacon() {
     if (!queue.length || !cfg.host || !window.navigator.sendBeacon) return;
-    while (queue.length) {
-      var batch = nextBatch();
+    for (;;) {
+      // The fetch under way keeps going after the page is gone (keepalive); if it fails,
+      // its messages are still in localStorage and the next page sends them.
+      var batch = nextBatch(true);
+      if (!batch.length) break;
       var ok = window.navigator.sendBeacon(cfg.host + "/v1/batch",
         new Blob([body(batch)], { type: "text/plain" }));
       if (!ok) break; // over the browser's beacon budget: the stored queue goes next time
@@ -221,7 +230,9 @@
     }
     var name = form.getAttribute("data-leadflow-track") || "Form Submitted";
     api.track(name, { form_id: form.id || null, form_name: form.getAttribute("name") || null });
-    flush(); // keepalive fetch: survives the navigation the submit starts
+    // A submit usually navigates away: hand the calls to the browser now (a beacon outlives
+    // the page and leaves nothing half-sent in storage); without sendBeacon, a keepalive fetch.
+    if (window.navigator.sendBeacon) beacon(); else flush();
   }
 
   var api = {
