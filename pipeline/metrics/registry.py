@@ -31,7 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from pipeline.core.stages import STAGES
+from pipeline.core.stages import ALLOWED, STAGES
 from pipeline.models.events import REASONS
 
 OTHER = "other"
@@ -43,6 +43,9 @@ EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "
 DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
 STAGE_LABELS: frozenset[str] = frozenset(STAGES)
 ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
+# The cause of a CRM "Lead Rejected" move, as the core writes it in StageMove.cause_rule.
+LEAD_REJECTED_CAUSE = "crm:Lead Rejected"
+REJECTABLE_STAGES: tuple[str, ...] = ("mql", "pql", "sal")
 # Team names come from the rules file; without a known set they are only length-capped.
 MAX_LABEL_LEN = 64
 
@@ -155,6 +158,10 @@ class Metrics:
             "leadflow_stage_moves_refused",
             "Stage moves asked for and refused by the stage machine.",
             ["from_stage", "to_stage"], registry=r)
+        self.leads_rejected = Counter(
+            "leadflow_leads_rejected",
+            'Leads sales rejected ("Lead Rejected" moves to recycled), by the stage left.',
+            ["from_stage"], registry=r)
         self.alerts = Counter(
             "leadflow_alerts", "Alerts emitted to a team's routing topic.",
             ["team", "kind"], registry=r)
@@ -168,6 +175,28 @@ class Metrics:
 
         # Per-table remaining counts, so `recovering` is "any table still has work".
         self._remaining: dict[str, int] = {}
+        self._init_series()
+
+    def _init_series(self) -> None:
+        """Create the known label combinations at 0.
+
+        `increase()` and `rate()` need two samples of a series: a counter that appears with
+        its first value already 10 would lose those 10 from every funnel ratio. Starting at
+        0 on the first scrape also keeps ratios defined (0, not "no data") before traffic.
+        """
+        for source in self._sources:
+            for type_ in EVENT_TYPES:
+                self.events_in.labels(source=source, type=type_)
+        for reason in DEADLETTER_REASONS:
+            self.deadletters.labels(reason=reason)
+        for from_stage, to_stage in ALLOWED:
+            self.stage_moves.labels(from_stage=from_stage, to_stage=to_stage)
+        for stage in REJECTABLE_STAGES:
+            self.leads_rejected.labels(from_stage=stage)
+        for team in self._teams or ():
+            for kind in ALERT_KINDS:
+                self.alerts.labels(team=team, kind=kind)
+                self.sla_breaches.labels(team=team, kind=kind)
 
     # -- label bounding ---------------------------------------------------------------------
     def _team(self, team: str) -> str:
@@ -200,10 +229,22 @@ class Metrics:
         self.events_scored.inc()
         self.processing_latency.observe(max(0.0, latency_s))
 
-    def stage_move(self, from_stage: str, to_stage: str, refused: bool = False) -> None:
-        """A lead moved (or was refused a move) from `from_stage` to `to_stage`."""
-        counter = self.stage_moves_refused if refused else self.stage_moves
-        counter.labels(from_stage=self._stage(from_stage), to_stage=self._stage(to_stage)).inc()
+    def stage_move(
+        self, from_stage: str, to_stage: str, refused: bool = False, cause: str | None = None
+    ) -> None:
+        """A lead moved (or was refused a move) from `from_stage` to `to_stage`.
+
+        `cause` is the move's `cause_rule` (e.g. "crm:Lead Rejected", "decay"); it is not a
+        label (rule ids are unbounded) but tells a sales rejection from an idle-time recycle,
+        which the acceptance rate needs.
+        """
+        frm, to = self._stage(from_stage), self._stage(to_stage)
+        if refused:
+            self.stage_moves_refused.labels(from_stage=frm, to_stage=to).inc()
+            return
+        self.stage_moves.labels(from_stage=frm, to_stage=to).inc()
+        if cause == LEAD_REJECTED_CAUSE and to == "recycled":
+            self.leads_rejected.labels(from_stage=frm).inc()
 
     def alert(self, team: str, kind: str, latency_s: float) -> None:
         """An alert of `kind` emitted to `team`, `latency_s` after its triggering event."""

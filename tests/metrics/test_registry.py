@@ -163,3 +163,29 @@ async def test_metrics_handler_over_http(m: Metrics) -> None:
     assert 'leadflow_events_in_total{source="web",type="track"} 1.0' in text
     assert "# TYPE leadflow_stage_moves_total counter" in text
     assert "# TYPE leadflow_speed_to_lead_seconds histogram" in text
+
+
+def test_lead_rejected_counts_only_sales_rejections(m: Metrics, reg: CollectorRegistry) -> None:
+    m.stage_move("mql", "recycled", cause="crm:Lead Rejected")
+    m.stage_move("sal", "recycled", cause="crm:Lead Rejected")
+    m.stage_move("mql", "recycled", cause="decay")  # idle time, not sales
+    m.stage_move("opportunity", "recycled", cause="crm:Deal Lost")
+    m.stage_move("mql", "recycled", refused=True, cause="crm:Lead Rejected")
+    assert val(reg, "leadflow_leads_rejected_total", from_stage="mql") == 1
+    assert val(reg, "leadflow_leads_rejected_total", from_stage="sal") == 1
+    assert val(reg, "leadflow_stage_moves_total", from_stage="mql", to_stage="recycled") == 2
+    assert val(reg, "leadflow_stage_moves_refused_total",
+               from_stage="mql", to_stage="recycled") == 1
+
+
+def test_known_series_start_at_zero(m: Metrics, reg: CollectorRegistry) -> None:
+    # Present (0) before any traffic, so increase() over the first scrapes is exact.
+    assert val(reg, "leadflow_stage_moves_total", from_stage="lead", to_stage="mql") == 0
+    assert val(reg, "leadflow_stage_moves_total", from_stage="mql", to_stage="sal") == 0
+    assert val(reg, "leadflow_events_in_total", source="web", type="track") == 0
+    assert val(reg, "leadflow_deadletters_total", reason="bad_json") == 0
+    assert val(reg, "leadflow_leads_rejected_total", from_stage="mql") == 0
+    assert val(reg, "leadflow_alerts_total", team="emea", kind="instant") == 0
+    assert val(reg, "leadflow_sla_breaches_total", team="na", kind="pql") == 0
+    # Moves the stage machine never allows are not pre-created.
+    assert val(reg, "leadflow_stage_moves_total", from_stage="customer", to_stage="mql") is None
