@@ -108,10 +108,24 @@ SegmentMessage = Annotated[Track | Page | Identify | Alias | Group, Field(discri
 _ADAPTER: TypeAdapter[Track | Page | Identify | Alias | Group] = TypeAdapter(SegmentMessage)
 
 
+_TYPES = frozenset({"track", "page", "identify", "alias", "group"})
+
+
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "message"
-    return f"{loc}: {err['msg']} ({len(exc.errors())} error(s))"
+    # The detail names the field (Segment's name) and what is wrong, never the value, since
+    # details end up in logs, metrics and HTTP answers. The union's tag ("track") is dropped
+    # from the path: "event: ..." rather than "track.event: ...".
+    errors = exc.errors(include_url=False, include_input=False)
+    err = errors[0]
+    loc = list(err["loc"])
+    if loc and loc[0] in _TYPES:
+        loc = loc[1:]
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = ["type"]
+    where = ".".join(str(p) for p in loc) or "message"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}{more}"
 
 
 def decode(raw: bytes, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
