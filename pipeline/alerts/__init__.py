@@ -7,9 +7,12 @@ rather than crash on it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 def decode_alert(raw: bytes | None) -> dict[str, Any] | None:
@@ -25,6 +28,37 @@ def decode_alert(raw: bytes | None) -> dict[str, Any] | None:
 
 def routing_pattern(prefix: str) -> str:
     """The regular expression of every routing topic (``routing.*`` with the default prefix)."""
-    import re
-
     return f"^{re.escape(prefix)}.+"
+
+
+async def topic_partitions(
+    bootstrap: str, names: list[str] | None = None, pattern: str | None = None
+) -> tuple[list[TopicPartition], list[str]]:
+    """(partitions, missing names) of the ``names`` and of every topic matching ``pattern``.
+
+    Asked of the cluster each time (admin metadata), because a consumer's own metadata only
+    covers topics it already tracks.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in names or [] if n in existing]
+        missing = [n for n in names or [] if n not in existing]
+        if pattern is not None:
+            rx = re.compile(pattern)
+            wanted += sorted(t for t in existing if rx.match(t) and t not in wanted)
+        tps: list[TopicPartition] = []
+        if wanted:
+            for meta in await admin.describe_topics(wanted):
+                if meta.get("error_code", 0) == 0:
+                    tps += [
+                        TopicPartition(meta["topic"], p["partition"])
+                        for p in sorted(meta["partitions"], key=lambda p: p["partition"])
+                    ]
+        # describe_topics answers in any order: keep the caller's topic order.
+        order = {t: i for i, t in enumerate(wanted)}
+        tps.sort(key=lambda tp: (order[tp.topic], tp.partition))
+        return tps, missing
+    finally:
+        await admin.close()

@@ -6,17 +6,16 @@ event is keyed by the lead id, like every inbound event, so it lands on the lead
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import pipeline
-from pipeline.alerts import decode_alert
+from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import LeadflowError
 
 ACK_EVENT = "Alert Acknowledged"
@@ -61,18 +60,15 @@ async def find_alert(
     was re-sent (reassignment after an SLA breach), the latest copy wins.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        # Earliest, so the reset aiokafka starts on assign agrees with seek_to_beginning.
+        auto_offset_reset="earliest",
     )
     deadline = time.monotonic() + timeout_s
     await consumer.start()
     try:
-        pattern = re.compile(topic_pattern)
-        topics = sorted(t for t in await consumer.topics() if pattern.match(t))
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        tps, _ = await topic_partitions(bootstrap, pattern=topic_pattern)
+        topics = sorted({tp.topic for tp in tps})
         if not tps:
             raise AlertNotFound(f"alert {alert_id} not found: no topic matches {topic_pattern}")
         consumer.assign(tps)

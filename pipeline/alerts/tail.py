@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from rich.text import Text
 
-from pipeline.alerts import decode_alert
+from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import ConfigError
 
 #: Called once per message: (topic, raw value). Returning is all it has to do.
@@ -171,22 +171,18 @@ async def tail(
     stop = stop or asyncio.Event()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        # The reset aiokafka starts on assign must agree with the seek below, or it can win.
+        auto_offset_reset="earliest" if from_start else "latest",
     )
     await consumer.start()
     try:
-        existing = await consumer.topics()
-        missing = [t for t in names if t not in existing]
+        tps, missing = await topic_partitions(bootstrap, names)
         if missing:
             raise ConfigError(
                 f"topic {', '.join(missing)} does not exist "
                 "(create it with `leadflow topics create --teams ...`)"
             )
-        tps = [
-            TopicPartition(t, p)
-            for t in names
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
         consumer.assign(tps)
         if from_start:
             await consumer.seek_to_beginning(*tps)
