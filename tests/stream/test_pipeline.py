@@ -97,6 +97,20 @@ async def _produce(producer: AIOKafkaProducer, iso: Isolated,
             await consume(iso.bootstrap, [t.stage_changes], until=lambda o, n=n: len(o) >= n)
 
 
+async def _settled(worker: WorkerProcess, lead: str, *, events: int,
+                   timeout: float = 60) -> dict[str, Any]:
+    """The lead document once the worker has scored `events` distinct events of the lead."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    doc: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        status, doc = await worker.get(f"/leads/{lead}")
+        if status == 200 and doc["events_seen"] >= events:
+            assert doc["events_seen"] == events
+            return dict(doc)
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"lead {lead} not settled: {doc}\n{worker.tail()}")
+
+
 async def test_scenario_stage_changes_and_alert_reach_plain_consumers(
     isolated: Isolated, worker_factory: Callable[..., WorkerProcess], producer: AIOKafkaProducer,
 ) -> None:
@@ -161,7 +175,7 @@ async def test_restart_keeps_state_and_scores_nothing_twice(
     t = isolated.settings.topics
     n_first = len(offline_moves(first))
     await consume(isolated.bootstrap, [t.stage_changes], until=lambda o: len(o) >= n_first)
-    _, before = await worker.get("/leads/u-2")
+    before = await _settled(worker, "u-2", events=len(first))
     assert worker.stop() == 0
 
     worker2 = worker_factory(isolated)
@@ -178,5 +192,5 @@ async def test_restart_keeps_state_and_scores_nothing_twice(
     applied = [(d["lead_id"], d["from_stage"], d["to_stage"]) for _, _, d in got
                if d.get("status", "applied") == "applied"]
     assert applied == expected
-    _, final = await worker2.get("/leads/u-2")
+    final = await _settled(worker2, "u-2", events=len(msgs))
     assert final["stage"] == "opportunity"
