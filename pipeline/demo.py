@@ -108,15 +108,16 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
     sim = asyncio.create_task(
         simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False)
     )
+    announced = False
     try:
         while not stop.is_set():
             if worker.poll() is not None:
                 console.print(f"[red]the worker exited ({worker.returncode}); see {log_path}[/]")
                 break
-            if sim.done() and not sim.cancelled():
+            if sim.done() and not sim.cancelled() and not announced:
                 console.print(f"simulator finished: {sim.result()} messages sent; "
                               "still watching (Ctrl-C to stop)")
-                sim = asyncio.create_task(asyncio.sleep(1e9))
+                announced = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:

@@ -26,9 +26,9 @@ def register(app: typer.Typer) -> None:
         """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
         from pipeline.stream.worker import run
 
-        overrides = {"web_port": web_port} if web_port is not None else {}
         try:
-            run(Settings(**overrides), loglevel=loglevel)
+            settings = Settings(web_port=web_port) if web_port is not None else Settings()
+            run(settings, loglevel=loglevel)
         except LeadflowError as exc:
             raise _fail(exc) from None
 

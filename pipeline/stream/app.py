@@ -44,6 +44,7 @@ from pipeline.stream.steps import (
     stitch_batch,
 )
 
+Event = EventT[Any]
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2000
@@ -59,7 +60,22 @@ class Tuning:
     visitor_buffer: int = 200
 
 
-def _raw(ev: EventT) -> RawMessage:
+def _value(ev: Event) -> bytes:
+    # Internal topics always carry a value; a None here is a bug (dead-lettered by the guard).
+    value = ev.message.value
+    if value is None:
+        raise ValueError(f"no value at {ev.message.topic}[{ev.message.partition}]")
+    return bytes(value)
+
+
+def _key(ev: Event) -> bytes:
+    key = ev.message.key
+    if key is None:
+        raise ValueError(f"no key at {ev.message.topic}[{ev.message.partition}]")
+    return bytes(key)
+
+
+def _raw(ev: Event) -> RawMessage:
     m = ev.message
     return RawMessage(
         topic=m.topic,
@@ -80,9 +96,9 @@ class _Keyed:
     by the table key, so that message's partition is exactly the key's partition.
     """
 
-    def __init__(self, table: Any, events: Sequence[EventT]) -> None:
+    def __init__(self, table: Any, events: Sequence[Event]) -> None:
         self.table = table
-        self.by_key: dict[bytes, EventT] = {ev.message.key: ev for ev in events}
+        self.by_key: dict[bytes | None, Event] = {ev.message.key: ev for ev in events}
 
     def _bind(self, key: bytes) -> None:
         ev = self.by_key.get(key)
@@ -146,8 +162,8 @@ class LeadflowApp:
             producer_acks=-1,
             logging_config=None,
         )
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-               "value_serializer": "raw"}
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                               "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = self.app.topic(*self.sources, **raw)
         self.identity_topic = self.app.topic(
             f"{settings.app_id}-identity", partitions=parts, internal=True, **raw
@@ -160,7 +176,7 @@ class LeadflowApp:
         self._out_topics: dict[str, Any] = {}
         # bytes keys are written raw: the same bytes (and so the same partition) as the
         # keyed topic the table is fed from. Values are JSON (orjson when installed).
-        table = {"key_type": bytes, "partitions": parts}
+        table: dict[str, Any] = {"key_type": bytes, "partitions": parts}
         self.identity = self.app.Table("identity", default=None, **table)
         self.leads = self.app.Table("leads", default=None, **table)
         self.assign_topic = self.app.topic(
@@ -199,7 +215,7 @@ class LeadflowApp:
 
     # -- agents ----------------------------------------------------------------------
     async def _run_batches(
-        self, stream: Any, handle: Callable[[list[EventT]], Awaitable[None]]
+        self, stream: Any, handle: Callable[[list[Event]], Awaitable[None]]
     ) -> None:
         """Feed batches to `handle`; a batch that fails goes to the dead-letter topic.
 
@@ -227,7 +243,7 @@ class LeadflowApp:
     async def _ingest(self, stream: Any) -> None:
         await self._run_batches(stream, self._ingest_batch)
 
-    async def _ingest_batch(self, events: list[EventT]) -> None:
+    async def _ingest_batch(self, events: list[Event]) -> None:
         msgs = [_raw(ev) for ev in events]
         res = ingest_batch(
             msgs,
@@ -249,9 +265,9 @@ class LeadflowApp:
     async def _stitch(self, stream: Any) -> None:
         await self._run_batches(stream, self._stitch_batch)
 
-    async def _stitch_batch(self, events: list[EventT]) -> None:
+    async def _stitch_batch(self, events: list[Event]) -> None:
         t = self.tuning
-        decoded = [decode_event(ev.message.value) for ev in events]
+        decoded = [decode_event(_value(ev)) for ev in events]
         ident = _Keyed(self.identity, events)
         res = stitch_batch(decoded, ident.get, max_buffer=t.visitor_buffer)
         await self._send_all(
@@ -265,9 +281,9 @@ class LeadflowApp:
     async def _score(self, stream: Any) -> None:
         await self._run_batches(stream, self._score_batch)
 
-    async def _score_batch(self, events: list[EventT]) -> None:
+    async def _score_batch(self, events: list[Event]) -> None:
         topics = self.settings.topics
-        decoded = [decode_event(ev.message.value) for ev in events]
+        decoded = [decode_event(_value(ev)) for ev in events]
         leads = _Keyed(self.leads, events)
         res = score_batch(
             decoded,
@@ -307,9 +323,9 @@ class LeadflowApp:
     async def _assign(self, stream: Any) -> None:
         await self._run_batches(stream, self._assign_batch)
 
-    async def _assign_batch(self, events: list[EventT]) -> None:
+    async def _assign_batch(self, events: list[Event]) -> None:
         topics = self.settings.topics
-        cmds = [(ev.message.key.decode(), orjson.loads(ev.message.value)) for ev in events]
+        cmds = [(_key(ev).decode(), orjson.loads(_value(ev))) for ev in events]
         owners = _Keyed(self.owners, events)
         res = assign_batch(cmds, owners.get, self.rules.routing)
         now = time.time()

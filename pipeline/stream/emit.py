@@ -147,16 +147,16 @@ def plan(
         elif isinstance(o, RoutingDecision):
             traits = traits_of.get(o.lead_id, {})
             topic = topics.nurture if o.route == "nurture" else topics.recycle
-            msg = RoutingAlert(
+            handoff = RoutingAlert(
                 alert_id=f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
                 lead_id=o.lead_id, team=o.route, kind=o.route, temperature=o.temperature,
-                owner=None, assignment=None, triggered_at=iso(o.at_ms),  # type: ignore[arg-type]
+                owner=None, assignment=None, triggered_at=iso(o.at_ms),
                 triggered_ms=o.at_ms, sla_seconds=None, due_at=None,
-                trigger={"rule": o.reason, "message_id": o.message_id},  # type: ignore[arg-type]
-                scores=_scores(o.score_total, o.scores_by_group),  # type: ignore[arg-type]
-                lead=_lead_summary(traits),  # type: ignore[arg-type]
+                trigger={"rule": o.reason, "message_id": o.message_id},
+                scores=_scores(o.score_total, o.scores_by_group),
+                lead=_lead_summary(traits),
             )
-            p.sends.append((topic, o.lead_id.encode(), msg.to_bytes()))
+            p.sends.append((topic, o.lead_id.encode(), handoff.to_bytes()))
             p.alerts.append((o.route, o.route))
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from faust import web
 from faust.exceptions import SameNode
@@ -28,7 +28,7 @@ def install(lf: LeadflowApp) -> None:
             # producer's metadata of the changelog topic, which it only has once it has
             # written to it: fetch it first so that a fresh worker routes correctly.
             changelog = leads.changelog_topic.get_topic_name()
-            await lf.app.producer._ensure_producer().partitions_for(changelog)
+            await cast(Any, lf.app.producer)._ensure_producer().partitions_for(changelog)
             try:
                 return await app.router.route_req(leads.name, lead_id, self.web, request)
             except SameNode:
@@ -65,7 +65,7 @@ def install(lf: LeadflowApp) -> None:
 def readiness(lf: LeadflowApp) -> dict[str, Any]:
     """Whether the worker is ready to serve: assigned, not rebalancing, not recovering."""
     app = lf.app
-    recovery = app.tables.recovery
+    recovery = cast(Any, app.tables).recovery
     assigned = len(app.consumer.assignment()) if app.consumer else 0
     recovering = bool(recovery.in_recovery)
     rebalancing = bool(app.rebalancing)
