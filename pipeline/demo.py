@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -73,6 +74,8 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
     from pipeline.simulator import run as simulate
     from pipeline.stream.worker import load_configured_rules
 
+    # aiokafka logs every retried produce while fresh topics elect leaders: noise here.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
