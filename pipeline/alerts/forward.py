@@ -37,7 +37,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from pipeline.alerts import decode_alert
+from pipeline.alerts import decode_alert, topic_partitions
+from pipeline.errors import ConfigError
 from pipeline.models.outputs import DeadLetter
 
 log = logging.getLogger("leadflow.alerts.forward")
@@ -289,6 +290,14 @@ class Forwarder:
         at any moment re-sends at most the one alert that was in flight per partition.
         """
         cfg = self.cfg
+        # A subscription to a missing topic waits silently forever (the broker does not
+        # auto-create topics): say so instead.
+        _, missing = await topic_partitions(cfg.bootstrap, [cfg.topic])
+        if missing:
+            raise ConfigError(
+                f"topic {cfg.topic} does not exist "
+                "(create it with `leadflow topics create --teams ...`)"
+            )
         self._consumer = AIOKafkaConsumer(
             cfg.topic,
             bootstrap_servers=cfg.bootstrap,

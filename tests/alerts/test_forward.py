@@ -262,3 +262,17 @@ async def test_rejected_and_exhausted_alerts_are_parked_and_the_queue_moves_on(
     assert orjson.loads(base64.b64decode(letters[0]["value_b64"])) == alerts[1]
     assert base64.b64decode(letters[0]["key_b64"]) == b"lead-bad"
     assert await committed(alert_topics.bootstrap, group, [TopicPartition(routing, 0)]) == [5]
+
+
+@pytest.mark.integration
+async def test_forward_to_a_missing_topic_fails_with_one_line(alert_topics: AlertTopics) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline.cli.main", "alerts", "forward", "--team", "nosuchteam",
+        "--url", "http://127.0.0.1:9/hook",
+        cwd=REPO, env={**os.environ, **alert_topics.env()},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines()[-1].startswith(
+        "error: topic " + alert_topics.topics.routing("nosuchteam") + " does not exist")

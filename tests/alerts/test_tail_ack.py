@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -179,3 +183,22 @@ async def test_ack_with_lead_skips_the_search_and_unknown_alert_fails(
     assert [(e["userId"], e["properties"]) for e in events] == [
         ("lead-9", {"alert_id": "any-id"})
     ]
+
+
+@pytest.mark.integration
+async def test_tail_stops_cleanly_on_ctrl_c(alert_topics: AlertTopics, tmp_path: Path) -> None:
+    await produce(alert_topics.bootstrap, alert_topics.topics.routing(TEAM),
+                  [make_alert("a-1", "lead-1")])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline.cli.main", "alerts", "tail", "--team", TEAM,
+        "--from-start", "--json",
+        cwd=Path(__file__).resolve().parents[2], env={**os.environ, **alert_topics.env()},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert orjson.loads(first)["alert_id"] == "a-1"
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err.decode()
+    assert out == b"" and b"Traceback" not in err
