@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     sla_check_interval_s: float = Field(default=1.0, gt=0)
+    decay_check_interval_s: float = Field(
+        default=300.0, gt=0, description="How often quiet leads are checked for decay moves."
+    )
     kafka_version: str = "3.9.1"
     kafka_heap_mb: int = Field(default=512, ge=128)
     topics: Topics = Field(default_factory=Topics)

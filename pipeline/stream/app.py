@@ -27,7 +27,9 @@ import orjson
 from faust.streams import _current_event
 from faust.types import EventT
 
+from pipeline.core.engine import tick
 from pipeline.core.rules import CompiledRules
+from pipeline.core.state import LeadState
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, RoutingAlert
 from pipeline.settings import Settings
@@ -46,6 +48,10 @@ from pipeline.stream.steps import (
 
 Event = EventT[Any]
 log = logging.getLogger(__name__)
+
+# Decay-timer requests on the leads topic, told apart from encoded events by their start.
+TICK_PREFIX = b'{"tick":'
+
 
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
@@ -190,6 +196,9 @@ class LeadflowApp:
         self.app.timer(settings.sla_check_interval_s, name=f"{settings.app_id}.sla")(
             self._sla_timer
         )
+        self.app.timer(settings.decay_check_interval_s, name=f"{settings.app_id}.decay")(
+            self._decay_timer
+        )
         from pipeline.stream import web  # late: the views close over this object
 
         web.install(self)
@@ -283,13 +292,21 @@ class LeadflowApp:
 
     async def _score_batch(self, events: list[Event]) -> None:
         topics = self.settings.topics
-        decoded = [decode_event(_value(ev)) for ev in events]
+        decoded = []
+        ticks: dict[str, int] = {}
+        for ev in events:
+            raw = _value(ev)
+            if raw.startswith(TICK_PREFIX):
+                ticks[_key(ev).decode()] = int(orjson.loads(raw)["tick"])
+            else:
+                decoded.append(decode_event(raw))
         leads = _Keyed(self.leads, events)
         res = score_batch(
             decoded,
             leads.get,
             self.rules,
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
+            ticks=ticks,
         )
         traits = {lead: rec_traits(w) for lead, w in res.writes.items()}
         routes = {}
@@ -347,6 +364,21 @@ class LeadflowApp:
             self.metrics.sla_breach(team, kind)
         for team, _kind, seconds in res.speed_to_lead:
             self.metrics.speed_to_lead(team, seconds)
+
+    async def _decay_timer(self) -> None:
+        """Time-driven moves (decay below the recycle line) for leads that send nothing.
+
+        A dry run of the pure `tick` over the local leads; only leads that would move get a
+        tick message on their own partition, so the change happens in-stream like any other.
+        """
+        now_ms = int(time.time() * 1000)
+        for n, (key, record) in enumerate(list(self.leads.items())):
+            if n % 500 == 499:
+                await asyncio.sleep(0)  # a big table must not starve the agents
+            if record is None:
+                continue
+            if tick(LeadState.from_dict(record["s"]), now_ms, self.rules).outputs:
+                await self.leads_topic.send(key=key, value=dumps({"tick": now_ms}))
 
     async def _sla_timer(self) -> None:
         """Ask the assign agent to escalate lapsed alerts: tables change only in-stream."""

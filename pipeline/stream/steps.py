@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.engine import apply_batch
+from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.identity import (
     IdentityRecord,
@@ -141,14 +141,30 @@ def score_batch(
     rules: CompiledRules,
     *,
     dedup_retention_ms: int,
+    ticks: Mapping[str, int] | None = None,
 ) -> ScoreResult:
-    """Run the core over a batch, per lead in arrival order; one table write per lead."""
+    """Run the core over a batch, per lead in arrival order; one table write per lead.
+
+    `ticks` maps a lead to a time (ms) to run `tick` at after its events: the decay
+    timer's request for time-driven moves of leads that send nothing.
+    """
     by_lead: dict[str, list[Event]] = {}
     for e in events:
         by_lead.setdefault(e.lead_id, []).append(e)
     out = ScoreResult()
+    for lead in ticks or {}:
+        by_lead.setdefault(lead, [])
     for lead, evs in by_lead.items():
         stored = get(lead)
+        tick_at = (ticks or {}).get(lead)
+        if not evs:  # a tick alone
+            if stored is None or tick_at is None:
+                continue
+            res = tick(LeadState.from_dict(stored["s"]), tick_at, rules)
+            if res.outputs:
+                out.outputs.extend(res.outputs)
+                out.writes[lead] = {**stored, "s": res.state.to_dict()}
+            continue
         seen: dict[str, int] = dict(stored["seen"]) if stored is not None else {}
         fresh: list[Event] = []
         for e in evs:
@@ -162,11 +178,17 @@ def score_batch(
         state = LeadState.from_dict(stored["s"]) if stored is not None else None
         res = apply_batch(state, fresh, rules)
         out.outputs.extend(res.outputs)
+        if tick_at is not None:
+            res = tick(res.state, tick_at, rules)
+            out.outputs.extend(res.outputs)
         horizon = max(seen.values()) - dedup_retention_ms
         kept = {m: ts for m, ts in seen.items() if ts >= horizon}
         if len(kept) > SEEN_CAP:  # bound memory for extremely active leads
             kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-SEEN_CAP:])
-        out.writes[lead] = {"s": res.state.to_dict(), "seen": kept}
+        write: dict[str, Any] = {"s": res.state.to_dict(), "seen": kept}
+        if stored is not None and stored.get("route"):
+            write["route"] = stored["route"]
+        out.writes[lead] = write
     return out
 
 

@@ -190,3 +190,31 @@ def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> No
     again = RoutingAlert.model_validate(next(e.body for e in res.emitted if e.role == "team"))
     assert (esc.from_owner, esc.to_owner) == ("rep-erin", "rep-omar")
     assert again.reassigned and again.owner == "rep-omar"
+
+
+def test_decay_tick_recycles_a_quiet_mql_and_keeps_the_route() -> None:
+    from pipeline.core.event import Event
+
+    t0 = 1_767_225_600_000
+    # no fit to speak of (fit never decays): only the demo request's engagement counts
+    evs = [Event(message_id="i", lead_id="u1", type="identify", timestamp_ms=t0, user_id="u1",
+                 traits={"email": "someone@gmail.com"}),
+           Event(message_id="d", lead_id="u1", type="track", timestamp_ms=t0 + 9,
+                 name="Demo Requested", user_id="u1")]
+    table: dict[str, Any] = {}
+    res = score_batch(evs, table.get, RULES, dedup_retention_ms=86_400_000)
+    table.update(res.writes)
+    stage = table["u1"]["s"]["stage"]
+    assert stage in ("mql", "sql"), stage
+    table["u1"]["route"] = {"team": "sales", "alert_id": "x"}
+    # a tick a day later: nothing yet; 120 days later: decayed below the recycle line
+    res = score_batch([], table.get, RULES, dedup_retention_ms=86_400_000,
+                      ticks={"u1": t0 + 86_400_000})
+    assert [o for o in res.outputs if isinstance(o, StageMove)] == []
+    res = score_batch([], table.get, RULES, dedup_retention_ms=86_400_000,
+                      ticks={"u1": t0 + 120 * 86_400_000})
+    moves = [(o.from_stage, o.to_stage, o.cause_rule) for o in res.outputs
+             if isinstance(o, StageMove)]
+    assert moves == [(stage, "recycled", "decay")]
+    assert res.writes["u1"]["route"] == {"team": "sales", "alert_id": "x"}
+    assert res.writes["u1"]["seen"] == table["u1"]["seen"]
