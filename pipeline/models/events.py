@@ -128,6 +128,24 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {msg}{more}"
 
 
+# orjson reads up to 1024 levels but writes at most 254: a message nested deeper than this
+# would validate here and then fail every later encode (internal topics, tables, outputs).
+MAX_DEPTH = 128
+
+
+def _depth_over(data: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values() if isinstance(x, dict | list))
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
+    return False
+
+
 def decode(raw: bytes, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
     """Decode raw bytes to a JSON object, or raise InvalidEvent saying why not."""
     if len(raw) > max_bytes:
@@ -140,6 +158,9 @@ def decode(raw: bytes, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
         raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    # Cheap first: fewer opening brackets than the limit cannot nest deeper than it.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_over(data, MAX_DEPTH):
+        raise InvalidEvent("invalid", f"message: nested deeper than {MAX_DEPTH} levels")
     return data
 
 
