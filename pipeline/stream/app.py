@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -199,6 +199,8 @@ class LeadflowApp:
         self.app.timer(settings.decay_check_interval_s, name=f"{settings.app_id}.decay")(
             self._decay_timer
         )
+        self.app.timer(5.0, name=f"{settings.app_id}.metrics")(self._metrics_timer)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         from pipeline.stream import web  # late: the views close over this object
 
         web.install(self)
@@ -331,8 +333,8 @@ class LeadflowApp:
         m = self.metrics
         for _ in range(res.duplicates):
             m.duplicate()
-        for frm, to, refused in p.moves:
-            m.stage_move(frm, to, refused=refused)
+        for frm, to, refused, cause in p.moves:
+            m.stage_move(frm, to, refused=refused, cause=cause)
         now = time.time()
         for e in decoded:
             m.processed(max(0.0, now - e.timestamp_ms / 1000))
@@ -372,7 +374,9 @@ class LeadflowApp:
         tick message on their own partition, so the change happens in-stream like any other.
         """
         now_ms = int(time.time() * 1000)
-        for n, (key, record) in enumerate(list(self.leads.items())):
+        items = list(self.leads.items())
+        self.metrics.set_table_keys("leads", len(items))
+        for n, (key, record) in enumerate(items):
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a big table must not starve the agents
             if record is None:
@@ -380,10 +384,35 @@ class LeadflowApp:
             if tick(LeadState.from_dict(record["s"]), now_ms, self.rules).outputs:
                 await self.leads_topic.send(key=key, value=dumps({"tick": now_ms}))
 
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.metrics.rebalance()
+
+    async def _metrics_timer(self) -> None:
+        """Lag per input partition and table recovery progress, for /metrics."""
+        app = self.app
+        consumer = cast(Any, app.consumer)
+        committed = consumer._committed_offset  # Faust keeps no public view of it
+        for tp in consumer.assignment():
+            if tp.topic.endswith("-changelog"):
+                continue
+            high = consumer.highwater(tp)
+            done = committed.get(tp)
+            if high is not None and done is not None:
+                self.metrics.set_offsets(tp.topic, tp.partition, high, done)
+        recovery = cast(Any, app.tables).recovery
+        remaining: dict[str, int] = {}
+        for tp, n in recovery.active_remaining().items():
+            name = tp.topic.removeprefix(f"{self.settings.app_id}-").removesuffix("-changelog")
+            remaining[name] = remaining.get(name, 0) + max(0, int(n))
+        for name in ("leads", "identity", "owners"):
+            self.metrics.set_recovery(name, remaining.get(name, 0))
+
     async def _sla_timer(self) -> None:
         """Ask the assign agent to escalate lapsed alerts: tables change only in-stream."""
         now_ms = int(time.time() * 1000)
-        for team, record in list(self.owners.items()):
+        items = list(self.owners.items())
+        self.metrics.set_table_keys("owners", len(items))
+        for team, record in items:
             if record is not None and overdue(record, now_ms):
                 await self.assign_topic.send(
                     key=team, value=dumps({"op": "tick", "now_ms": now_ms}))

@@ -97,7 +97,8 @@ class Plan:
     sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     assign: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # team, command
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
-    moves: list[tuple[str, str, bool]] = field(default_factory=list)  # from, to, refused
+    # from, to, refused, cause rule (for metrics)
+    moves: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
 
 
 def plan(
@@ -119,7 +120,7 @@ def plan(
                 scores=_scores(o.score_total, o.scores_by_group),
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, False))
+            p.moves.append((o.from_stage, o.to_stage, False, o.cause_rule))
         elif isinstance(o, MoveRefused):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
@@ -127,7 +128,7 @@ def plan(
                 cause={"rule": None, "message_id": o.cause_message_id}, scores=None,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, True))
+            p.moves.append((o.from_stage, o.to_stage, True, None))
         elif isinstance(o, AlertTrigger):
             traits = traits_of.get(o.lead_id, {})
             team, why = choose_team(routing, traits)

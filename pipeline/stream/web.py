@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from faust import web
 from faust.exceptions import SameNode
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.stream.leadview import lead_document
 
@@ -58,8 +57,9 @@ def install(lf: LeadflowApp) -> None:
         """Prometheus text exposition of this worker's registry."""
 
         async def get(self, request: web.Request) -> web.Response:
-            body = generate_latest(lf.metrics.registry)
-            return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+            body, content_type = lf.metrics.exposition()
+            # The full header: aiohttp refuses a content_type argument with parameters.
+            return self.bytes(body, headers={"Content-Type": content_type})
 
 
 def readiness(lf: LeadflowApp) -> dict[str, Any]:

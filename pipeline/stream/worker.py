@@ -7,6 +7,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
+from pipeline import __version__
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
 from pipeline.kafka.broker import resolve_bootstrap
 from pipeline.kafka.topics import ensure_topics, topic_specs
@@ -24,11 +25,17 @@ def load_configured_rules(settings: Settings) -> CompiledRules:
 
 def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
     """Everything a worker needs, read once: settings, rules, broker address, metrics."""
+    rules = load_configured_rules(settings)
     return LeadflowApp(
         settings,
-        load_configured_rules(settings),
+        rules,
         bootstrap=bootstrap or resolve_bootstrap(settings),
-        metrics=Metrics(CollectorRegistry()),
+        metrics=Metrics(
+            CollectorRegistry(),
+            sources=settings.topics.inputs().values(),
+            teams=[*rules.teams(), "nurture", "recycle"],
+            version=__version__,
+        ),
     )
 
 
