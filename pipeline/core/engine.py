@@ -62,13 +62,16 @@ class Result:
 
 
 class _Work:
-    """A mutable copy of a LeadState for the length of one call (copy-on-write dicts)."""
+    """A mutable copy of a LeadState for the length of one call.
 
-    __slots__ = ("achieved", "alert_rules", "caps", "caps_own", "contrib", "contrib_own",
-                 "counts", "counts_own", "engagement", "first_event_ms", "fit", "fit_hits",
-                 "hot", "last_alert_ms", "last_event_ms", "lead_id", "outs", "owner",
-                 "product", "recent", "score_ms", "seen", "seen_own", "stage",
-                 "stage_since_ms", "traits")
+    The mapping fields still share the caller's (read-only) dicts; `_run` copies the ones it
+    writes once per call, so a LeadState is never changed after it is made.
+    """
+
+    __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
+                 "first_event_ms", "fit", "fit_hits", "hot", "last_alert_ms",
+                 "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "score_ms",
+                 "seen", "stage", "stage_since_ms", "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -83,14 +86,10 @@ class _Work:
         self.traits = s.traits
         self.fit_hits = s.fit_hits
         self.caps: Any = s.caps
-        self.caps_own = False
         self.counts: Any = s.counts
-        self.counts_own = False
         self.achieved = s.achieved
         self.seen: Any = s.seen
-        self.seen_own = False
         self.contrib: Any = s.contributions
-        self.contrib_own = False
         self.recent = list(s.recent)
         self.hot = s.hot
         self.last_alert_ms = s.last_alert_ms
@@ -229,7 +228,11 @@ def _count_reached(ts: list[int], n: int, within: int) -> bool:
 
 
 def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay | None) -> float:
-    """Points this rule gives for an event at time t, after counts, caps and late decay."""
+    """Points this rule gives for an event at time t, after counts, caps and late decay.
+
+    `w.caps` and `w.counts` must be dicts owned by the call (see `_run`); `w.score_ms` must
+    be current (late decay reads it).
+    """
     p = cr.points
     rid = cr.id
     if cr.count_at_least:
@@ -238,9 +241,6 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
         ts = sorted((*w.counts.get(rid, ()), t))
         hi = ts[-1] - cr.count_within_ms
         ts = [x for x in ts if x >= hi]
-        if not w.counts_own:
-            w.counts = dict(w.counts)
-            w.counts_own = True
         if _count_reached(ts, cr.count_at_least, cr.count_within_ms):
             w.counts.pop(rid, None)
             w.achieved = w.achieved | {rid}
@@ -274,9 +274,6 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
             new = (*wins[:idx], (win, used + a), *wins[idx + 1:])
         else:
             new = tuple(sorted((*wins, (win, a))))[-MAX_CAP_WINDOWS:]
-        if not w.caps_own:
-            w.caps = dict(w.caps)
-            w.caps_own = True
         w.caps[rid] = new
         p = a if p > 0 else -a
     pts = float(p)
@@ -287,94 +284,172 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
     return pts
 
 
-def _step(w: _Work, e: Event, r: CompiledRules) -> None:
-    mid = e.message_id
-    seen = w.seen
-    if mid in seen:
-        return
-    if not w.seen_own:
-        seen = w.seen = dict(seen)
-        w.seen_own = True
-    t = e.timestamp_ms
-    seen[mid] = t
-    if len(seen) > MAX_SEEN:
-        del seen[next(iter(seen))]
+def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
+    """Score `events` in order into `w`: the hot loop of the core.
 
-    late = False
-    idle = False
+    Per event, in the order the module docstring gives. For speed (hundreds of thousands of
+    events per second on one core) the loop keeps what every event reads or writes in
+    local variables rather than on `w`: the three group scores, the event-time bookkeeping
+    and the dicts it writes (dedup ids, caps, contributions, copied once per call instead of
+    once per event). The rare steps (stage moves, alerts, trait merges, counted rules, late
+    events, a cap's new window) stay in the helpers above, which work on `w`: before calling
+    one, the loop stores the scores it holds back into `w` (`w.engagement`, `w.product`,
+    `w.score_ms`). Fit only changes in `_merge_traits`, which sets `w.fit`.
+
+    Two shortcuts, both exact: the total at the start of an event is the total at the end
+    of the previous one unless decay ran in between (nothing else changes a score between
+    events), and `_thresholds` is called only when one of its conditions can hold.
+    tests/core/test_engine_reference.py checks the results against the plain version.
+    """
+    seen = w.seen = dict(w.seen)
+    caps = w.caps = dict(w.caps)
+    contrib = w.contrib = dict(w.contrib)
+    w.counts = dict(w.counts)
+    recent = w.recent
+    match = r.match
     d = r.decay
-    if w.score_ms is None or w.last_event_ms is None or w.first_event_ms is None:
-        w.score_ms = w.last_event_ms = w.first_event_ms = t
-        if w.stage_since_ms is None:
-            w.stage_since_ms = t
-    else:
-        if t > w.score_ms:
-            if d is not None:
-                idle = _decay_to(w, t, d)
-            w.score_ms = t
-        elif t < w.score_ms:
-            late = True
-        if t > w.last_event_ms:
-            w.last_event_ms = t
-        if t < w.first_event_ms:
-            w.first_event_ms = t
+    mql, pql, hot_line, recycle = r.mql, r.pql, r.hot, r.recycle
+    (wf, we, wp), (mf, me, mp) = r.weights, r.maxes
+    fit, eng, prod = w.fit, w.engagement, w.product
+    score_ms, last_ms, first_ms = w.score_ms, w.last_event_ms, w.first_event_ms
+    # r.total(fit, eng, prod), written out (here and below) to save a call per event
+    cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
+           + wp * (prod if prod < mp else mp))
 
-    stage0 = w.stage
-    prev_total = r.total(w.fit, w.engagement, w.product)
-    if idle and prev_total < r.recycle:
-        # only decay recycles: an MQL made by a trigger with few points stays until idle
-        if stage0 in DECAYS_TO_RECYCLED:
-            _move(w, r, "recycled", DECAY, "decay", t, mid)
-        w.hot = False
-    if w.stage == "visitor" and (e.user_id or "email" in e.traits):
-        _move(w, r, "lead", IDENTIFIED, "identified", t, mid)
+    for e in events:
+        mid = e.message_id
+        if mid in seen:
+            continue  # the same message id is counted once
+        t = e.timestamp_ms
+        seen[mid] = t
+        if len(seen) > MAX_SEEN:
+            del seen[next(iter(seen))]
 
-    prev_product = w.product
-    etype = e.type
-    name = e.name
-    if etype == "track":
-        if name in CRM_EVENTS:
-            target = CRM_EVENTS[name]
-            if target is not None:
-                _move(w, r, target, CRM, f"crm:{name}", t, mid)
-    elif e.traits and (etype == "identify" or etype == "group"):
-        _merge_traits(w, e, r)
-
-    trig: CompiledEventRule | None = None
-    for cr in r.match(e):
-        if cr.cap_points or cr.count_at_least or late:
-            pts = _award(w, cr, t, late, d)
+        late = False
+        idle = False
+        if score_ms is None or last_ms is None or first_ms is None:
+            score_ms = last_ms = first_ms = t
+            if w.stage_since_ms is None:
+                w.stage_since_ms = t
         else:
-            pts = float(cr.points)
-        if cr.trigger_stage is not None or cr.trigger_hot:
-            if trig is None:
-                trig = cr
-        elif pts == 0.0:
-            continue
-        if cr.group == ENGAGEMENT:
-            w.engagement += pts
-        else:
-            w.product += pts
-        # credit the rule (inlined _credit: this is the hottest loop of the core)
-        if not w.contrib_own:
-            w.contrib = dict(w.contrib)
-            w.contrib_own = True
-        rid = cr.id
-        c = w.contrib.get(rid)
-        if c is None:
-            w.contrib[rid] = (pts, 1, mid, t)
-        elif t >= c[3]:
-            w.contrib[rid] = (c[0] + pts, c[1] + 1, mid, t)
-        else:
-            w.contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
-        w.recent.append((rid, mid, pts, t))
+            if t > score_ms:
+                if d is not None:
+                    # _decay_to, inlined: usually the lead was not idle and nothing decays
+                    anchor = last_ms + d.idle_after_ms
+                    start = score_ms if score_ms > anchor else anchor
+                    if t > start:
+                        idle = True
+                        if d.engagement:
+                            eng = _decayed(eng, start, t, anchor, d)
+                        if d.product:
+                            prod = _decayed(prod, start, t, anchor, d)
+                        cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
+                               + wp * (prod if prod < mp else mp))
+                score_ms = t
+            elif t < score_ms:
+                late = True
+            if t > last_ms:
+                last_ms = t
+            if t < first_ms:
+                first_ms = t
 
-    total = r.total(w.fit, w.engagement, w.product)
-    if (trig is None and total == prev_total and w.product == prev_product
-            and w.stage == stage0):
-        # Nothing changed: every line was already checked at these values (common case).
-        return
-    _thresholds(w, r, e, trig, prev_total, prev_product, total)
+        stage0 = w.stage
+        prev_total = cur
+        if idle and prev_total < recycle:
+            # only decay recycles: an MQL made by a trigger with few points stays until idle
+            if stage0 in DECAYS_TO_RECYCLED:
+                w.engagement, w.product = eng, prod
+                _move(w, r, "recycled", DECAY, "decay", t, mid)
+            w.hot = False
+        if w.stage == "visitor" and (e.user_id or "email" in e.traits):
+            w.engagement, w.product = eng, prod
+            _move(w, r, "lead", IDENTIFIED, "identified", t, mid)
+
+        prev_product = prod
+        etype = e.type
+        if etype == "track":
+            name = e.name
+            if name in CRM_EVENTS:
+                target = CRM_EVENTS[name]
+                if target is not None:
+                    w.engagement, w.product = eng, prod
+                    _move(w, r, target, CRM, f"crm:{name}", t, mid)
+        elif e.traits and (etype == "identify" or etype == "group"):
+            _merge_traits(w, e, r)
+            fit = w.fit
+
+        trig: CompiledEventRule | None = None
+        for cr in match(e):
+            if cr.count_at_least or late:
+                w.score_ms = score_ms
+                pts = _award(w, cr, t, late, d)
+            elif cr.cap_points:
+                # _award's common cases inlined: the event falls in the rule's newest window,
+                # or opens a newer one (windows are kept oldest first)
+                rid = cr.id
+                wins = caps.get(rid, ())
+                win = t // cr.cap_window_ms
+                if wins and wins[-1][0] == win:
+                    used, opens = wins[-1][1], False
+                elif not wins or win > wins[-1][0]:
+                    used, opens = 0, True
+                else:  # an older window: the general case
+                    used, opens = -1, False
+                if used < 0:
+                    pts = _award(w, cr, t, False, d)
+                elif used >= cr.cap_points:
+                    pts = 0.0
+                else:
+                    p = cr.points
+                    a = -p if p < 0 else p
+                    room = cr.cap_points - used
+                    if a > room:
+                        a = room
+                    if opens:
+                        caps[rid] = (*wins, (win, a))[-MAX_CAP_WINDOWS:]
+                    else:
+                        caps[rid] = (*wins[:-1], (win, used + a))
+                    pts = float(a if p > 0 else -a)
+            else:
+                pts = float(cr.points)
+            if cr.trigger_stage is not None or cr.trigger_hot:
+                if trig is None:
+                    trig = cr
+            elif pts == 0.0:
+                continue
+            if cr.group == ENGAGEMENT:
+                eng += pts
+            else:
+                prod += pts
+            # credit the rule: points, count, and the latest event by event time
+            rid = cr.id
+            c = contrib.get(rid)
+            if c is None:
+                contrib[rid] = (pts, 1, mid, t)
+            elif t >= c[3]:
+                contrib[rid] = (c[0] + pts, c[1] + 1, mid, t)
+            else:
+                contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
+            recent.append((rid, mid, pts, t))
+
+        total = cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
+                       + wp * (prod if prod < mp else mp))
+        if trig is None:
+            if total == prev_total and prod == prev_product and w.stage == stage0:
+                continue  # nothing changed: every line was already checked at these values
+            # _thresholds does nothing unless a line is crossed or a hot flag must change
+            stage = w.stage
+            if not (prev_total < mql <= total or (stage == "lead" and total >= mql)
+                    or prev_product < pql <= prod
+                    or (prod >= pql and (stage == "lead" or stage == "mql"))
+                    or (total >= hot_line and not w.hot and stage in ALERTABLE)
+                    or (total < hot_line and w.hot and total < recycle)):
+                continue
+        w.engagement, w.product = eng, prod
+        _thresholds(w, r, e, trig, prev_total, prev_product, total)
+
+    w.engagement, w.product = eng, prod
+    w.score_ms, w.last_event_ms, w.first_event_ms = score_ms, last_ms, first_ms
 
 
 def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | None,
@@ -427,19 +502,19 @@ def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result
     if state is not None and event.message_id in state.seen:
         return Result(state, ())
     w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
-    _step(w, event, rules)
+    _run(w, (event,), rules)
     return Result(w.freeze(), tuple(w.outs))
 
 
 def apply_batch(state: LeadState | None, events: Iterable[Event], rules: CompiledRules) -> Result:
     """Score one lead's events in order: the same result as folding `apply`, cheaper."""
-    w: _Work | None = None if state is None else _Work(state)
-    for e in events:
-        if w is None:
-            w = _Work(LeadState(lead_id=e.lead_id))
-        _step(w, e, rules)
-    if w is None:
-        raise ValueError("apply_batch needs a state or at least one event")
+    if state is None:
+        events = events if isinstance(events, list | tuple) else list(events)
+        if not events:
+            raise ValueError("apply_batch needs a state or at least one event")
+        state = LeadState(lead_id=events[0].lead_id)
+    w = _Work(state)
+    _run(w, events, rules)
     return Result(w.freeze(), tuple(w.outs))
 
 
