@@ -307,6 +307,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     w.counts = dict(w.counts)
     recent = w.recent
     match = r.match
+    cache_get = r._cache.get  # the match cache, read directly (see below)
     d = r.decay
     mql, pql, hot_line, recycle = r.mql, r.pql, r.hot, r.recycle
     (wf, we, wp), (mf, me, mp) = r.weights, r.maxes
@@ -378,8 +379,18 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             _merge_traits(w, e, r)
             fit = w.fit
 
+        # r.match(e), its cache lookup inlined: most events need no check beyond the cache
+        hit = cache_get((etype, e.name, e.url))
+        if hit is None:
+            matched = match(e)
+        else:
+            matched = hit[0]
+            for _cr, check in hit[1]:
+                if check(e):
+                    matched = match(e)  # a rule checked per event matches: merge in file order
+                    break
         trig: CompiledEventRule | None = None
-        for cr in match(e):
+        for cr in matched:
             if cr.count_at_least or late:
                 w.score_ms = score_ms
                 pts = _award(w, cr, t, late, d)

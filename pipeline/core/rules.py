@@ -308,6 +308,11 @@ class CompiledEventRule:
     order: int = 0  # position in the file: the first matching trigger wins
 
 
+# A match cache entry: (rules decided by (type, name, url) alone, (rule, check) pairs).
+_MatchEntry = tuple[tuple[CompiledEventRule, ...],
+                    tuple[tuple[CompiledEventRule, Callable[[Event], bool]], ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledTraitRule:
     """A fit or negative trait rule: a predicate on the merged traits."""
@@ -347,10 +352,10 @@ class CompiledRules:
     decay: CompiledDecay | None
     rule_groups: Mapping[str, str] = field(default_factory=dict)  # rule id -> group name
     routing: RoutingRules = DEFAULT_ROUTING
-    # (type, name, url) -> (rules decided by the key and URL alone, rules to check per event).
-    # A cache only: bounded, never changes a result.
-    _cache: dict[tuple[str, str, str], tuple[tuple[CompiledEventRule, ...],
-                                             tuple[CompiledEventRule, ...]]] = field(
+    # (type, name, url) -> (rules decided by the key and URL alone, (rule, its check) for the
+    # rules to check per event). A cache only: bounded, never changes a result. The engine's
+    # hot loop reads it directly and calls `match` on a miss or when a check holds.
+    _cache: dict[tuple[str, str, str], _MatchEntry] = field(
         default_factory=dict, compare=False, repr=False)
 
     def teams(self) -> list[str]:
@@ -364,21 +369,30 @@ class CompiledRules:
             return hit  # already includes the any-name rules of this type
         return self.by_type.get(type_, ())
 
-    def match(self, e: Event) -> tuple[CompiledEventRule, ...]:
-        """The rules an event matches, all conditions checked, in file order."""
+    def match_entry(self, e: Event) -> _MatchEntry:
+        """The cache entry for the event's (type, name, url), made on a miss.
+
+        The rules in `fixed` match whatever the rest of the event; each rule in `dynamic`
+        matches when its check holds too. `match` combines them in file order.
+        """
         key = (e.type, e.name, e.url)
         hit = self._cache.get(key)
         if hit is None:
             cands = self.lookup(e.type, e.name)
             hit = (tuple(c for c in cands if c.check is None or (c.url_only and c.check(e))),
-                   tuple(c for c in cands if c.check is not None and not c.url_only))
+                   tuple((c, c.check) for c in cands if c.check is not None and not c.url_only))
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()  # crude but bounded; URLs are few in practice
             self._cache[key] = hit
-        fixed, dynamic = hit
+        return hit
+
+    def match(self, e: Event) -> tuple[CompiledEventRule, ...]:
+        """The rules an event matches, all conditions checked, in file order."""
+        hit = self._cache.get((e.type, e.name, e.url))
+        fixed, dynamic = hit if hit is not None else self.match_entry(e)
         if not dynamic:
             return fixed
-        more = tuple(c for c in dynamic if c.check is not None and c.check(e))
+        more = [c for c, check in dynamic if check(e)]
         if not more:
             return fixed
         return tuple(sorted((*fixed, *more), key=lambda c: c.order))
