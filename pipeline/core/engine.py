@@ -50,7 +50,7 @@ from pipeline.core.stages import (
     TRIGGER,
     decide,
 )
-from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState
+from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState, make_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ class _Work:
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
-        return LeadState(
+        return make_state(
             self.lead_id, self.stage, self.stage_since_ms, self.fit, self.engagement,
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ from pipeline.core.rules import (
     load_default_rules,
     parse_rules,
 )
-from pipeline.core.state import LeadState
+from pipeline.core.state import LeadState, make_state
 from tests.core import _reference_engine as ref
 
 DAY = 86_400_000
@@ -169,3 +171,18 @@ def test_benchmark_mix_equals_reference() -> None:
                 rb = ref.apply_batch(sb, evs[k:k + chunk], DEFAULT)
                 assert (ra.state, ra.outputs) == (rb.state, rb.outputs)
                 sa, sb = ra.state, rb.state
+
+
+def test_make_state_is_the_constructor() -> None:
+    vals: dict[str, Any] = {
+        "lead_id": "u", "stage": "mql", "stage_since_ms": 1, "fit": 2.0, "engagement": 3.5,
+        "product": -1.0, "score_ms": 4, "first_event_ms": 5, "last_event_ms": 6,
+        "traits": {"a": (1, 2)}, "fit_hits": (("r", 3),), "caps": {"c": ((1, 2),)},
+        "counts": {"n": (1,)}, "achieved": frozenset({"n"}), "seen": {"m": 1},
+        "contributions": {"c": (1.0, 1, "m", 1)}, "recent": (("c", "m", 1.0, 1),),
+        "hot": True, "last_alert_ms": 7, "alert_rules": ("x",), "owner": "rep"}
+    s = make_state(**vals)
+    assert type(s) is LeadState and s == LeadState(**vals)
+    assert LeadState.from_dict(s.to_dict()) == s
+    with pytest.raises(FrozenInstanceError):
+        s.stage = "sql"  # type: ignore[misc]
