@@ -287,6 +287,7 @@ class RulesFile(_Model):
 
 FIT, ENGAGEMENT, PRODUCT = 0, 1, 2
 _CACHE_MAX = 100_000
+_MEMO_MAX = 10_000  # remembered values per trait rule
 GROUP_NAMES: tuple[str, str, str] = ("fit", "engagement", "product")
 
 
@@ -495,22 +496,21 @@ def email_domain(value: Any) -> str | None:
     return dom or None
 
 
-def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:
-    path = c.trait
+def _value_test(c: TraitCondition, free: frozenset[str]) -> Callable[[Any], bool]:
+    """The condition's test on the trait's value (None: the trait is missing)."""
     if c.contains_any is not None:
         # word-ish match: "vp" must not match "mvp"; a keyword may hold spaces ("head of")
         rx = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in c.contains_any) + r")\b",
                         re.IGNORECASE)
-        return lambda t: (v := trait_value(t, path)) is not None and rx.search(str(v)) is not None
+        return lambda v: v is not None and rx.search(str(v)) is not None
     if c.any_of is not None:
         vals = frozenset(x.lower() for x in c.any_of)
-        return lambda t: (v := trait_value(t, path)) is not None and _lower(v) in vals
+        return lambda v: v is not None and _lower(v) in vals
     if c.range is not None:
         lo = -math.inf if c.range.min is None else c.range.min
         hi = math.inf if c.range.max is None else c.range.max
 
-        def in_range(t: Mapping[str, Any]) -> bool:
-            v = trait_value(t, path)
+        def in_range(v: Any) -> bool:
             if isinstance(v, bool) or v is None:
                 return False
             try:
@@ -522,14 +522,39 @@ def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping
         return in_range
     if c.free_email is not None:
         want = c.free_email
-        return lambda t: (d := email_domain(trait_value(t, path))) is not None and (
-            (d in free) == want)
+        return lambda v: (d := email_domain(v)) is not None and ((d in free) == want)
     if c.domain_in is not None:
         doms = frozenset(x.lower() for x in c.domain_in)
-        return lambda t: email_domain(trait_value(t, path)) in doms
+        return lambda v: email_domain(v) in doms
     suffixes = tuple(x.lower() for x in c.domain_endswith or ())
-    return lambda t: (d := email_domain(trait_value(t, path))) is not None and d.endswith(
-        suffixes)
+    return lambda v: (d := email_domain(v)) is not None and d.endswith(suffixes)
+
+
+def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate on the merged traits, memoised by value.
+
+    Fit is recomputed on every identify and titles, company sizes and countries repeat
+    across leads, while a title test is a regex search: remember the answer per value.
+    Only str and int values are remembered (hashable, and no str or int equals a value of
+    the other type; bool, which equals 0 and 1, is left out), so a hit is always exact.
+    """
+    path = c.trait
+    test = _value_test(c, free)
+    memo: dict[str | int, bool] = {}
+
+    def memoised(t: Mapping[str, Any]) -> bool:
+        v = trait_value(t, path)
+        tv = type(v)
+        if tv is not str and tv is not int:
+            return test(v)
+        hit = memo.get(v)
+        if hit is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()  # bounded: crude, a cache only
+            hit = memo[v] = test(v)
+        return hit
+
+    return memoised
 
 
 def _event_rule(rid: str, group: int, m: EventMatch, points: int, cap: Cap | None,

@@ -186,3 +186,13 @@ def test_make_state_is_the_constructor() -> None:
     assert LeadState.from_dict(s.to_dict()) == s
     with pytest.raises(FrozenInstanceError):
         s.stage = "sql"  # type: ignore[misc]
+
+
+def test_trait_memo_keeps_values_of_other_types_apart() -> None:
+    # 1, True, 1.0 and "1" are equal or alike as dict keys; the memo must not mix them up.
+    r = parse_rules("thresholds: {mql: 40, hot: 70, recycle: 10, pql: 30}\n"
+                    "fit: [{id: one, when: {trait: n, any_of: ['1']}, points: 5}]\n")
+    (rule,) = r.traits
+    for _ in range(2):  # the second round answers from the memo
+        assert [rule.test({"n": v}) for v in (1, True, 1.0, "1", None)] == [
+            True, False, False, True, False]
