@@ -61,6 +61,17 @@ class Result:
     outputs: tuple[Output, ...]
 
 
+_set_state, _set_outputs = (getattr(Result, n).__set__ for n in ("state", "outputs"))
+
+
+def _result(state: LeadState, outputs: tuple[Output, ...]) -> Result:
+    """`Result(state, outputs)` through the slot setters (see `make_state`): once per call."""
+    res = object.__new__(Result)
+    _set_state(res, state)
+    _set_outputs(res, outputs)
+    return res
+
+
 class _Work:
     """A mutable copy of a LeadState for the length of one call.
 
@@ -197,7 +208,7 @@ def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
 
 def _recompute_fit(w: _Work, r: CompiledRules) -> None:
     plain = {k: v for k, (v, _ts) in w.traits.items()}
-    hits = tuple((tr.id, tr.points) for tr in r.traits if tr.test(plain))
+    hits = tuple([(tr.id, tr.points) for tr in r.traits if tr.test(plain)])
     w.fit_hits = hits
     w.fit = float(sum(p for _, p in hits))
 
@@ -514,7 +525,7 @@ def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result
         return Result(state, ())
     w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
     _run(w, (event,), rules)
-    return Result(w.freeze(), tuple(w.outs))
+    return _result(w.freeze(), tuple(w.outs))
 
 
 def apply_batch(state: LeadState | None, events: Iterable[Event], rules: CompiledRules) -> Result:
@@ -526,7 +537,7 @@ def apply_batch(state: LeadState | None, events: Iterable[Event], rules: Compile
         state = LeadState(lead_id=events[0].lead_id)
     w = _Work(state)
     _run(w, events, rules)
-    return Result(w.freeze(), tuple(w.outs))
+    return _result(w.freeze(), tuple(w.outs))
 
 
 def tick(state: LeadState, now_ms: int, rules: CompiledRules) -> Result:
