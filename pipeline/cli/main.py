@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import alerts, collector, kafka, rules, stream
+from pipeline.cli import alerts, bench, collector, kafka, rules, stream
 
 app = typer.Typer(
     name="leadflow",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 alerts.register(app)
+bench.register(app)
 collector.register(app)
 kafka.register(app)
 rules.register(app)
