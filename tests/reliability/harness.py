@@ -1,0 +1,257 @@
+"""What the reliability tests share: generated traffic, the offline reference, reading outputs.
+
+The reference is the pure core run offline. Two orders matter (see `reference`):
+- the generator's order, stitched by hand (anonymousId -> userId): scores and events_seen do
+  not depend on the order of a lead's events across input topics, so they must be exact;
+- the order in which the score agent actually saw each lead's events, read back from the
+  internal `<app>-leads` topic (first occurrence of each messageId): stage moves do depend on
+  it (e.g. "Lead Accepted" on events.crm before "Demo Requested" on events.web is refused),
+  so the stage and the stage changes are compared with the core run in *that* order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.core.engine import apply
+from pipeline.core.outputs import StageMove
+from pipeline.core.rules import load_default_rules
+from pipeline.core.state import LeadState
+from pipeline.models.events import parse_message
+from pipeline.simulator import Message, generate
+from pipeline.stream.codec import decode_event
+from pipeline.stream.leadview import lead_document
+from tests.stream.workers import Isolated, WorkerProcess
+
+TEAMS = ["sales", "enterprise", "smb", "emea"]
+TICK_PREFIX = b'{"tick":'
+
+# Worker environment for these tests. The generated events are from 2026-01 (in the past:
+# no future-skew rejection) and span one hour, far inside the 7-day dedup window. The decay
+# and SLA timers run on the wall clock, so they would recycle every lead and escalate every
+# alert of January at once: they are pushed out of the test's reach (the reference is the
+# event-driven core). A SIGKILLed member leaves the group only when its session expires, so
+# the session is short (faust reads these BROKER_* variables itself).
+WORKER_ENV = {
+    "LEADFLOW_DECAY_CHECK_INTERVAL_S": "36000",
+    "LEADFLOW_SLA_CHECK_INTERVAL_S": "36000",
+    "BROKER_SESSION_TIMEOUT": "6",
+    "BROKER_HEARTBEAT_INTERVAL": "1",
+    "BROKER_REBALANCE_TIMEOUT": "20",
+}
+
+
+async def make_isolated(bootstrap: str, home: Path, *, partitions: int = 4,
+                        extra_env: dict[str, str] | None = None) -> Isolated:
+    """Isolated settings (unique app id and topics, created) with `WORKER_ENV`."""
+    from pipeline.kafka.topics import ensure_topics, topic_specs
+
+    iso = Isolated(bootstrap, home, partitions=partitions,
+                   extra_env={**WORKER_ENV, **(extra_env or {})})
+    await ensure_topics(bootstrap, topic_specs(iso.settings, teams=TEAMS))
+    return iso
+
+
+def messages(visitors: int, seed: int) -> list[Message]:
+    """A fixed event set from the simulator (fixed event times, 2026-01-01)."""
+    return list(generate(visitors, seed=seed))
+
+
+async def produce(producer: AIOKafkaProducer, iso: Isolated, msgs: list[Message]) -> None:
+    """Send to the input topic of each message's source, keyed as the simulator keys them."""
+    t = iso.settings.topics
+    topic = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
+    futs = [await producer.send(topic[m.source], m.value(), key=m.key.encode()) for m in msgs]
+    await asyncio.gather(*futs)
+
+
+Move = tuple[str, str, str, str | None]  # lead, from, to, cause messageId
+
+
+@dataclass
+class Reference:
+    """Per identified lead: the order-independent part and what the seen order gives."""
+
+    scores: dict[str, dict[str, float]]  # generator order
+    events: dict[str, int]  # distinct messageIds per lead
+    stage: dict[str, str]  # the order the score agent saw
+    moves: list[Move]  # the order the score agent saw
+    stage_if_generator_order: dict[str, str]
+
+
+def _stitched(msgs: list[Message]) -> list[tuple[str, Any]]:
+    users = {m.body["anonymousId"]: m.body["userId"] for m in msgs
+             if m.body.get("userId") and m.body.get("anonymousId")}
+    out = []
+    for m in msgs:
+        lead = m.body.get("userId") or users.get(m.body.get("anonymousId", ""))
+        if lead is None:
+            continue  # never identified: stays in the identity buffer, never scored
+        out.append((lead, replace(parse_message(m.value(), source=m.source), lead_id=lead)))
+    return out
+
+
+def _run(ordered: list[tuple[str, Any]]) -> tuple[dict[str, LeadState], list[Move]]:
+    rules = load_default_rules()
+    states: dict[str, LeadState] = {}
+    moves: list[Move] = []
+    for lead, e in ordered:
+        res = apply(states.get(lead), e, rules)
+        states[lead] = res.state
+        moves += [(o.lead_id, o.from_stage, o.to_stage, o.cause_message_id)
+                  for o in res.outputs if isinstance(o, StageMove)]
+    return states, moves
+
+
+def _doc(lead: str, s: LeadState) -> dict[str, Any]:
+    return lead_document(lead, {"s": s.to_dict(), "seen": {}}, load_default_rules())
+
+
+def events_per_lead(msgs: list[Message]) -> dict[str, int]:
+    """Distinct events of each identified lead: its events_seen once all are scored."""
+    return dict(Counter(lead for lead, _ in _stitched(msgs)))
+
+
+def reference(msgs: list[Message], seen_order: list[tuple[str, Any]]) -> Reference:
+    gen_states, _ = _run(_stitched(msgs))
+    seen_states, moves = _run(seen_order)
+    return Reference(
+        scores={k: _doc(k, s)["scores"] for k, s in gen_states.items()},
+        events=events_per_lead(msgs),
+        stage={k: _doc(k, s)["stage"] for k, s in seen_states.items()},
+        moves=moves,
+        stage_if_generator_order={k: _doc(k, s)["stage"] for k, s in gen_states.items()},
+    )
+
+
+async def read_all(bootstrap: str, topics: list[str], *, idle_s: float = 3.0,
+                   timeout: float = 60.0, read_committed: bool = False) -> list[Any]:
+    """Every record of `topics` from the start, until nothing new came for `idle_s`."""
+    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False,
+                         isolation_level="read_committed" if read_committed else
+                         "read_uncommitted")
+    await c.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            batch = await c.getmany(timeout_ms=500)
+            for recs in batch.values():
+                out.extend(recs)
+                last = time.monotonic()
+    finally:
+        await c.stop()
+    out.sort(key=lambda r: (r.topic, r.partition, r.offset))
+    return out
+
+
+async def seen_order(iso: Isolated, *, read_committed: bool = False
+                     ) -> tuple[list[tuple[str, Any]], int]:
+    """Each lead's events in the order the score agent applied them (first occurrences),
+    and how many events were forwarded to it more than once (replays after a crash)."""
+    recs = await read_all(iso.bootstrap, [f"{iso.env['LEADFLOW_APP_ID']}-leads"],
+                          read_committed=read_committed)
+    done: set[tuple[str, str]] = set()
+    order = []
+    replayed = 0
+    for r in recs:
+        if r.value is None or r.value.startswith(TICK_PREFIX):
+            continue
+        e = decode_event(r.value)
+        replayed += (e.lead_id, e.message_id) in done
+        if (e.lead_id, e.message_id) not in done:
+            done.add((e.lead_id, e.message_id))
+            order.append((e.lead_id, e))
+    return order, replayed
+
+
+async def stage_changes(iso: Isolated, *, read_committed: bool = False) -> list[Move]:
+    recs = await read_all(iso.bootstrap, [iso.settings.topics.stage_changes],
+                          read_committed=read_committed)
+    moves = []
+    for r in recs:
+        d = orjson.loads(r.value)
+        if d.get("status", "applied") == "applied":
+            moves.append((d["lead_id"], d["from_stage"], d["to_stage"],
+                          (d.get("cause") or {}).get("message_id")))
+    return moves
+
+
+async def lead_docs(worker: WorkerProcess, leads: list[str]) -> dict[str, Any]:
+    """GET /leads/{id} for every lead (404 -> None), a few at a time."""
+    sem = asyncio.Semaphore(16)
+
+    async def one(s: aiohttp.ClientSession, lead: str) -> tuple[str, Any]:
+        async with sem, s.get(worker.url(f"/leads/{lead}")) as r:
+            return lead, orjson.loads(await r.read()) if r.status == 200 else None
+
+    async with aiohttp.ClientSession() as s:
+        return dict(await asyncio.gather(*(one(s, lead) for lead in leads)))
+
+
+async def settled(worker: WorkerProcess, events: dict[str, int],
+                  timeout: float = 120.0) -> dict[str, Any]:
+    """Lead documents once every lead has seen its expected number of distinct events."""
+    deadline = time.monotonic() + timeout
+    docs: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            docs = await lead_docs(worker, sorted(events))
+        except aiohttp.ClientError:
+            docs = {}
+        if docs and all(d is not None and d["events_seen"] >= events[k]
+                        for k, d in docs.items()):
+            return docs
+        await asyncio.sleep(1.0)
+    behind = {k: (d or {}).get("events_seen") for k, d in docs.items()
+              if d is None or d["events_seen"] < events[k]}
+    raise AssertionError(f"not settled: {len(behind)} leads behind, e.g. "
+                         f"{list(behind.items())[:5]}\n{worker.tail()}")
+
+
+@dataclass
+class Verdict:
+    lost: list[Move]
+    unexpected: list[Move]
+    duplicated: int
+    emitted: int
+    wrong_scores: list[str]
+    wrong_events: list[str]
+    wrong_stage: list[str]
+    stage_order_dependent: int
+
+
+def judge(ref: Reference, docs: dict[str, Any], got: list[Move]) -> Verdict:
+    count = Counter(got)
+    expected = Counter(ref.moves)
+    return Verdict(
+        lost=sorted((expected - count).elements(), key=str),
+        unexpected=sorted(set(count) - set(expected), key=str),
+        duplicated=sum(n - 1 for n in count.values() if n > 1),
+        emitted=len(got),
+        wrong_scores=[k for k in ref.events if docs[k]["scores"] != ref.scores[k]],
+        wrong_events=[k for k in ref.events if docs[k]["events_seen"] != ref.events[k]],
+        wrong_stage=[k for k in ref.events if docs[k]["stage"] != ref.stage[k]],
+        stage_order_dependent=sum(ref.stage[k] != ref.stage_if_generator_order[k]
+                                  for k in ref.events),
+    )
+
+
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """One line in the test output even without -s (CI logs)."""
+    with capsys.disabled():
+        sys.stdout.write(f"\n{line}\n")
+        sys.stdout.flush()

@@ -1,0 +1,107 @@
+"""SIGKILL the worker again and again while it processes; the end result is still exact.
+
+A fixed event set from the simulator is produced in small steps over ~35 s. Meanwhile the
+worker is killed K times (SIGKILL to its process group) at a random moment 0.5-3 s after
+it became ready, i.e. while it works, and restarted (rocksdb state on disk, changelogs)
+and awaited on /readyz. The last one is left to finish. Then, per identified lead (see harness.py):
+- scores and events_seen equal the pure core's over the generator's events (exact);
+- the stage equals the core's over the order the score agent saw (exact);
+- every stage change the core makes in that order was emitted: lost == 0, nothing
+  unexpected; repeats of an output are allowed at least once and are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.reliability.harness import (
+    events_per_lead,
+    judge,
+    make_isolated,
+    messages,
+    produce,
+    reference,
+    report,
+    seen_order,
+    settled,
+    stage_changes,
+)
+from tests.stream.workers import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+VISITORS = 400
+SEED = 11
+KILLS = 5
+PRODUCE_STEPS = 100
+PRODUCE_SECONDS = 35.0
+
+
+async def _crash_run(kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
+                     worker_factory: Callable[..., WorkerProcess], guarantee: str,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    iso = await make_isolated(kafka_bootstrap, Path(str(tmp_path)) / "home",
+                              extra_env={"LEADFLOW_PROCESSING_GUARANTEE": guarantee})
+    eos = guarantee == "exactly_once"
+    msgs = messages(VISITORS, SEED)
+    rng = random.Random(SEED)
+    t0 = time.monotonic()
+    timeline: list[float] = []
+
+    async def trickle() -> None:
+        # Traffic keeps coming, so that every kill lands while the worker is busy.
+        size = -(-len(msgs) // PRODUCE_STEPS)
+        for i in range(0, len(msgs), size):
+            await produce(producer, iso, msgs[i:i + size])
+            await asyncio.sleep(PRODUCE_SECONDS / PRODUCE_STEPS)
+
+    producing = asyncio.create_task(trickle())
+    kills = 0
+    for _ in range(KILLS):
+        w = worker_factory(iso)
+        await w.wait_ready()
+        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        w.stop(signal.SIGKILL)
+        kills += 1
+        timeline.append(round(time.monotonic() - t0, 1))
+    w = worker_factory(iso)
+    await w.wait_ready()
+    await producing
+    timeline.append(round(time.monotonic() - t0, 1))
+    docs = await settled(w, events_per_lead(msgs))
+    timeline.append(round(time.monotonic() - t0, 1))
+    order, replayed = await seen_order(iso, read_committed=eos)
+    ref = reference(msgs, order)
+    got = await stage_changes(iso, read_committed=eos)
+    v = judge(ref, docs, got)
+    report(capsys, f"crash-test[{guarantee}]: events={len(msgs)} leads={len(ref.events)} "
+           f"kills={kills} replayed-inputs={replayed} "
+           f"lost={len(v.lost)} duplicated={v.duplicated} (of {v.emitted} stage changes, "
+           f"{len(ref.moves)} expected) unexpected={len(v.unexpected)} "
+           f"stage-order-dependent-leads={v.stage_order_dependent} kill-times-s={timeline} "
+           f"total-s={time.monotonic() - t0:.0f}")
+    assert not v.wrong_events, (v.wrong_events[:5], w.tail())
+    assert not v.wrong_scores, [(k, docs[k]["scores"], ref.scores[k]) for k in v.wrong_scores[:5]]
+    assert not v.wrong_stage, [(k, docs[k]["stage"], ref.stage[k]) for k in v.wrong_stage[:5]]
+    assert not v.lost, v.lost[:10]
+    assert not v.unexpected, v.unexpected[:10]
+    if eos:
+        assert v.duplicated == 0
+
+
+async def test_sigkill_at_least_once_is_exact_and_loses_nothing(
+    kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
+    worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
+) -> None:
+    await _crash_run(kafka_bootstrap, tmp_path, producer, worker_factory, "at_least_once",
+                     capsys)
+
