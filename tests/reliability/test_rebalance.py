@@ -1,0 +1,76 @@
+"""Two workers share the partitions; one stops mid-stream and the other takes over, exactly.
+
+Standby replicas 1, so the survivor already holds a copy of the other's tables. Traffic
+trickles in while both run; one worker gets SIGTERM (a clean leave: the group rebalances at
+once); the survivor finishes. Checks as in test_crash.py (see harness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.reliability.harness import (
+    events_per_lead,
+    judge,
+    make_isolated,
+    messages,
+    produce,
+    reference,
+    report,
+    seen_order,
+    settled,
+    stage_changes,
+)
+from tests.stream.workers import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEPS = 60
+SECONDS = 18.0
+
+
+async def test_survivor_takes_over_and_result_is_exact(
+    kafka_bootstrap: str, tmp_path: Path, producer: AIOKafkaProducer,
+    worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
+) -> None:
+    iso = await make_isolated(kafka_bootstrap, tmp_path / "home",
+                              extra_env={"LEADFLOW_STANDBY_REPLICAS": "1"})
+    msgs = messages(300, 31)
+    w1 = worker_factory(iso)
+    await w1.wait_ready()
+    # Each worker has its own data folder (RocksDB locks it), as on two machines.
+    iso2 = copy.copy(iso)
+    iso2.env = {**iso.env, "LEADFLOW_HOME": str(tmp_path / "home2")}
+    w2 = worker_factory(iso2)
+    await w2.wait_ready()
+    await w1.wait_ready()
+
+    async def trickle() -> None:
+        size = -(-len(msgs) // STEPS)
+        for i in range(0, len(msgs), size):
+            await produce(producer, iso, msgs[i:i + size])
+            await asyncio.sleep(SECONDS / STEPS)
+
+    producing = asyncio.create_task(trickle())
+    await asyncio.sleep(SECONDS / 3)
+    assert w1.stop(signal.SIGTERM) == 0, w1.tail()
+    await producing
+    docs = await settled(w2, events_per_lead(msgs))
+    order, replayed = await seen_order(iso)
+    ref = reference(msgs, order)
+    v = judge(ref, docs, await stage_changes(iso))
+    report(capsys, f"rebalance-test: events={len(msgs)} leads={len(ref.events)} "
+           f"replayed-inputs={replayed} lost={len(v.lost)} duplicated={v.duplicated} "
+           f"(of {v.emitted} stage changes, {len(ref.moves)} expected) "
+           f"unexpected={len(v.unexpected)}")
+    assert not v.wrong_events and not v.wrong_scores, (v.wrong_events[:5], v.wrong_scores[:5])
+    assert not v.wrong_stage, v.wrong_stage[:5]
+    assert not v.lost, v.lost[:10]
+    assert not v.unexpected, v.unexpected[:10]
