@@ -380,6 +380,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
             res.seconds = round(pr.t_last - pr.t_first, 2)
         res.events_per_s = None if rate is None else round(rate, 1)
         if not pr.complete:
+            res.notes.append("latency includes the wait behind the backlog")
             res.notes.append(f"throughput phase cut at {run.max_s:.0f} s: {pr.c_last:,} of "
                              f"{run.events:,} input offsets committed")
         run.say(f"{name}: {res.events_per_s} events/s; latency phase "
@@ -406,6 +407,9 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
             res.p99_ms = None if p99 is None else round(p99, 1)
             res.latency_events = int(after.get(float("inf"), 0) - before.get(float("inf"), 0))
             res.notes.append("latency from the worker's histogram (bucket-interpolated)")
+            if not pr.complete:  # the histogram mixes in the backlog's old event times
+                res.p50_ms = res.p99_ms = None
+                res.notes.append("latency not measured: backlog of the cut throughput phase")
         rss = _peak_rss_mb(proc.pid)
         res.peak_rss_mb = None if rss is None else round(rss, 1)
     except (RuntimeError, TimeoutError, OSError) as exc:

@@ -1,0 +1,36 @@
+"""Smoke test of the end-to-end benchmark: the `limit` system on a real broker, small scale."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e_bench.py"
+
+
+def _load():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("leadflow_e2e_bench_test", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
+    mod = _load()
+    report = await mod.bench(kafka_bootstrap, events=20000, leads=2000, systems=["limit"],
+                             rate=1000.0, latency_s=1.0, max_s=60.0, drain_s=30.0)
+    r = report["systems"]["limit"]
+    assert r["available"], r["reason"]
+    assert r["notes"] == []  # every offset committed, exactly the 20000 events decoded
+    assert r["latency_events"] == 1000
+    assert r["events_per_s"] is not None and r["events_per_s"] > 0
+    assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["p50_ms"] <= r["p99_ms"]
+    assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] > 10
+    assert r["ratio_to_limit"] == 1.0
