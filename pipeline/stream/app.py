@@ -266,11 +266,9 @@ class LeadflowApp:
         for rej in res.rejected:
             self.metrics.dead_letter(rej.reason)
             sends.append((self.deadletter, rej.message.key, emit.dead_letter(rej)))
-        for e in res.events:
+        for e, encoded in zip(res.events, res.encoded, strict=True):
             self.metrics.event_in(e.source, e.type)
-            sends.append(
-                (self.identity_topic, emit.identity_key_bytes(e), encode_event(e))
-            )
+            sends.append((self.identity_topic, emit.identity_key_bytes(e), encoded))
         await self._send_all(sends)
 
     async def _stitch(self, stream: Any) -> None:

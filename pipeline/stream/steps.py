@@ -25,7 +25,7 @@ from pipeline.core.rules import CompiledRules
 from pipeline.core.state import LeadState
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import parse_message
-from pipeline.stream.codec import event_from_dict, event_to_dict
+from pipeline.stream.codec import encode_event, event_from_dict, event_to_dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,9 @@ class IngestResult:
 
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    # The internal form of each event, encoded here so that a message that validates but
+    # cannot be re-encoded is rejected alone, not with the rest of its batch.
+    encoded: list[bytes] = field(default_factory=list)
 
 
 def ingest_batch(
@@ -71,19 +74,21 @@ def ingest_batch(
             out.rejected.append(Rejected(m, "empty", "message has no value (tombstone)"))
             continue
         try:
-            out.events.append(
-                parse_message(
-                    m.value,
-                    source=sources.get(m.topic, ""),
-                    now_ms=m.timestamp_ms,
-                    max_bytes=max_bytes,
-                    max_future_skew_ms=max_future_skew_ms,
-                )
+            event = parse_message(
+                m.value,
+                source=sources.get(m.topic, ""),
+                now_ms=m.timestamp_ms,
+                max_bytes=max_bytes,
+                max_future_skew_ms=max_future_skew_ms,
             )
+            encoded = encode_event(event)
         except InvalidEvent as exc:
             out.rejected.append(Rejected(m, exc.reason, exc.detail))
         except Exception as exc:  # a worker must never stop on input; keep the evidence
             out.rejected.append(Rejected(m, "internal", f"{type(exc).__name__}: {exc}"))
+        else:
+            out.events.append(event)
+            out.encoded.append(encoded)
     return out
 
 
