@@ -173,10 +173,12 @@ class Offsets:
         tps = [TopicPartition(t, p) for t in topics
                for p in (self.consumer.partitions_for_topic(t) or ())]
         ends = await self.consumer.end_offsets(tps) if tps else {}
-        try:
-            committed = await self.admin.list_consumer_group_offsets(group)
-        except KafkaError:  # e.g. the group's coordinator is not known yet
-            committed = {}
+        committed: dict[Any, Any] = {}
+        # leadflow reads its inputs in a group of their own, `<app id>-ingest`.
+        for g in (group, f"{group}-ingest"):
+            # KafkaError: e.g. the group's coordinator is not known yet
+            with contextlib.suppress(KafkaError):
+                committed.update(await self.admin.list_consumer_group_offsets(g))
         done = sum(min(committed[tp].offset, ends[tp]) if tp in committed and
                    committed[tp].offset >= 0 else 0 for tp in tps)
         return done, sum(ends.values())

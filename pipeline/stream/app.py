@@ -1,15 +1,17 @@
-"""The Faust app: three batched agents around the pure core.
+"""The Faust app: four batched agents around the pure core.
 
-    events.web|email|product|crm --ingest--> <app>-identity (key: anonymousId)
-        --stitch--> <app>-leads (key: lead id) --score--> leads.stage-changes, routing.*
+    events.web|email|product|crm --ingest--> <app>-identity (by anonymousId/userId)
+        --stitch--> <app>-leads (by lead id) --score--> leads.stage-changes, routing.*
+        --> <app>-assign (by team) --assign--> routing.<team>, routing.escalations
 
 Each agent takes a batch (`take_events`), runs a pure step from `stream.steps` over it,
-sends what the step emits and waits for the broker's acks, and only then writes its table
-(one write per key per batch) and lets Faust ack the batch. Outputs are therefore never
-behind the state: a crash can repeat an output (at least once, with stable ids) but
-cannot lose one, and replayed input is recognised by messageId in the lead state.
-Each table is keyed like the topic that feeds it, so a key's state, its changelog
-records and its input messages share one partition (see `_Keyed`).
+sends what the step emits together with its table's changelog records (one per key per
+batch), waits for the broker's acks, and only then writes its store and lets Faust ack
+the batch. Outputs are therefore never behind the state: a crash can repeat an output
+(at least once, with stable ids) but cannot lose one, and replayed input is recognised by
+messageId in the lead state. The identity and leads topics carry envelopes (many events
+in one record, see `codec.pack`) sent to the partition of their keys, so a key's state,
+its changelog records and its events share one partition (see `_BatchTable`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, cast
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from pipeline.core.engine import tick
 from pipeline.core.rules import CompiledRules
@@ -34,7 +36,17 @@ from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, RoutingAlert
 from pipeline.settings import Settings
 from pipeline.stream import emit
-from pipeline.stream.codec import decode_event, dumps, encode_event
+from pipeline.stream.codec import (
+    TICK_PREFIX,
+    decode_event,
+    dumps,
+    encode_event,
+    pack,
+    tick_line,
+    unpack,
+)
+from pipeline.stream.inputs import InputConsumer
+from pipeline.stream.keys import partition_for
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -49,10 +61,6 @@ from pipeline.stream.steps import (
 Event = EventT[Any]
 log = logging.getLogger(__name__)
 
-# Decay-timer requests on the leads topic, told apart from encoded events by their start.
-TICK_PREFIX = b'{"tick":'
-
-
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.05
 
@@ -62,6 +70,8 @@ class Tuning:
     """Batch size and wait: larger batches amortise Faust's per-event cost."""
 
     batch_max: int = BATCH_MAX
+    #: Envelopes per batch on the internal topics (each holds up to a batch of events).
+    envelopes_max: int = 64
     batch_within_s: float = BATCH_WITHIN_S
     visitor_buffer: int = 200
 
@@ -93,24 +103,34 @@ def _raw(ev: Event) -> RawMessage:
     )
 
 
-class _Keyed:
-    """Table access for one batch, with Faust's "current event" set to the key's message.
+Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
+
+
+class _BatchTable:
+    """One batch's view of a Faust table: reads through its store, writes coalesced.
 
     Faust's stores (RocksDB in particular) take the partition of a read or write from the
     current event, which exists only while iterating a stream one event at a time. In a
-    batch we set it per key to the batch's message with that key: the input topic is keyed
-    by the table key, so that message's partition is exactly the key's partition.
+    batch we set it per key to the record the key arrived in: every record of the topics
+    that feed a table is on its keys' partition (keyed, or an envelope sent to
+    `partition_for` its keys). Writes bypass ``table[key] = value``, whose changelog
+    records Faust would send one by one through its buffer: `stage` turns a batch's
+    writes into changelog sends that go out with the batch's outputs, and `apply` writes
+    the store and the changelog offsets once the broker has acknowledged them all.
     """
 
-    def __init__(self, table: Any, events: Sequence[Event]) -> None:
+    def __init__(self, table: Any, by_key: dict[bytes, Event]) -> None:
         self.table = table
-        self.by_key: dict[bytes | None, Event] = {ev.message.key: ev for ev in events}
+        self.by_key = by_key
+        self.changelog = cast(str, table.changelog_topic.get_topic_name())
+        self._staged: list[tuple[bytes, bytes, Event]] = []
 
-    def _bind(self, key: bytes) -> None:
+    def _bind(self, key: bytes) -> Event:
         ev = self.by_key.get(key)
         if ev is None:
             raise KeyError(f"table key {key!r} is not the key of any message in the batch")
         _current_event.set(weakref.ref(ev))
+        return ev
 
     def get(self, key: str) -> Any:
         """Read a key of this batch (str key, as the pure steps use)."""
@@ -118,11 +138,39 @@ class _Keyed:
         self._bind(k)
         return self.table.get(k)
 
-    def put(self, key: str, value: Any) -> None:
-        """Write a key of this batch: one changelog record in the key's partition."""
-        k = key.encode()
-        self._bind(k)
-        self.table[k] = value
+    def stage(self, writes: dict[str, Any]) -> list[Send]:
+        """Changelog records for `writes` (one per key), to send with the batch's outputs."""
+        sends: list[Send] = []
+        for key, value in writes.items():
+            k = key.encode()
+            ev = self._bind(k)
+            v = dumps(value)
+            self._staged.append((k, v, ev))
+            sends.append((self.changelog, k, v, ev.message.partition))
+        return sends
+
+    def apply(self, acked: Sequence[Any]) -> None:
+        """Write the staged values to the store, and remember the changelog offsets.
+
+        The offsets are what Faust's own changelog callback keeps: on recovery the store
+        reads its changelog only past them.
+        """
+        store = self.table.data
+        for k, v, ev in self._staged:
+            _current_event.set(weakref.ref(ev))
+            store._set(k, v)
+        self._staged.clear()
+        last: dict[int, int] = {}
+        for meta in acked:
+            if meta.topic == self.changelog:
+                last[meta.partition] = max(meta.offset, last.get(meta.partition, -1))
+        app = self.table.app
+        for partition, offset in last.items():
+            tp = TP(self.changelog, partition)
+            if app.in_transaction:
+                app.tables.persist_offset_on_commit(store, tp, offset)
+            else:
+                store.set_persisted_offset(tp, offset)
 
 
 class LeadflowApp:
@@ -177,9 +225,6 @@ class LeadflowApp:
         self.leads_topic = self.app.topic(
             f"{settings.app_id}-leads", partitions=parts, internal=True, **raw
         )
-        self.deadletter = self.app.topic(t.deadletter, **raw)
-        self.stage_changes = self.app.topic(t.stage_changes, **raw)
-        self._out_topics: dict[str, Any] = {}
         # bytes keys are written raw: the same bytes (and so the same partition) as the
         # keyed topic the table is fed from. Values are JSON (orjson when installed).
         table: dict[str, Any] = {"key_type": bytes, "partitions": parts}
@@ -189,7 +234,15 @@ class LeadflowApp:
             f"{settings.app_id}-assign", partitions=parts, internal=True, **raw
         )
         self.owners = self.app.Table("owners", default=None, **table)
-        self.app.agent(self.inputs, name=f"{settings.app_id}.ingest")(self._ingest)
+        self.identity_topic_name = f"{settings.app_id}-identity"
+        self.leads_topic_name = f"{settings.app_id}-leads"
+        self.assign_topic_name = f"{settings.app_id}-assign"
+        self.input_consumer: InputConsumer | None = None
+        if settings.processing_guarantee == "at_least_once":
+            self.app.task(self._read_inputs)
+        else:
+            # Exactly-once needs the input offsets in Faust's transactions: its agent.
+            self.app.agent(self.inputs, name=f"{settings.app_id}.ingest")(self._ingest)
         self.app.agent(self.identity_topic, name=f"{settings.app_id}.stitch")(self._stitch)
         self.app.agent(self.leads_topic, name=f"{settings.app_id}.score")(self._score)
         self.app.agent(self.assign_topic, name=f"{settings.app_id}.assign")(self._assign)
@@ -206,27 +259,32 @@ class LeadflowApp:
         web.install(self)
 
     # -- helpers ---------------------------------------------------------------------
-    def out_topic(self, name: str) -> Any:
-        """A raw output topic by name (routing topics are named by the rules' teams)."""
-        topic = self._out_topics.get(name)
-        if topic is None:
-            topic = self.app.topic(name, key_type=bytes, value_type=bytes,
-                                   key_serializer="raw", value_serializer="raw")
-            self._out_topics[name] = topic
-        return topic
+    async def _send_all(self, sends: Iterable[Send]) -> list[Any]:
+        """Publish now and wait for every broker ack; the record metadata, in order.
 
-    async def _send_all(self, sends: Iterable[tuple[Any, bytes | None, bytes]]) -> None:
-        # force=True: publish now, not when Faust acks the event, so that we can wait
-        # for the broker's acks before the table write.
-        futures: list[Awaitable[Any]] = [
-            await topic.send(key=key, value=value, force=True) for topic, key, value in sends
+        Straight to Faust's producer (its transaction manager under exactly-once), not
+        through `Topic.send`, whose per-record bookkeeping cost more than the scoring.
+        """
+        producer = await self.app.maybe_start_producer()
+        futures = [
+            await producer.send(topic, key, value, partition, None, None)
+            for topic, key, value, partition in sends
         ]
-        if futures:
-            await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures)) if futures else []
+
+    def _envelopes(self, topic: str, keyed: Iterable[tuple[bytes, bytes]]) -> list[Send]:
+        """(key, line) pairs -> one envelope (or a few) per partition of `topic`."""
+        parts = self.settings.partitions
+        by_part: dict[int, list[bytes]] = {}
+        for key, line in keyed:
+            by_part.setdefault(partition_for(key, parts), []).append(line)
+        return [
+            (topic, None, env, p) for p, lines in by_part.items() for env in pack(lines)
+        ]
 
     # -- agents ----------------------------------------------------------------------
     async def _run_batches(
-        self, stream: Any, handle: Callable[[list[Event]], Awaitable[None]]
+        self, stream: Any, handle: Callable[[list[Event]], Awaitable[None]], batch_max: int
     ) -> None:
         """Feed batches to `handle`; a batch that fails goes to the dead-letter topic.
 
@@ -234,73 +292,107 @@ class LeadflowApp:
         escape: the batch's messages are dead-lettered with the error (nothing lost
         silently) and the agent goes on with the next batch.
         """
-        t = self.tuning
-        async for events in stream.take_events(t.batch_max, within=t.batch_within_s):
+        async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
             try:
                 await handle(list(events))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.exception("batch of %d failed; dead-lettering it", len(events))
-                detail = f"{type(exc).__name__}: {exc}"[:2000]
-                sends = [
-                    (self.deadletter, ev.message.key, emit.dead_letter(
-                        Rejected(_raw(ev), "internal", detail)))
-                    for ev in events
-                ]
-                for _ in sends:
-                    self.metrics.dead_letter("internal")
-                await self._send_all(sends)
+                await self._dead_letter_failed([_raw(ev) for ev in events], exc)
+
+    async def _read_inputs(self) -> None:
+        """The input topics through a plain consumer (see `stream.inputs`)."""
+        self.input_consumer = InputConsumer(
+            bootstrap=self.bootstrap,
+            topics=list(self.sources),
+            group_id=f"{self.settings.app_id}-ingest",
+            handle=self._ingest_messages,
+            on_failure=self._dead_letter_failed,
+            batch_max=self.tuning.batch_max,
+            within_s=self.tuning.batch_within_s,
+        )
+        await self.input_consumer.run()
+
+    async def _dead_letter_failed(self, msgs: list[RawMessage], exc: BaseException) -> None:
+        detail = f"{type(exc).__name__}: {exc}"[:2000]
+        for _ in msgs:
+            self.metrics.dead_letter("internal")
+        await self._send_all(
+            (self.settings.topics.deadletter, m.key,
+             emit.dead_letter(Rejected(m, "internal", detail)), None)
+            for m in msgs
+        )
+
     async def _ingest(self, stream: Any) -> None:
-        await self._run_batches(stream, self._ingest_batch)
+        await self._run_batches(stream, self._ingest_batch, self.tuning.batch_max)
 
     async def _ingest_batch(self, events: list[Event]) -> None:
-        msgs = [_raw(ev) for ev in events]
+        await self._ingest_messages([_raw(ev) for ev in events])
+
+    async def _ingest_messages(self, msgs: list[RawMessage]) -> None:
         res = ingest_batch(
             msgs,
             self.sources,
             max_bytes=self.settings.max_message_bytes,
             max_future_skew_ms=int(self.settings.max_future_skew_s * 1000),
         )
-        sends: list[tuple[Any, bytes | None, bytes]] = []
+        sends: list[Send] = []
         for rej in res.rejected:
             self.metrics.dead_letter(rej.reason)
-            sends.append((self.deadletter, rej.message.key, emit.dead_letter(rej)))
-        for e, encoded in zip(res.events, res.encoded, strict=True):
+            sends.append((self.settings.topics.deadletter, rej.message.key,
+                          emit.dead_letter(rej), None))
+        for e in res.events:
             self.metrics.event_in(e.source, e.type)
-            sends.append((self.identity_topic, emit.identity_key_bytes(e), encoded))
+        sends += self._envelopes(
+            self.identity_topic_name,
+            ((emit.identity_key_bytes(e), line)
+             for e, line in zip(res.events, res.encoded, strict=True)),
+        )
         await self._send_all(sends)
 
     async def _stitch(self, stream: Any) -> None:
-        await self._run_batches(stream, self._stitch_batch)
+        await self._run_batches(stream, self._stitch_batch, self.tuning.envelopes_max)
 
     async def _stitch_batch(self, events: list[Event]) -> None:
-        t = self.tuning
-        decoded = [decode_event(_value(ev)) for ev in events]
-        ident = _Keyed(self.identity, events)
-        res = stitch_batch(decoded, ident.get, max_buffer=t.visitor_buffer)
-        await self._send_all(
-            (self.leads_topic, e.lead_id.encode(), encode_event(e)) for e in res.forward
+        decoded = []
+        by_key: dict[bytes, Event] = {}
+        for ev in events:
+            for line in unpack(_value(ev)):
+                e = decode_event(line)
+                decoded.append(e)
+                by_key[emit.identity_key_bytes(e)] = ev
+        ident = _BatchTable(self.identity, by_key)
+        res = stitch_batch(decoded, ident.get, max_buffer=self.tuning.visitor_buffer)
+        sends = self._envelopes(
+            self.leads_topic_name,
+            ((e.lead_id.encode(), encode_event(e)) for e in res.forward),
         )
-        for key, value in res.writes.items():
-            ident.put(key, value)
+        sends += ident.stage(res.writes)
+        ident.apply(await self._send_all(sends))
         if res.overflowed:
             self.metrics.visitor_overflow(res.overflowed)
 
     async def _score(self, stream: Any) -> None:
-        await self._run_batches(stream, self._score_batch)
+        await self._run_batches(stream, self._score_batch, self.tuning.envelopes_max)
 
     async def _score_batch(self, events: list[Event]) -> None:
         topics = self.settings.topics
         decoded = []
         ticks: dict[str, int] = {}
+        by_key: dict[bytes, Event] = {}
         for ev in events:
-            raw = _value(ev)
-            if raw.startswith(TICK_PREFIX):
-                ticks[_key(ev).decode()] = int(orjson.loads(raw)["tick"])
-            else:
-                decoded.append(decode_event(raw))
-        leads = _Keyed(self.leads, events)
+            for line in unpack(_value(ev)):
+                if line.startswith(TICK_PREFIX):
+                    req = orjson.loads(line)
+                    lead = req.get("l") or _key(ev).decode()  # keyed ticks of older versions
+                    ticks[lead] = int(req["tick"])
+                    by_key[lead.encode()] = ev
+                else:
+                    e = decode_event(line)
+                    decoded.append(e)
+                    by_key[e.lead_id.encode()] = ev
+        leads = _BatchTable(self.leads, by_key)
         res = score_batch(
             decoded,
             leads.get,
@@ -315,19 +407,16 @@ class LeadflowApp:
             if rec is not None and rec.get("route"):
                 routes[lead] = rec["route"]
         p = emit.plan(res.outputs, traits, decoded, routes, self.rules.routing, topics)
-        sends: list[tuple[Any, bytes | None, bytes]] = [
-            (self.out_topic(name), key, value) for name, key, value in p.sends
-        ]
+        sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
         for team, cmd in p.assign:
-            sends.append((self.assign_topic, team.encode(), dumps(cmd)))
+            sends.append((self.assign_topic_name, team.encode(), dumps(cmd), None))
             if cmd["op"] == "alert":  # remember the route so acks find the team
                 lead = cmd["alert"]["lead_id"]
                 if lead in res.writes:
                     res.writes[lead]["route"] = {
                         "team": team, "alert_id": cmd["alert"]["alert_id"]}
-        await self._send_all(sends)
-        for key, value in res.writes.items():
-            leads.put(key, value)
+        sends += leads.stage(res.writes)
+        leads.apply(await self._send_all(sends))
         m = self.metrics
         for _ in range(res.duplicates):
             m.duplicate()
@@ -338,15 +427,15 @@ class LeadflowApp:
             m.processed(max(0.0, now - e.timestamp_ms / 1000))
 
     async def _assign(self, stream: Any) -> None:
-        await self._run_batches(stream, self._assign_batch)
+        await self._run_batches(stream, self._assign_batch, self.tuning.batch_max)
 
     async def _assign_batch(self, events: list[Event]) -> None:
         topics = self.settings.topics
         cmds = [(_key(ev).decode(), orjson.loads(_value(ev))) for ev in events]
-        owners = _Keyed(self.owners, events)
+        owners = _BatchTable(self.owners, {_key(ev): ev for ev in events})
         res = assign_batch(cmds, owners.get, self.rules.routing)
         now = time.time()
-        sends: list[tuple[Any, bytes | None, bytes]] = []
+        sends: list[Send] = []
         for out in res.emitted:
             name = topics.escalations if out.role == "escalations" else \
                 topics.routing(out.team)
@@ -355,11 +444,10 @@ class LeadflowApp:
                 self.metrics.alert(out.team, out.body["kind"], max(0.0, latency))
             wire = Escalation if out.role == "escalations" else RoutingAlert
             sends.append(
-                (self.out_topic(name), out.key.encode(), wire.model_validate(out.body).to_bytes())
+                (name, out.key.encode(), wire.model_validate(out.body).to_bytes(), None)
             )
-        await self._send_all(sends)
-        for key, value in res.writes.items():
-            owners.put(key, value)
+        sends += owners.stage(res.writes)
+        owners.apply(await self._send_all(sends))
         for team, kind in res.breaches:
             self.metrics.sla_breach(team, kind)
         for team, _kind, seconds in res.speed_to_lead:
@@ -369,18 +457,21 @@ class LeadflowApp:
         """Time-driven moves (decay below the recycle line) for leads that send nothing.
 
         A dry run of the pure `tick` over the local leads; only leads that would move get a
-        tick message on their own partition, so the change happens in-stream like any other.
+        tick request on their own partition, so the change happens in-stream like any other.
         """
         now_ms = int(time.time() * 1000)
         items = list(self.leads.items())
         self.metrics.set_table_keys("leads", len(items))
+        due: list[tuple[bytes, bytes]] = []
         for n, (key, record) in enumerate(items):
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a big table must not starve the agents
             if record is None:
                 continue
             if tick(LeadState.from_dict(record["s"]), now_ms, self.rules).outputs:
-                await self.leads_topic.send(key=key, value=dumps({"tick": now_ms}))
+                due.append((key, tick_line(key.decode(), now_ms)))
+        if due:
+            await self._send_all(self._envelopes(self.leads_topic_name, due))
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.metrics.rebalance()
@@ -397,6 +488,10 @@ class LeadflowApp:
             done = committed.get(tp)
             if high is not None and done is not None:
                 self.metrics.set_offsets(tp.topic, tp.partition, high, done)
+        inputs = self.input_consumer
+        if inputs is not None:
+            for tp, high, done in await inputs.offsets():
+                self.metrics.set_offsets(tp.topic, tp.partition, high, done)
         recovery = cast(Any, app.tables).recovery
         remaining: dict[str, int] = {}
         for tp, n in recovery.active_remaining().items():
@@ -412,8 +507,8 @@ class LeadflowApp:
         self.metrics.set_table_keys("owners", len(items))
         for team, record in items:
             if record is not None and overdue(record, now_ms):
-                await self.assign_topic.send(
-                    key=team, value=dumps({"op": "tick", "now_ms": now_ms}))
+                await self._send_all([(self.assign_topic_name, team,
+                                       dumps({"op": "tick", "now_ms": now_ms}), None)])
 
     def topics_to_create(self) -> Sequence[str]:
         """Every topic name this app writes to or reads from (for the topic bootstrap)."""

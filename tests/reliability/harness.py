@@ -30,12 +30,11 @@ from pipeline.core.rules import load_default_rules
 from pipeline.core.state import LeadState
 from pipeline.models.events import parse_message
 from pipeline.simulator import Message, generate
-from pipeline.stream.codec import decode_event
+from pipeline.stream.codec import TICK_PREFIX, decode_event, unpack
 from pipeline.stream.leadview import lead_document
 from tests.stream.workers import Isolated, WorkerProcess
 
 TEAMS = ["sales", "enterprise", "smb", "emea"]
-TICK_PREFIX = b'{"tick":'
 
 # Worker environment for these tests. The generated events are from 2026-01 (in the past:
 # no future-skew rejection) and span one hour, far inside the 7-day dedup window. The decay
@@ -168,13 +167,14 @@ async def seen_order(iso: Isolated, *, read_committed: bool = False
     order = []
     replayed = 0
     for r in recs:
-        if r.value is None or r.value.startswith(TICK_PREFIX):
-            continue
-        e = decode_event(r.value)
-        replayed += (e.lead_id, e.message_id) in done
-        if (e.lead_id, e.message_id) not in done:
-            done.add((e.lead_id, e.message_id))
-            order.append((e.lead_id, e))
+        for line in unpack(r.value or b""):
+            if line.startswith(TICK_PREFIX):
+                continue
+            e = decode_event(line)
+            replayed += (e.lead_id, e.message_id) in done
+            if (e.lead_id, e.message_id) not in done:
+                done.add((e.lead_id, e.message_id))
+                order.append((e.lead_id, e))
     return order, replayed
 
 
