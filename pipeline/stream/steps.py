@@ -298,17 +298,25 @@ def assign_batch(
                 excluded = frozenset([*p["excluded"], *([p["owner"]] if p["owner"] else [])])
                 st, body = _place(team, st, alert, sla, now, excluded)
                 body["reassigned"] = True
+                reason = f"not acknowledged within {sla}s"
+                if body["owner"] is None:
+                    # Every rep had it (or none is available): escalate once, unowned, and
+                    # stop the timer; repeating it every SLA period would only be noise.
+                    reason += f"; no rep of team {team.name} left to reassign to"
+                    body["sla_seconds"] = None
+                    body["due_at"] = None
+                    del pending[key]
+                else:
+                    pending[key] = {"due_ms": now + sla * 1000, "alert": alert,
+                                    "owner": body["owner"], "excluded": sorted(excluded)}
                 out.breaches.append((team.name, alert["kind"]))
                 out.emitted.append(Emitted("escalations", team.name, alert["lead_id"], {
                     "alert_id": key, "lead_id": alert["lead_id"], "team": team.name,
                     "kind": alert["kind"], "from_owner": p["owner"], "to_owner": body["owner"],
                     "sla_seconds": sla, "triggered_at": _iso_ms(int(alert["triggered_ms"])),
-                    "breached_at": _iso_ms(now),
-                    "reason": f"not acknowledged within {sla}s",
+                    "breached_at": _iso_ms(now), "reason": reason,
                 }))
                 out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
-                pending[key] = {"due_ms": now + sla * 1000, "alert": alert,
-                                "owner": body["owner"], "excluded": sorted(excluded)}
         rec["state"] = st.to_dict()
     out.writes = records
     return out

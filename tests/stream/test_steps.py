@@ -159,6 +159,31 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
     assert res.emitted == []
 
 
+def test_an_alert_nobody_acknowledges_escalates_once_per_rep_then_stops() -> None:
+    table: dict[str, Any] = {}
+    res = assign_batch([("sales", _alert(0, 1000))], table.get, ROUTING)
+    table.update(res.writes)
+    assert res.emitted[0].body["owner"] == "r1"
+    # r1 lets it lapse: reassigned to r2
+    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    table.update(res.writes)
+    esc = [e.body for e in res.emitted if e.role == "escalations"]
+    assert [(e["from_owner"], e["to_owner"]) for e in esc] == [("r1", "r2")]
+    assert overdue(table["sales"], 601_000)
+    # r2 lets it lapse too: one last escalation, unowned, and the timer stops
+    res = assign_batch([("sales", {"op": "tick", "now_ms": 601_000})], table.get, ROUTING)
+    table.update(res.writes)
+    esc = [e.body for e in res.emitted if e.role == "escalations"]
+    team = [e.body for e in res.emitted if e.role == "team"]
+    assert [(e["from_owner"], e["to_owner"]) for e in esc] == [("r2", None)]
+    assert "no rep of team sales left" in esc[0]["reason"]
+    assert team[0]["owner"] is None and team[0]["due_at"] is None
+    assert table["sales"]["pending"] == {}
+    assert not overdue(table["sales"], 10**12)
+    res = assign_batch([("sales", {"op": "tick", "now_ms": 901_000})], table.get, ROUTING)
+    assert res.emitted == [] and res.breaches == []
+
+
 def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> None:
     from pipeline.core.event import Event
     from pipeline.models.outputs import Escalation, RoutingAlert
