@@ -299,6 +299,28 @@ def _env() -> dict[str, str]:
     return env
 
 
+LEADFLOW_CMD = [sys.executable, "-m", "pipeline.cli.main", "worker", "--loglevel", "warning"]
+
+
+def leadflow_env(run: Run, group: str, port: int, home: Path) -> dict[str, str]:
+    """Environment of a leadflow worker on the run's isolated topics."""
+    env = _env()
+    p = run.prefix
+    env.update({
+        "LEADFLOW_BOOTSTRAP_SERVERS": run.bootstrap, "LEADFLOW_APP_ID": group,
+        "LEADFLOW_PARTITIONS": str(run.partitions), "LEADFLOW_WEB_PORT": str(port),
+        "LEADFLOW_HOME": str(home),
+        **{f"LEADFLOW_TOPIC_{s.upper()}": t for s, t in run.inputs.items()},
+        "LEADFLOW_TOPIC_STAGE_CHANGES": f"{p}.leads.stage-changes",
+        "LEADFLOW_TOPIC_ROUTING_PREFIX": f"{p}.routing.",
+        "LEADFLOW_TOPIC_NURTURE": f"{p}.routing.nurture",
+        "LEADFLOW_TOPIC_RECYCLE": f"{p}.routing.recycle",
+        "LEADFLOW_TOPIC_ESCALATIONS": f"{p}.routing.escalations",
+        "LEADFLOW_TOPIC_DEADLETTER": f"{p}.events.deadletter",
+    })
+    return env
+
+
 def _start(name: str, run: Run, group: str, out: Path) -> tuple[
         subprocess.Popen[bytes] | None, list[str], dict[str, Any], str]:
     """Start a system: (process, topics whose offsets mark it done, extras, unavailable why)."""
@@ -321,21 +343,8 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
     else:
         port = _free_port()
         extras["web_port"] = port
-        env = _env()
-        p = run.prefix
-        env.update({
-            "LEADFLOW_BOOTSTRAP_SERVERS": run.bootstrap, "LEADFLOW_APP_ID": group,
-            "LEADFLOW_PARTITIONS": str(run.partitions), "LEADFLOW_WEB_PORT": str(port),
-            "LEADFLOW_HOME": str(run.workdir / "home"),
-            **{f"LEADFLOW_TOPIC_{s.upper()}": t for s, t in run.inputs.items()},
-            "LEADFLOW_TOPIC_STAGE_CHANGES": f"{p}.leads.stage-changes",
-            "LEADFLOW_TOPIC_ROUTING_PREFIX": f"{p}.routing.",
-            "LEADFLOW_TOPIC_NURTURE": f"{p}.routing.nurture",
-            "LEADFLOW_TOPIC_RECYCLE": f"{p}.routing.recycle",
-            "LEADFLOW_TOPIC_ESCALATIONS": f"{p}.routing.escalations",
-            "LEADFLOW_TOPIC_DEADLETTER": f"{p}.events.deadletter",
-        })
-        cmd = [sys.executable, "-m", "pipeline.cli.main", "worker", "--loglevel", "warning"]
+        env = leadflow_env(run, group, port, run.workdir / "home")
+        cmd = LEADFLOW_CMD
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                             start_new_session=True)
     done_topics = list(run.inputs.values())

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     decay_check_interval_s: float = Field(
         default=300.0, gt=0, description="How often quiet leads are checked for decay moves."
     )
+    # RocksDB memory per partition database (each table has one per partition it holds).
+    # Faust's defaults (64 MB write buffers x3, a 2 GB block cache each) are sized for a
+    # big dedicated host; these keep a worker with a million leads well under 1 GiB.
+    rocksdb_write_buffer_mb: int = Field(default=16, ge=1)
+    rocksdb_block_cache_mb: int = Field(default=16, ge=1)
     kafka_version: str = "3.9.1"
     kafka_heap_mb: int = Field(default=512, ge=128)
     topics: Topics = Field(default_factory=Topics)

@@ -173,6 +173,17 @@ class _BatchTable:
                 store.set_persisted_offset(tp, offset)
 
 
+def rocksdb_options(settings: Settings) -> dict[str, Any]:
+    """Faust's RocksDB options (a fresh dict per table: Faust pops keys from it)."""
+    mb = 1024 * 1024
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * mb,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * mb,
+        "block_cache_compressed_size": settings.rocksdb_block_cache_mb * mb,
+    }
+
+
 class LeadflowApp:
     """The Faust app with its topics, tables, agents and web views, built once at start."""
 
@@ -228,12 +239,16 @@ class LeadflowApp:
         # bytes keys are written raw: the same bytes (and so the same partition) as the
         # keyed topic the table is fed from. Values are JSON (orjson when installed).
         table: dict[str, Any] = {"key_type": bytes, "partitions": parts}
-        self.identity = self.app.Table("identity", default=None, **table)
-        self.leads = self.app.Table("leads", default=None, **table)
+        rocks = (store or settings.store).startswith("rocksdb")
+
+        def opts() -> dict[str, Any]:
+            return {"options": rocksdb_options(settings)} if rocks else {}
+        self.identity = self.app.Table("identity", default=None, **table, **opts())
+        self.leads = self.app.Table("leads", default=None, **table, **opts())
         self.assign_topic = self.app.topic(
             f"{settings.app_id}-assign", partitions=parts, internal=True, **raw
         )
-        self.owners = self.app.Table("owners", default=None, **table)
+        self.owners = self.app.Table("owners", default=None, **table, **opts())
         self.identity_topic_name = f"{settings.app_id}-identity"
         self.leads_topic_name = f"{settings.app_id}-leads"
         self.assign_topic_name = f"{settings.app_id}-assign"
