@@ -136,7 +136,10 @@ class _BatchTable:
         """Read a key of this batch (str key, as the pure steps use)."""
         k = key.encode()
         self._bind(k)
-        return self.table.get(k)
+        # The store's raw bytes, decoded here: `table.get` asks the store twice (contains,
+        # then get) and decodes through Faust's serializer registry.
+        raw = self.table.data._get(k)
+        return None if raw is None else orjson.loads(raw)
 
     def stage(self, writes: dict[str, Any]) -> list[Send]:
         """Changelog records for `writes` (one per key), to send with the batch's outputs."""
@@ -206,6 +209,7 @@ class LeadflowApp:
         self.sources = t.inputs()
         parts = settings.partitions
         (settings.home / "worker").mkdir(parents=True, exist_ok=True)
+        exactly_once = settings.processing_guarantee == "exactly_once"
         self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{bootstrap}",
@@ -221,8 +225,10 @@ class LeadflowApp:
             web_port=settings.web_port,
             web_in_thread=False,
             consumer_auto_offset_reset="earliest",
-            broker_max_poll_records=500,
-            stream_buffer_maxsize=16384,
+            # Faust reads envelopes of up to ENVELOPE_MAX_BYTES (and, under exactly-once,
+            # the small input messages): a poll and a stream buffer are counted in records.
+            broker_max_poll_records=500 if exactly_once else 32,
+            stream_buffer_maxsize=16384 if exactly_once else 256,
             topic_allow_declare=True,
             producer_acks=-1,
             logging_config=None,
@@ -372,16 +378,18 @@ class LeadflowApp:
     async def _stitch_batch(self, events: list[Event]) -> None:
         decoded = []
         by_key: dict[bytes, Event] = {}
+        lines: dict[int, bytes] = {}  # id(event) -> its line, to forward unchanged events as is
         for ev in events:
             for line in unpack(_value(ev)):
                 e = decode_event(line)
                 decoded.append(e)
+                lines[id(e)] = line
                 by_key[emit.identity_key_bytes(e)] = ev
         ident = _BatchTable(self.identity, by_key)
         res = stitch_batch(decoded, ident.get, max_buffer=self.tuning.visitor_buffer)
         sends = self._envelopes(
             self.leads_topic_name,
-            ((e.lead_id.encode(), encode_event(e)) for e in res.forward),
+            ((e.lead_id.encode(), lines.get(id(e)) or encode_event(e)) for e in res.forward),
         )
         sends += ident.stage(res.writes)
         ident.apply(await self._send_all(sends))
