@@ -209,7 +209,6 @@ class LeadflowApp:
         self.sources = t.inputs()
         parts = settings.partitions
         (settings.home / "worker").mkdir(parents=True, exist_ok=True)
-        exactly_once = settings.processing_guarantee == "exactly_once"
         self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{bootstrap}",
@@ -225,10 +224,10 @@ class LeadflowApp:
             web_port=settings.web_port,
             web_in_thread=False,
             consumer_auto_offset_reset="earliest",
-            # Faust reads envelopes of up to ENVELOPE_MAX_BYTES (and, under exactly-once,
-            # the small input messages): a poll and a stream buffer are counted in records.
-            broker_max_poll_records=500 if exactly_once else 32,
-            stream_buffer_maxsize=16384 if exactly_once else 256,
+            broker_max_poll_records=500,
+            # Small records (inputs under exactly-once, changelogs in recovery, assignment
+            # commands); the envelope topics get a smaller buffer of their own below.
+            stream_buffer_maxsize=16384,
             topic_allow_declare=True,
             producer_acks=-1,
             logging_config=None,
@@ -236,11 +235,12 @@ class LeadflowApp:
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = self.app.topic(*self.sources, **raw)
+        # Buffers are counted in records: 64 envelopes of up to 64 KiB bound the memory.
         self.identity_topic = self.app.topic(
-            f"{settings.app_id}-identity", partitions=parts, internal=True, **raw
+            f"{settings.app_id}-identity", partitions=parts, internal=True, maxsize=64, **raw
         )
         self.leads_topic = self.app.topic(
-            f"{settings.app_id}-leads", partitions=parts, internal=True, **raw
+            f"{settings.app_id}-leads", partitions=parts, internal=True, maxsize=64, **raw
         )
         # bytes keys are written raw: the same bytes (and so the same partition) as the
         # keyed topic the table is fed from. Values are JSON (orjson when installed).

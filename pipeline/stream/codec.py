@@ -83,8 +83,9 @@ def decode_event(raw: bytes) -> Event:
 # event. Encoded events are single-line JSON (orjson escapes newlines inside strings), so a
 # newline separates them; a record written before envelopes is an envelope of one line.
 
-#: Keep an envelope well under the brokers' and producers' default 1 MB record limit.
-ENVELOPE_MAX_BYTES = 512 * 1024
+#: Well under the default 1 MB record limit, and small enough that Faust's buffers, which
+#: count records, hold little memory; large enough to carry ~100 events.
+ENVELOPE_MAX_BYTES = 64 * 1024
 #: A decay-timer request in an envelope is told apart from an encoded event by its start.
 TICK_PREFIX = b'{"tick":'
 
