@@ -207,10 +207,10 @@ class Metrics:
         return bounded(stage, STAGE_LABELS)
 
     # -- calls for the worker ---------------------------------------------------------------
-    def event_in(self, source: str, type: str) -> None:
-        """One inbound event accepted from `source` (web/email/...) of Segment `type`."""
+    def event_in(self, source: str, type: str, n: int = 1) -> None:
+        """`n` inbound events accepted from `source` (web/email/...) of Segment `type`."""
         self.events_in.labels(
-            source=bounded(source, self._sources), type=bounded(type, EVENT_TYPES)).inc()
+            source=bounded(source, self._sources), type=bounded(type, EVENT_TYPES)).inc(n)
 
     def dead_letter(self, reason: str) -> None:
         """One message sent to the dead-letter topic with reason code `reason`."""
@@ -224,10 +224,12 @@ class Metrics:
         """`n` anonymous events dropped because the visitor buffer was full."""
         self.visitor_overflows.inc(n)
 
-    def processed(self, latency_s: float) -> None:
-        """One event scored and its outputs emitted, `latency_s` after its event time."""
-        self.events_scored.inc()
-        self.processing_latency.observe(max(0.0, latency_s))
+    def processed(self, *latencies_s: float) -> None:
+        """Events scored and their outputs emitted, each `latency_s` after its event time."""
+        self.events_scored.inc(len(latencies_s))
+        observe = self.processing_latency.observe
+        for latency in latencies_s:
+            observe(max(0.0, latency))
 
     def stage_move(
         self, from_stage: str, to_stage: str, refused: bool = False, cause: str | None = None

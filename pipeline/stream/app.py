@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -363,8 +364,8 @@ class LeadflowApp:
             self.metrics.dead_letter(rej.reason)
             sends.append((self.settings.topics.deadletter, rej.message.key,
                           emit.dead_letter(rej), None))
-        for e in res.events:
-            self.metrics.event_in(e.source, e.type)
+        for (source, kind), n in Counter((e.source, e.type) for e in res.events).items():
+            self.metrics.event_in(source, kind, n)
         sends += self._envelopes(
             self.identity_topic_name,
             ((emit.identity_key_bytes(e), line)
@@ -446,8 +447,7 @@ class LeadflowApp:
         for frm, to, refused, cause in p.moves:
             m.stage_move(frm, to, refused=refused, cause=cause)
         now = time.time()
-        for e in decoded:
-            m.processed(max(0.0, now - e.timestamp_ms / 1000))
+        m.processed(*(now - e.timestamp_ms / 1000 for e in decoded))
 
     async def _assign(self, stream: Any) -> None:
         await self._run_batches(stream, self._assign_batch, self.tuning.batch_max)

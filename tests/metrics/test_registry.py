@@ -37,6 +37,7 @@ def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
     m.event_in("web", "page")
     m.event_in("web", "page")
     m.event_in("crm", "track")
+    m.event_in("crm", "identify", 4)  # a batch's count at once
     m.dead_letter("bad_json")
     m.duplicate()
     m.duplicate(2)
@@ -44,6 +45,7 @@ def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
     m.rebalance()
     assert val(reg, "leadflow_events_in_total", source="web", type="page") == 2
     assert val(reg, "leadflow_events_in_total", source="crm", type="track") == 1
+    assert val(reg, "leadflow_events_in_total", source="crm", type="identify") == 4
     assert val(reg, "leadflow_deadletters_total", reason="bad_json") == 1
     assert val(reg, "leadflow_duplicates_total") == 3
     assert val(reg, "leadflow_visitor_overflow_total") == 5
@@ -66,8 +68,9 @@ def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> 
 
 def test_histograms_in_seconds(m: Metrics, reg: CollectorRegistry) -> None:
     m.processed(0.002)
-    m.processed(1800.0)  # an old event: still inside the buckets, not +Inf only
-    m.processed(-1.0)  # clock skew: clamped to 0, never a negative observation
+    # a batch at once: an old event (inside the buckets, not +Inf only) and clock skew
+    # (clamped to 0, never a negative observation)
+    m.processed(1800.0, -1.0)
     assert val(reg, "leadflow_events_scored_total") == 3
     assert val(reg, "leadflow_processing_latency_seconds_count") == 3
     assert val(reg, "leadflow_processing_latency_seconds_sum") == pytest.approx(1800.002)
