@@ -21,7 +21,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +32,7 @@ from faust.types import TP, EventT
 
 from pipeline.core.engine import tick
 from pipeline.core.rules import CompiledRules
+from pipeline.core.stages import DECAYS_TO_RECYCLED
 from pipeline.core.state import LeadState
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, RoutingAlert
@@ -105,6 +106,19 @@ def _raw(ev: Event) -> RawMessage:
 
 
 Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
+
+
+# orjson writes `"stage":"mql"` with no spaces: a cheap test before decoding a record.
+DECAY_STAGE_MARKS = tuple(f'"stage":"{st}"'.encode() for st in sorted(DECAYS_TO_RECYCLED))
+
+
+def _raw_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
+    """A table's active keys and encoded values, lazily where the store allows it."""
+    store = table.data
+    if hasattr(store, "_iteritems"):  # RocksDB: iterators over the active partitions
+        yield from store._iteritems()
+    else:  # in memory (tests): a snapshot, as the agents may write meanwhile
+        yield from list(store.data.items())
 
 
 class _BatchTable:
@@ -479,20 +493,26 @@ class LeadflowApp:
     async def _decay_timer(self) -> None:
         """Time-driven moves (decay below the recycle line) for leads that send nothing.
 
-        A dry run of the pure `tick` over the local leads; only leads that would move get a
-        tick request on their own partition, so the change happens in-stream like any other.
+        A dry run of the pure `tick` over the local leads that can decay into recycled;
+        only leads that would move get a tick request on their own partition, so the
+        change happens in-stream like any other. The store is read lazily and records in
+        other stages are skipped before decoding: a million leads must not become a
+        million dicts every few minutes.
         """
         now_ms = int(time.time() * 1000)
-        items = list(self.leads.items())
-        self.metrics.set_table_keys("leads", len(items))
         due: list[tuple[bytes, bytes]] = []
-        for n, (key, record) in enumerate(items):
-            if n % 500 == 499:
+        n = 0
+        for n, (key, raw) in enumerate(_raw_items(self.leads), start=1):
+            if n % 1000 == 0:
                 await asyncio.sleep(0)  # a big table must not starve the agents
-            if record is None:
+            if not any(p in raw for p in DECAY_STAGE_MARKS):
+                continue
+            record = orjson.loads(raw)
+            if record is None or record["s"]["stage"] not in DECAYS_TO_RECYCLED:
                 continue
             if tick(LeadState.from_dict(record["s"]), now_ms, self.rules).outputs:
                 due.append((key, tick_line(key.decode(), now_ms)))
+        self.metrics.set_table_keys("leads", n)
         if due:
             await self._send_all(self._envelopes(self.leads_topic_name, due))
 

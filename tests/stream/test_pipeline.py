@@ -194,3 +194,37 @@ async def test_restart_keeps_state_and_scores_nothing_twice(
     assert applied == expected
     final = await _settled(worker2, "u-2", events=len(msgs))
     assert final["stage"] == "opportunity"
+
+
+async def test_decay_timer_recycles_a_quiet_mql_without_new_events(
+    kafka_bootstrap: str, tmp_path: Any, worker_factory: Callable[..., WorkerProcess],
+    producer: AIOKafkaProducer,
+) -> None:
+    # The story's events are from 2026-03: by wall-clock time both leads have been idle far
+    # longer than the rules' 14 days, so the first timer run decays them. Only the MQL may
+    # move (to recycled): with a poor fit (which never decays) its total falls below the
+    # recycle line. The plain lead has nowhere to decay to.
+    iso = Isolated(kafka_bootstrap, tmp_path / "home",
+                   extra_env={"LEADFLOW_DECAY_CHECK_INTERVAL_S": "2"})
+    worker = worker_factory(iso)
+    await worker.wait_ready()
+    mql, plain = scenario("anon-d", "u-d")[:9], scenario("anon-e", "u-e")[:3]
+    mql[2][1]["traits"].update({"title": "Intern", "employees": 2, "email": "d@gmail.com"})
+    assert offline_moves(mql)[-1][2] == "mql" and offline_moves(plain)[-1][2] == "lead"
+    await _produce(producer, iso, mql + plain, settle=False)
+    t = iso.settings.topics
+    got = await consume(iso.bootstrap, [t.stage_changes],
+                        until=lambda out: any(d["to_stage"] == "recycled" for _, _, d in out),
+                        timeout=60)
+    moves = [(d["lead_id"], d["from_stage"], d["to_stage"]) for _, _, d in got
+             if d.get("status", "applied") == "applied"]
+    assert moves[-1] == ("u-d", "mql", "recycled"), worker.tail()
+    assert ("u-e", "lead", "recycled") not in moves
+    recycled = [d for _, _, d in got if d["to_stage"] == "recycled"]
+    assert len(recycled) == 1 and recycled[0]["cause"]["rule"] == "decay", recycled
+    _, doc = await worker.get("/leads/u-d")
+    assert doc["stage"] == "recycled"
+    # marketing hears of it on the recycle routing topic
+    back = await consume(iso.bootstrap, [t.recycle], until=lambda out: len(out) >= 1,
+                         timeout=30)
+    assert [d["lead_id"] for _, _, d in back] == ["u-d"]
