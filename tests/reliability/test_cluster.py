@@ -1,0 +1,204 @@
+"""Three workers on a three-broker cluster, twelve partitions; one broker and one worker die.
+
+A dedicated 3-node KRaft cluster on loopback (`LocalCluster`: every node broker+controller,
+256 MB heap, internal topics replicated 3 with min ISR 2), leadflow's topics made by the
+project's topics code with 12 partitions and replication factor 3, three `leadflow worker`
+processes (standby replicas 1, each its own data folder, as on three machines) given the
+comma-separated bootstrap of all three nodes. A fixed generated event set trickles in from a
+plain aiokafka producer (acks=all). Mid-stream one broker gets SIGKILL (the group
+coordinator of the workers' consumer group, so that the group must find a new one) and is
+not restarted: with min ISR 2 the two left keep accepting acks=all writes. Later one worker
+gets SIGKILL and is not restarted: the other two take its partitions once its session expires.
+
+Then, as in test_crash.py (see harness.py): every identified lead's scores and events_seen
+equal the pure core's offline result, its stage equals the core's over the order the score
+agent saw, and every stage change the core makes in that order was emitted (lost == 0,
+nothing unexpected; at-least-once repeats are counted and printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.kafka.cluster import LocalCluster
+from pipeline.kafka.topics import changelog_topic
+from tests.conftest import KAFKA_VERSION
+from tests.reliability.harness import (
+    events_per_lead,
+    judge,
+    make_isolated,
+    messages,
+    produce,
+    reference,
+    report,
+    seen_order,
+    settled,
+    stage_changes,
+)
+from tests.stream.workers import Isolated, WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+BROKERS = 3
+WORKERS = 3
+PARTITIONS = 12
+VISITORS = 800  # 3,390 events
+SEED = 47
+PRODUCE_STEPS = 80
+PRODUCE_SECONDS = 40.0
+KILL_BROKER_AT_S = 12.0
+KILL_WORKER_AT_S = 24.0
+SETTLE_TIMEOUT_S = 300.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, kafka_jars: Path) -> Iterator[LocalCluster]:
+    """A 3-node cluster of its own (one node is killed in the test); always stopped."""
+    c = LocalCluster(tmp_path / "kafka", kafka_jars, KAFKA_VERSION, nodes=BROKERS, heap_mb=256)
+    try:
+        c.start(timeout_s=180)
+        yield c
+    finally:
+        c.stop()
+
+
+async def _admin(bootstrap: str) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    return admin
+
+
+async def _replication(bootstrap: str, topics: list[str]) -> dict[str, set[int]]:
+    """Per topic: the set of replica counts over its partitions (an error code as -code)."""
+    admin = await _admin(bootstrap)
+    try:
+        meta = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {m["topic"]: ({len(p["replicas"]) for p in m["partitions"]}
+                         if m["error_code"] == 0 else {-m["error_code"]}) for m in meta}
+
+
+async def _coordinator(bootstrap: str, group: str, timeout: float = 60.0) -> int:
+    """The broker that coordinates `group` (retried: right after a join it may still move)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = await _admin(bootstrap)
+        try:
+            return int(await admin.find_coordinator(group))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
+
+
+def _worker_iso(iso: Isolated, home: Path) -> Isolated:
+    # Each worker has its own data folder (RocksDB locks it), as on its own machine.
+    other = copy.copy(iso)
+    other.env = {**iso.env, "LEADFLOW_HOME": str(home)}
+    return other
+
+
+async def test_three_workers_three_brokers_one_of_each_killed_result_is_exact(
+    cluster: LocalCluster, tmp_path: Path, worker_factory: Callable[..., WorkerProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    t0 = time.monotonic()
+    bootstrap = cluster.bootstrap
+    assert bootstrap.count(",") == BROKERS - 1
+    iso = await make_isolated(bootstrap, tmp_path / "home", partitions=PARTITIONS,
+                              replication_factor=BROKERS,
+                              extra_env={"LEADFLOW_STANDBY_REPLICAS": "1"})
+    app_id = iso.env["LEADFLOW_APP_ID"]
+    t = iso.settings.topics
+    ours = [t.web, t.stage_changes, t.deadletter, f"{app_id}-leads",
+            changelog_topic(app_id, "leads")]
+    assert await _replication(bootstrap, ours) == {name: {BROKERS} for name in ours}
+
+    msgs = messages(VISITORS, SEED)
+    workers = [worker_factory(_worker_iso(iso, tmp_path / f"home{i}")) for i in range(WORKERS)]
+    for w in workers:
+        await w.wait_ready(timeout=180)
+    ready_s = time.monotonic() - t0
+    # Everything that exists only once the workers run: the group's offsets and Faust's
+    # leader topic, replicated like the rest (a single-broker default would say 1 here).
+    late = ["__consumer_offsets", f"{app_id}-__assignor-__leader"]
+    assert await _replication(bootstrap, late) == {name: {BROKERS} for name in late}
+    coordinator = await _coordinator(bootstrap, app_id)
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, request_timeout_ms=60000)
+    await producer.start()
+    try:
+        async def trickle() -> None:
+            size = -(-len(msgs) // PRODUCE_STEPS)
+            for i in range(0, len(msgs), size):
+                await produce(producer, iso, msgs[i:i + size])
+                await asyncio.sleep(PRODUCE_SECONDS / PRODUCE_STEPS)
+
+        start = time.monotonic()
+        producing = asyncio.create_task(trickle())
+        timeline: dict[str, float] = {}
+
+        await asyncio.sleep(KILL_BROKER_AT_S)
+        assert not producing.done(), "traffic ended before the broker kill: kill lands idle"
+        cluster.kill(coordinator)
+        timeline["broker-killed"] = time.monotonic() - start
+        survivors = set(cluster.nodes) - {coordinator}
+        await asyncio.to_thread(cluster.wait_brokers, survivors, 60.0)
+        timeline["broker-fenced"] = time.monotonic() - start
+
+        await asyncio.sleep(max(0.0, KILL_WORKER_AT_S - (time.monotonic() - start)))
+        assert not producing.done(), "traffic ended before the worker kill: kill lands idle"
+        victim = 0
+        workers[victim].stop(signal.SIGKILL)
+        timeline["worker-killed"] = time.monotonic() - start
+        alive = [w for i, w in enumerate(workers) if i != victim]
+
+        await asyncio.wait_for(producing, timeout=180)
+        timeline["produced"] = time.monotonic() - start
+    finally:
+        await producer.stop()
+    for w in alive:
+        assert w.proc is not None and w.proc.poll() is None, f"a survivor died:\n{w.tail()}"
+
+    docs = await settled(alive[0], events_per_lead(msgs), timeout=SETTLE_TIMEOUT_S)
+    timeline["settled"] = time.monotonic() - start
+    # Both survivors answer for every lead (each forwards to the partition's owner now).
+    sample = sorted(docs)[:: max(1, len(docs) // 20)]
+    for lead in sample:
+        status, doc = await alive[1].get(f"/leads/{lead}")
+        assert status == 200 and doc["events_seen"] == docs[lead]["events_seen"], (lead, doc)
+    order, replayed = await seen_order(iso)
+    ref = reference(msgs, order)
+    v = judge(ref, docs, await stage_changes(iso))
+    # The killed node stayed down for the whole run (nothing restarted it).
+    assert cluster.alive() == sorted(survivors)
+    times = " ".join(f"{k}={s:.0f}s" for k, s in timeline.items())
+    line: dict[str, Any] = {
+        "brokers": BROKERS, "workers": WORKERS, "partitions": PARTITIONS, "events": len(msgs),
+        "killed_broker": f"{coordinator}(group-coordinator)", "killed_worker": victim,
+        "lost": len(v.lost), "duplicated": v.duplicated,
+    }
+    report(capsys, "cluster-test: " + " ".join(f"{k}={x}" for k, x in line.items())
+           + f" leads={len(ref.events)} stage-changes={v.emitted}/{len(ref.moves)}-expected"
+           f" unexpected={len(v.unexpected)} replayed-inputs={replayed}"
+           f" ready={ready_s:.0f}s {times} total={time.monotonic() - t0:.0f}s")
+    assert not v.wrong_events, [(k, docs[k]["events_seen"], ref.events[k])
+                                for k in v.wrong_events[:5]]
+    assert not v.wrong_scores, [(k, docs[k]["scores"], ref.scores[k]) for k in v.wrong_scores[:5]]
+    assert not v.wrong_stage, [(k, docs[k]["stage"], ref.stage[k]) for k in v.wrong_stage[:5]]
+    assert not v.lost, v.lost[:10]
+    assert not v.unexpected, v.unexpected[:10]
