@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.kafka.cluster import LocalCluster
@@ -58,7 +58,7 @@ PRODUCE_STEPS = 80
 PRODUCE_SECONDS = 40.0
 KILL_BROKER_AT_S = 12.0
 KILL_WORKER_AT_S = 24.0
-SETTLE_TIMEOUT_S = 300.0
+SETTLE_TIMEOUT_S = 150.0
 
 
 @pytest.fixture
@@ -102,6 +102,23 @@ async def _coordinator(bootstrap: str, group: str, timeout: float = 60.0) -> int
         finally:
             await admin.close()
         await asyncio.sleep(1.0)
+
+
+async def _group_lag(bootstrap: str, group: str) -> dict[str, str]:
+    """Partitions the workers' group is behind on: "topic[p]" -> "committed/end"."""
+    admin = await _admin(bootstrap)
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        ends = await c.end_offsets(list(committed))
+    finally:
+        await c.stop()
+    return {f"{tp.topic}[{tp.partition}]": f"{meta.offset}/{ends[tp]}"
+            for tp, meta in sorted(committed.items()) if meta.offset < ends[tp]}
 
 
 def _worker_iso(iso: Isolated, home: Path) -> Isolated:
@@ -174,7 +191,16 @@ async def test_three_workers_three_brokers_one_of_each_killed_result_is_exact(
     for w in alive:
         assert w.proc is not None and w.proc.poll() is None, f"a survivor died:\n{w.tail()}"
 
-    docs = await settled(alive[0], events_per_lead(msgs), timeout=SETTLE_TIMEOUT_S)
+    try:
+        docs = await settled(alive[0], events_per_lead(msgs), timeout=SETTLE_TIMEOUT_S)
+    except AssertionError as exc:
+        lag = await _group_lag(bootstrap, app_id)
+        tails = "\n".join(f"--- survivor {i}:\n{w.tail(15)}" for i, w in enumerate(alive))
+        raise AssertionError(
+            f"not all events processed {SETTLE_TIMEOUT_S:.0f} s after the traffic ended "
+            f"(killed broker {coordinator}, worker {victim}; timeline {timeline}); "
+            f"the group's committed/end offsets where behind: {lag}\n{exc}\n{tails}"
+        ) from None
     timeline["settled"] = time.monotonic() - start
     # Both survivors answer for every lead (each forwards to the partition's owner now).
     sample = sorted(docs)[:: max(1, len(docs) // 20)]
