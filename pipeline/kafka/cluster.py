@@ -287,11 +287,23 @@ class LocalCluster:
         assert isinstance(result, tuple)
         return result
 
+    def views(self, node_ids: Iterable[int], timeout_s: float = 5.0) -> dict[int, set[int]]:
+        """Per node asked: the brokers its metadata lists (empty if it did not answer).
+        Nodes update their metadata cache on their own, so right after a change they differ."""
+        ids = sorted(node_ids)
+        bootstrap = self.bootstrap_of(i for i in ids if self.nodes[i].alive)
+        if not bootstrap:
+            return {i: set() for i in ids}
+        result = _in_thread(lambda: asyncio.run(_views(bootstrap, ids, timeout_s)))
+        assert isinstance(result, dict)
+        return result
+
     def wait_brokers(self, expected: set[int], timeout_s: float = 60.0) -> None:
-        """Wait until the metadata lists exactly the brokers ``expected`` (a killed one drops
-        out once the controller fences it); BrokerError with the nodes' logs on timeout."""
+        """Wait until every node of ``expected`` answers a metadata request listing exactly
+        the brokers ``expected`` (a killed one drops out once the controller fences it);
+        BrokerError with the nodes' logs on timeout."""
         deadline = time.monotonic() + timeout_s
-        seen: set[int] = set()
+        seen: dict[int, set[int]] = {}
         while True:
             for i in expected:
                 node = self.nodes[i]
@@ -300,16 +312,17 @@ class LocalCluster:
                         f"Kafka node {i} exited (code {node._proc.returncode}); last lines "
                         f"of {node.log_file}:\n{node.log_tail()}"
                     )
-            seen, _ = self.brokers(timeout_s=3.0)
-            if seen == expected:
+            seen = self.views(expected, timeout_s=3.0)
+            if all(view == expected for view in seen.values()):
                 return
             if time.monotonic() > deadline:
                 logs = "\n".join(
                     f"--- node {i} ({n.log_file}):\n{n.log_tail(8)}" for i, n in self.nodes.items()
                 )
                 raise BrokerError(
-                    f"the Kafka cluster at {self.bootstrap} lists brokers {sorted(seen)}, not "
-                    f"{sorted(expected)}, after {timeout_s:.0f} s\n{logs}"
+                    f"the Kafka cluster at {self.bootstrap} does not list brokers "
+                    f"{sorted(expected)} on every node after {timeout_s:.0f} s (node: brokers "
+                    f"{ {i: sorted(v) for i, v in seen.items()} })\n{logs}"
                 )
             time.sleep(0.5)
 
@@ -356,3 +369,27 @@ async def _describe(bootstrap: str, timeout_s: float) -> tuple[set[int], int | N
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+async def _views(bootstrap: str, node_ids: list[int], timeout_s: float) -> dict[int, set[int]]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    out: dict[int, set[int]] = {i: set() for i in node_ids}
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout_s * 1000))
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        for i in node_ids:
+            with contextlib.suppress(Exception):
+                # The admin's public calls ask a random node; this asks node i itself.
+                resp = await asyncio.wait_for(
+                    admin._send_request(MetadataRequest([]), node_id=i), timeout_s)
+                out[i] = {int(b["node_id"]) for b in resp.to_object()["brokers"]}
+    except Exception:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return out
