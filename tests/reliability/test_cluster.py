@@ -32,13 +32,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.kafka.cluster import LocalCluster
 from pipeline.kafka.topics import changelog_topic
+from pipeline.simulator import Message
+from pipeline.stream.codec import decode_event
 from tests.conftest import KAFKA_VERSION
 from tests.reliability.harness import (
+    TICK_PREFIX,
+    _stitched,
     events_per_lead,
     judge,
+    lead_docs,
     make_isolated,
     messages,
     produce,
+    read_all,
     reference,
     report,
     seen_order,
@@ -121,6 +127,26 @@ async def _group_lag(bootstrap: str, group: str) -> dict[str, str]:
             for tp, meta in sorted(committed.items()) if meta.offset < ends[tp]}
 
 
+async def _where_stuck(iso: Isolated, msgs: list[Message], leads: list[str]) -> str:
+    """For the leads that are behind: how many of their events each stage has passed
+    (ingest -> <app>-identity, stitch -> <app>-leads) and how many were dead-lettered."""
+    app_id = iso.env["LEADFLOW_APP_ID"]
+    wanted = {e.message_id for lead, e in _stitched(msgs) if lead in set(leads)}
+
+    async def ids(topic: str) -> set[str]:
+        out = set()
+        for r in await read_all(iso.bootstrap, [topic], idle_s=2.0):
+            if r.value and not r.value.startswith(TICK_PREFIX):
+                out.add(decode_event(r.value).message_id)
+        return out
+
+    ingested = await ids(f"{app_id}-identity") & wanted
+    stitched = await ids(f"{app_id}-leads") & wanted
+    dead = await read_all(iso.bootstrap, [iso.settings.topics.deadletter], idle_s=2.0)
+    return (f"events of the {len(leads)} leads behind: {len(wanted)}, past ingest "
+            f"{len(ingested)}, past stitch {len(stitched)}; dead letters in all: {len(dead)}")
+
+
 def _worker_iso(iso: Isolated, home: Path) -> Isolated:
     # Each worker has its own data folder (RocksDB locks it), as on its own machine.
     other = copy.copy(iso)
@@ -195,11 +221,16 @@ async def test_three_workers_three_brokers_one_of_each_killed_result_is_exact(
         docs = await settled(alive[0], events_per_lead(msgs), timeout=SETTLE_TIMEOUT_S)
     except AssertionError as exc:
         lag = await _group_lag(bootstrap, app_id)
+        expected = events_per_lead(msgs)
+        now = await lead_docs(alive[0], sorted(expected))
+        behind = [k for k, n in expected.items()
+                  if now.get(k) is None or now[k]["events_seen"] < n]
+        stuck = await _where_stuck(iso, msgs, behind)
         tails = "\n".join(f"--- survivor {i}:\n{w.tail(15)}" for i, w in enumerate(alive))
         raise AssertionError(
             f"not all events processed {SETTLE_TIMEOUT_S:.0f} s after the traffic ended "
             f"(killed broker {coordinator}, worker {victim}; timeline {timeline}); "
-            f"the group's committed/end offsets where behind: {lag}\n{exc}\n{tails}"
+            f"the group's committed/end offsets were behind: {lag}; {stuck}\n{exc}\n{tails}"
         ) from None
     timeline["settled"] = time.monotonic() - start
     # Both survivors answer for every lead (each forwards to the partition's owner now).
