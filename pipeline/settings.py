@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,7 +41,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
 
     # None means: use (and if needed start) the local development broker.
-    bootstrap_servers: str | None = None
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka brokers, host:port, comma separated (several for a cluster); "
+        "also read: ';' separators, spaces, and Faust's 'kafka://' prefix.",
+    )
     app_id: str = "leadflow"
     home: Path = Field(
         default=Path(".leadflow"),
@@ -91,6 +96,19 @@ class Settings(BaseSettings):
     collector_ack_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest wait for Kafka's acks before answering 503."
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _one_bootstrap_form(cls, value: str | None) -> str | None:
+        # Every client (aiokafka directly, Faust through its kafka:// URL) gets the same
+        # "h1:p1,h2:p2". Faust's own form ("kafka://h1:p1;h2:p2") works for the worker only:
+        # aiokafka (topics, collector, alerts) splits on ',' alone and would look up
+        # "h1:p1;h2" as one host name.
+        if value is None:
+            return None
+        hosts = [h.strip() for h in re.split(r"[,;]", value)]
+        hosts = [h.removeprefix("kafka://") for h in hosts if h]
+        return ",".join(hosts) or None
 
     @property
     def kafka_dir(self) -> Path:

@@ -101,20 +101,32 @@ async def _partition_counts(
     partitions without a leader. Wait up to ``wait_s`` for such topics to settle; with
     ``must_exist`` (topics we just created) an unknown topic is still settling too.
     """
+    return {name: parts for name, (parts, _) in
+            (await _layouts(admin, names, wait_s, must_exist=must_exist)).items()}
+
+
+async def _layouts(
+    admin: Any, names: Sequence[str], wait_s: float, *, must_exist: bool = False
+) -> dict[str, tuple[int, int]]:
+    """(partitions, replication factor) of the topics among ``names`` that exist (see
+    ``_partition_counts`` for the wait); the replication factor is the smallest replica
+    count over the topic's partitions."""
     deadline = time.monotonic() + wait_s
     while True:
-        counts: dict[str, int] = {}
+        layouts: dict[str, tuple[int, int]] = {}
         settling = False
         for meta in await admin.describe_topics(list(names)):
             code = meta["error_code"]
             if code == _UNKNOWN_TOPIC:
                 settling = settling or must_exist
                 continue
-            counts[meta["topic"]] = len(meta["partitions"])
-            if code != 0 or any(p["leader"] < 0 for p in meta["partitions"]):
+            parts = meta["partitions"]
+            layouts[meta["topic"]] = (
+                len(parts), min((len(p["replicas"]) for p in parts), default=0))
+            if code != 0 or any(p["leader"] < 0 for p in parts):
                 settling = True
         if not settling or time.monotonic() >= deadline:
-            return counts
+            return layouts
         await asyncio.sleep(0.2)
 
 
@@ -136,7 +148,8 @@ async def ensure_topics(
     try:
         try:
             await admin.start()
-            existing = await _partition_counts(admin, names, wait_s=timeout_s)
+            layouts = await _layouts(admin, names, wait_s=timeout_s)
+            existing = {name: parts for name, (parts, _) in layouts.items()}
         except KafkaError as exc:
             raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         missing = [s for s in specs if s.name not in existing]
@@ -182,6 +195,14 @@ async def ensure_topics(
                 report.warnings.append(
                     f"topic {spec.name} has {have} partitions, "
                     f"settings say {spec.partitions} (left as it is)"
+                )
+            # E.g. a topic made on a one-broker setup (replication 1), now on a cluster: losing
+            # one broker loses its data. Changing it takes a partition reassignment: say so.
+            rf = layouts[spec.name][1] if spec.name in layouts else None
+            if rf is not None and rf != spec.replication_factor:
+                report.warnings.append(
+                    f"topic {spec.name} has replication factor {rf}, "
+                    f"settings say {spec.replication_factor} (left as it is)"
                 )
         # Keep the order of `specs` in both lists.
         report.created = [n for n in names if n in created]

@@ -138,6 +138,20 @@ async def test_existing_topic_with_other_partition_count_is_a_warning(
 
 
 @pytest.mark.integration
+async def test_existing_topic_with_other_replication_factor_is_a_warning(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]]
+) -> None:
+    # Settings for a cluster (replication 3) meeting a topic made on one broker.
+    name = await new_topic("rf", partitions=2)
+    report = await ensure_topics(kafka_bootstrap, [TopicSpec(name, 2, 3)])
+    assert report.created == []
+    assert report.existing == [name]
+    assert report.warnings == [
+        f"topic {name} has replication factor 1, settings say 3 (left as it is)"
+    ]
+
+
+@pytest.mark.integration
 def test_cli_topics_create(kafka_bootstrap: str) -> None:
     settings = _isolated_settings(partitions=2)
     env: dict[str, str | None] = {

@@ -52,11 +52,13 @@ WORKER_ENV = {
 
 
 async def make_isolated(bootstrap: str, home: Path, *, partitions: int = 4,
+                        replication_factor: int = 1,
                         extra_env: dict[str, str] | None = None) -> Isolated:
     """Isolated settings (unique app id and topics, created) with `WORKER_ENV`."""
     from pipeline.kafka.topics import ensure_topics, topic_specs
 
     iso = Isolated(bootstrap, home, partitions=partitions,
+                   replication_factor=replication_factor,
                    extra_env={**WORKER_ENV, **(extra_env or {})})
     await ensure_topics(bootstrap, topic_specs(iso.settings, teams=TEAMS))
     return iso

@@ -32,6 +32,7 @@ class Isolated:
     """Settings with a unique app id and topic names, as environment variables too."""
 
     def __init__(self, bootstrap: str, home: Path, *, partitions: int = 4,
+                 replication_factor: int = 1,
                  extra_env: dict[str, str] | None = None) -> None:
         tag = uuid.uuid4().hex[:8]
         self.bootstrap = bootstrap
@@ -42,13 +43,15 @@ class Isolated:
             "LEADFLOW_APP_ID": f"lf-{tag}",
             "LEADFLOW_HOME": str(home),
             "LEADFLOW_PARTITIONS": str(partitions),
+            "LEADFLOW_REPLICATION_FACTOR": str(replication_factor),
             "LEADFLOW_STANDBY_REPLICAS": "0",
             **{f"LEADFLOW_TOPIC_{k.upper()}": v for k, v in names.items()},
             **(extra_env or {}),
         }
         self.settings = Settings(
             bootstrap_servers=bootstrap, app_id=self.env["LEADFLOW_APP_ID"], home=home,
-            partitions=partitions, standby_replicas=0, topics=Topics(**names),
+            partitions=partitions, replication_factor=replication_factor, standby_replicas=0,
+            topics=Topics(**names),
         )
 
 
