@@ -281,6 +281,7 @@ class LeadflowApp:
         self.input_consumer: InputConsumer | None = None
         # Offsets of the Faust-read partitions, to notice records its consumer skipped.
         self._offsets = OffsetWatch()
+        self._lag_reported: set[tuple[str, int]] = set()
         if settings.processing_guarantee == "at_least_once":
             self.app.task(self._read_inputs)
         else:
@@ -554,6 +555,7 @@ class LeadflowApp:
         app = self.app
         consumer = cast(Any, app.consumer)
         committed = consumer._committed_offset  # Faust keeps no public view of it
+        reported: set[tuple[str, int]] = set()
         for tp in consumer.assignment():
             if tp.topic.endswith("-changelog"):
                 continue
@@ -561,10 +563,16 @@ class LeadflowApp:
             done = committed.get(tp)
             if high is not None and done is not None:
                 self.metrics.set_offsets(tp.topic, tp.partition, high, done)
+                reported.add((tp.topic, tp.partition))
         inputs = self.input_consumer
         if inputs is not None:
             for tp, high, done in await inputs.offsets():
                 self.metrics.set_offsets(tp.topic, tp.partition, high, done)
+                reported.add((tp.topic, tp.partition))
+        # A partition that moved to another worker: its lag is reported there now.
+        for topic, partition in self._lag_reported - reported:
+            self.metrics.forget_partition(topic, partition)
+        self._lag_reported = reported
         recovery = cast(Any, app.tables).recovery
         remaining: dict[str, int] = {}
         for tp, n in recovery.active_remaining().items():
