@@ -14,6 +14,8 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.kafka.security import KafkaSecurity, start_client
+
 
 def decode_alert(raw: bytes | None) -> dict[str, Any] | None:
     """The alert JSON object in ``raw``, or None if it is not a JSON object."""
@@ -32,15 +34,18 @@ def routing_pattern(prefix: str) -> str:
 
 
 async def topic_partitions(
-    bootstrap: str, names: list[str] | None = None, pattern: str | None = None
+    bootstrap: str, names: list[str] | None = None, pattern: str | None = None,
+    *, security: KafkaSecurity | None = None,
 ) -> tuple[list[TopicPartition], list[str]]:
     """(partitions, missing names) of the ``names`` and of every topic matching ``pattern``.
 
     Asked of the cluster each time (admin metadata), because a consumer's own metadata only
     covers topics it already tracks.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **(security.client_kwargs() if security else {})
+    )
+    await start_client(admin, bootstrap, security)
     try:
         existing = set(await admin.list_topics())
         wanted = [n for n in names or [] if n in existing]

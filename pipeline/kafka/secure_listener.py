@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LISTENER = "SASL_SSL"
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
@@ -33,16 +34,16 @@ class Certificates:
     broker_keystore: Path  # the broker's private key (PKCS#8) and its certificate
 
 
-def _name(common_name: str) -> object:
+def _name(common_name: str) -> Any:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_certificates(folder: Path, *, days: int = 2, ca_name: str = "leadflow test CA") -> (
-    Certificates
-):
+def make_certificates(
+    folder: Path, *, days: int = 2, ca_name: str = "leadflow test CA"
+) -> Certificates:
     """A new CA and a broker certificate for 127.0.0.1 and localhost, in ``folder``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -50,13 +51,14 @@ def make_certificates(folder: Path, *, days: int = 2, ca_name: str = "leadflow t
 
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = _name(ca_name)
     ca = (
         x509.CertificateBuilder()
-        .subject_name(ca_subject).issuer_name(ca_subject)  # type: ignore[arg-type]
+        .subject_name(ca_subject).issuer_name(ca_subject)
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
@@ -67,9 +69,9 @@ def make_certificates(folder: Path, *, days: int = 2, ca_name: str = "leadflow t
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost")).issuer_name(ca_subject)  # type: ignore[arg-type]
+        .subject_name(_name("localhost")).issuer_name(ca_subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False)

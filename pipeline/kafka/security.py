@@ -87,7 +87,7 @@ class KafkaSecurity:
         from aiokafka.helpers import create_ssl_context
 
         try:
-            ctx = create_ssl_context(
+            ctx: ssl.SSLContext = create_ssl_context(
                 cafile=str(self.cafile) if self.cafile else None,
                 certfile=str(self.certfile) if self.certfile else None,
                 keyfile=str(self.keyfile) if self.keyfile else None,
