@@ -177,7 +177,11 @@ async def explain_connect_failure(
                     "LEADFLOW_SASL_MECHANISM"
                 )
             else:
-                causes.append(f"{host_port}: {type(exc).__name__}: {exc}")
+                # e.g. a PLAINTEXT client on a TLS port: the broker just hangs up.
+                causes.append(
+                    f"{host_port}: {exc}; is LEADFLOW_SECURITY_PROTOCOL ({sec.protocol}) what "
+                    "that listener speaks?"
+                )
         except (OSError, TimeoutError, ValueError) as exc:
             what = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
             causes.append(
