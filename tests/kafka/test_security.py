@@ -137,7 +137,7 @@ def test_settings_reject_unknown_mechanism_and_missing_ca_file(tmp_path: Path) -
     with pytest.raises(ValidationError, match="sasl_mechanism"):
         Settings(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI",  # type: ignore[arg-type]
                  sasl_username="a", sasl_password="b")  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="LEADFLOW_SSL_CAFILE=.*no such file"):
+    with pytest.raises(ValidationError, match=r"LEADFLOW_SSL_CAFILE=.*no such file"):
         Settings(security_protocol="SSL", ssl_cafile=tmp_path / "missing.pem")
     with pytest.raises(ValidationError, match="use SASL_SSL"):
         Settings(sasl_username="a")
@@ -382,3 +382,54 @@ async def test_ae_principal_reads_only_its_team_topic(secured: Secured) -> None:
             await asyncio.wait_for(c2.start(), 30)
     finally:
         await c2.stop()
+
+
+# --- the worker: the main client, a real `leadflow worker` process ---------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path: Path) -> None:
+    from tests.stream.test_pipeline import offline_moves, scenario
+    from tests.stream.workers import Isolated, WorkerProcess
+
+    # SCRAM-SHA-512 from the environment only, as an operator would configure the worker.
+    iso = Isolated(secured.bootstrap, tmp_path / "home", partitions=2,
+                   extra_env=secured.env("alice", "SCRAM-SHA-512"))
+    teams = ["sales", "enterprise", "smb", "emea"]
+    sec = secured.security("alice", "SCRAM-SHA-512")
+    await ensure_topics(secured.bootstrap, topic_specs(iso.settings, teams=teams), security=sec)
+    worker = WorkerProcess(iso, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await worker.wait_ready()
+        msgs = [m for m in scenario("anon-s", "u-sec") if m[0] == "web"]  # to the demo request
+        expected = offline_moves(msgs)
+        assert expected == [("u-sec", "visitor", "lead"), ("u-sec", "lead", "mql")]
+
+        t = iso.settings.topics
+        p = AIOKafkaProducer(bootstrap_servers=secured.bootstrap, acks="all",
+                             **sec.client_kwargs())
+        await p.start()
+        try:
+            for _, body in msgs:
+                key = (body.get("userId") or body.get("anonymousId")).encode()
+                await p.send_and_wait(t.web, orjson.dumps(body), key=key)
+        finally:
+            await p.stop()
+
+        got = await _read(secured.bootstrap, sec, t.stage_changes, len(expected), timeout_s=90)
+        moves = [orjson.loads(r.value) for r in got]
+        applied = [(d["lead_id"], d["from_stage"], d["to_stage"]) for d in moves
+                   if d.get("status", "applied") == "applied"]
+        assert applied == expected, worker.tail()
+
+        alerts = []
+        for team in teams:
+            alerts += await _read(secured.bootstrap, sec, t.routing(team), 1, timeout_s=2)
+        assert [orjson.loads(a.value)["lead_id"] for a in alerts] == ["u-sec"], worker.tail()
+        status, doc = await worker.get("/leads/u-sec")
+        assert status == 200 and doc["events_seen"] == len(msgs), doc
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.tail()
