@@ -299,6 +299,46 @@ async def test_alerts_tail_and_ack_cli_over_sasl_ssl(secured: Secured) -> None:
 
 
 @pytest.mark.integration
+async def test_forwarder_over_sasl_ssl(secured: Secured) -> None:
+    from aiohttp import web
+
+    from pipeline.alerts.forward import ForwardConfig, Forwarder
+    from pipeline.kafka.broker import free_port
+
+    routing = await _topic(secured, "fw.routing.emea")
+    deadletter = await _topic(secured, "fw.deadletter")
+    p = AIOKafkaProducer(bootstrap_servers=secured.bootstrap, **secured.security().client_kwargs())
+    await p.start()
+    try:
+        await p.send_and_wait(routing, orjson.dumps(_alert("a-fw", "lead-fw", "emea")))
+    finally:
+        await p.stop()
+    posted: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(status=204)
+
+    webapp = web.Application()
+    webapp.router.add_post("/hook", hook)
+    runner = web.AppRunner(webapp, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        cfg = ForwardConfig(
+            bootstrap=secured.bootstrap, topic=routing, url=f"http://127.0.0.1:{port}/hook",
+            group_id=f"fw-{uuid.uuid4().hex[:6]}", deadletter_topic=deadletter, max_alerts=1,
+            security=secured.security("pat", "PLAIN"),
+        )
+        stats = await asyncio.wait_for(Forwarder(cfg).run(), 60)
+    finally:
+        await runner.cleanup()
+    assert stats.delivered == 1
+    assert [a["alert_id"] for a in posted] == ["a-fw"]
+
+
+@pytest.mark.integration
 async def test_alerts_cli_with_a_wrong_password_exits_with_the_reason(secured: Secured) -> None:
     env = {**secured.env(), "LEADFLOW_SASL_PASSWORD": "nope"}
     result = await _cli(["alerts", "tail", "--team", "emea", "--timeout", "5"], env)
@@ -424,10 +464,15 @@ async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path
                    if d.get("status", "applied") == "applied"]
         assert applied == expected, worker.tail()
 
-        alerts = []
-        for team in teams:
-            alerts += await _read(secured.bootstrap, sec, t.routing(team), 1, timeout_s=2)
-        assert [orjson.loads(a.value)["lead_id"] for a in alerts] == ["u-sec"], worker.tail()
+        # The demo request is an instant trigger: a hot-lead alert on the owning team's topic.
+        alerts: list[Any] = []
+        deadline = time.monotonic() + 30
+        while not alerts and time.monotonic() < deadline:
+            for team in teams:
+                alerts += await _read(secured.bootstrap, sec, t.routing(team), 1, timeout_s=1)
+        decoded = [orjson.loads(a.value) for a in alerts]
+        assert decoded and {d["lead_id"] for d in decoded} == {"u-sec"}, worker.tail()
+        assert {d["alert_id"] for d in decoded} == {"u-sec:instant:demo_request:u-sec-m9"}, decoded
         status, doc = await worker.get("/leads/u-sec")
         assert status == 200 and doc["events_seen"] == len(msgs), doc
     finally:
