@@ -88,7 +88,12 @@ def topic_specs(
         if name in seen:  # e.g. a team called "nurture" is the nurture topic
             continue
         seen.add(name)
-        specs.append(TopicSpec(name, parts, rf, dict(configs)))
+        cfg = dict(configs)
+        if rf >= 3:
+            # acks=all must mean two copies, not the leader alone (Kafka's default is 1):
+            # one broker may fail without losing an acknowledged record or stopping writes.
+            cfg["min.insync.replicas"] = "2"
+        specs.append(TopicSpec(name, parts, rf, cfg))
     return specs
 
 

@@ -114,6 +114,10 @@ class Metrics:
             "leadflow_duplicates", "Events dropped as duplicates (same messageId).", registry=r)
         self.events_scored = Counter(
             "leadflow_events_scored", "Events run through the scoring core.", registry=r)
+        self.offset_holes = Counter(
+            "leadflow_offset_holes",
+            "Times the stream consumer skipped records of a topic (read again at once).",
+            ["topic"], registry=r)
         self.visitor_overflows = Counter(
             "leadflow_visitor_overflow",
             "Anonymous events dropped because a visitor's buffer was full.", registry=r)
@@ -219,6 +223,10 @@ class Metrics:
     def duplicate(self, n: int = 1) -> None:
         """`n` events dropped as duplicates."""
         self.duplicates.inc(n)
+
+    def offset_hole(self, topic: str) -> None:
+        """The consumer skipped records of `topic`; they are read again."""
+        self.offset_holes.labels(topic=topic).inc()
 
     def visitor_overflow(self, n: int = 1) -> None:
         """`n` anonymous events dropped because the visitor buffer was full."""

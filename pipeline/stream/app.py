@@ -50,6 +50,7 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
+from pipeline.stream.offsets import OffsetWatch
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -120,6 +121,10 @@ def _raw_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
         yield from store._iteritems()
     else:  # in memory (tests): a snapshot, as the agents may write meanwhile
         yield from list(store.data.items())
+
+
+async def _no_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+    """Stands in for Faust's `Consumer._add_gap` (see `LeadflowApp._on_assigned`)."""
 
 
 class _BatchTable:
@@ -276,6 +281,8 @@ class LeadflowApp:
         self.leads_topic_name = f"{settings.app_id}-leads"
         self.assign_topic_name = f"{settings.app_id}-assign"
         self.input_consumer: InputConsumer | None = None
+        # Offsets of the Faust-read partitions, to notice records its consumer skipped.
+        self._offsets = OffsetWatch()
         if settings.processing_guarantee == "at_least_once":
             self.app.task(self._read_inputs)
         else:
@@ -331,6 +338,7 @@ class LeadflowApp:
         silently) and the agent goes on with the next batch.
         """
         async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
+            holes = self._holes(events)
             try:
                 await handle(list(events))
             except asyncio.CancelledError:
@@ -338,6 +346,20 @@ class LeadflowApp:
             except Exception as exc:
                 log.exception("batch of %d failed; dead-lettering it", len(events))
                 await self._dead_letter_failed([_raw(ev) for ev in events], exc)
+            for (topic, partition), start in holes.items():
+                # Read the skipped records again; what follows them comes twice and is
+                # dropped by messageId.
+                await self.app.consumer.seek(TP(topic, partition), start)
+
+    def _holes(self, events: Sequence[Event]) -> dict[tuple[str, int], int]:
+        """Partitions whose offsets jumped in this batch -> the first offset skipped."""
+        holes = self._offsets.holes(
+            (ev.message.topic, ev.message.partition, ev.message.offset) for ev in events)
+        for (topic, partition), start in holes.items():
+            log.error("records of %s[%d] from offset %d were skipped by the consumer; "
+                      "reading them again", topic, partition, start)
+            self.metrics.offset_hole(topic)
+        return holes
 
     async def _read_inputs(self) -> None:
         """The input topics through a plain consumer (see `stream.inputs`)."""
@@ -521,6 +543,14 @@ class LeadflowApp:
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.metrics.rebalance()
+        # A partition may come back from another worker, far ahead: no hole.
+        self._offsets.reset()
+        consumer = cast(Any, self.app.consumer)
+        if self.settings.processing_guarantee == "at_least_once" and consumer is not None:
+            # Faust counts an offset jump as done and commits past it (faust #606); with no
+            # transactions on our topics a jump is a skipped record, so never commit past
+            # one: the commit waits until `_holes` has had it read again.
+            consumer._add_gap = _no_gap
 
     async def _metrics_timer(self) -> None:
         """Lag per input partition and table recovery progress, for /metrics."""

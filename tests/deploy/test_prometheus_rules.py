@@ -44,6 +44,12 @@ def test_check_config() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_check_cluster_config() -> None:
+    """deploy/compose/cluster.yml's config: DNS discovery of the scaled workers, same rules."""
+    res = run("check", "config", PROM / "prometheus-cluster.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_rule_unit_tests_pass() -> None:
     assert len(TEST_FILES) >= 2
     res = run("test", "rules", *TEST_FILES)

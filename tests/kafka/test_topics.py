@@ -77,6 +77,14 @@ def test_topic_specs_cover_every_topic() -> None:
     assert by_name["events.web"].configs["cleanup.policy"] == "delete"
 
 
+def test_replicated_topics_need_two_in_sync_copies() -> None:
+    one = topic_specs(Settings(app_id="a", replication_factor=1), teams=["x"])
+    three = topic_specs(Settings(app_id="a", replication_factor=3), teams=["x"])
+    assert all("min.insync.replicas" not in t.configs for t in one)
+    assert {t.configs["min.insync.replicas"] for t in three} == {"2"}
+    assert {t.replication_factor for t in three} == {3}
+
+
 def test_topic_specs_no_duplicates_and_custom_tables() -> None:
     specs = topic_specs(Settings(app_id="a"), teams=["nurture", "x", "x"], tables=["t1"])
     names = [t.name for t in specs]

@@ -160,9 +160,13 @@ def generate(now_ms: int) -> list[Msg]:
         orjson.dumps({**ok, "type": "screen", "messageId": "hand-3"}),
         orjson.dumps({**ok, "messageId": ""}),
         orjson.dumps({**ok, "messageId": "m" * 257}),
+        # every reason at least once for certain: in some runs Hypothesis drew other mixes
+        orjson.dumps({**ok, "messageId": "hand-4", "properties": {"blob": "x" * 70_000}}),
+        orjson.dumps({k: v for k, v in ok.items() if k != "messageId"}),
     ]
     out += [Msg(SOURCES[i % 4], None if i % 2 else b"hand", raw, "hand-made")
             for i, raw in enumerate(hand)]
+    out.append(Msg("crm", USERS[0].encode(), None, "hand-made tombstone"))
     return out
 
 
