@@ -15,6 +15,7 @@ import orjson
 from rich.console import Console
 
 from pipeline.errors import BrokerError
+from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 console = Console()
@@ -49,7 +50,8 @@ async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
 
     t = settings.topics
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="latest",
-                                enable_auto_commit=False)
+                                enable_auto_commit=False,
+                                **KafkaSecurity.from_settings(settings).client_kwargs())
     await consumer.start()
     consumer.subscribe(pattern=rf"^({t.stage_changes}|{t.deadletter}|{t.routing_prefix}.*)$"
                        .replace(".", r"\.").replace(r"\.*)", ".*)"))
@@ -90,7 +92,9 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
         started_broker = True
     console.print(f"Kafka at [bold]{bootstrap}[/]")
     rules = load_configured_rules(settings)
-    report = await ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()))
+    security = KafkaSecurity.from_settings(settings)
+    report = await ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()),
+                                 security=security)
     console.print(f"topics ready ({report})")
 
     log_path = settings.home / "demo-worker.log"
@@ -109,7 +113,8 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
     topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
     tail = asyncio.create_task(_tail(bootstrap, settings, stop, counts))
     sim = asyncio.create_task(
-        simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False)
+        simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False,
+                 security=security)
     )
     announced = False
     try:

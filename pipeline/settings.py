@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -96,6 +96,52 @@ class Settings(BaseSettings):
     collector_ack_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest wait for Kafka's acks before answering 503."
     )
+
+    # -- Kafka client security (every client: worker, collector, CLI, forwarder) ----------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA bundle for the brokers' certificates; None: system CAs."
+    )
+    ssl_certfile: Path | None = Field(default=None, description="PEM client certificate (mTLS).")
+    ssl_keyfile: Path | None = Field(default=None, description="PEM key of ssl_certfile.")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> Settings:
+        # Say which environment variable is missing, not a handshake failure minutes later.
+        proto = self.security_protocol
+        if proto.startswith("SASL_"):
+            missing = [
+                f"LEADFLOW_{name.upper()}"
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) in (None, "")
+            ]
+            if missing:
+                raise ValueError(
+                    f"LEADFLOW_SECURITY_PROTOCOL={proto} needs {', '.join(missing)}"
+                )
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ValueError(
+                "LEADFLOW_SASL_* is set but LEADFLOW_SECURITY_PROTOCOL is "
+                f"{proto}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        tls_files = self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
+        if tls_files and not proto.endswith("SSL"):
+            raise ValueError(
+                f"LEADFLOW_SSL_* files are set but LEADFLOW_SECURITY_PROTOCOL is {proto}: "
+                "use SSL or SASL_SSL"
+            )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("LEADFLOW_SSL_KEYFILE is set without LEADFLOW_SSL_CERTFILE")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"LEADFLOW_{name.upper()}={path}: no such file")
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.kafka.security import KafkaSecurity, start_client
+
 FIRST = ["ana", "ben", "chen", "dara", "eli", "fatima", "gus", "hana", "ivan", "jo", "kim", "lea"]
 LAST = ["smith", "garcia", "ng", "okafor", "muller", "rossi", "kowalski", "tanaka", "silva"]
 COMPANIES = [
@@ -194,6 +196,7 @@ async def run(
     visitors: int,
     seed: int = 7,
     live_time: bool = True,
+    security: KafkaSecurity | None = None,
     progress: bool = True,
     stop: asyncio.Event | None = None,
 ) -> int:
@@ -206,8 +209,9 @@ async def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     msgs = list(generate(visitors, seed=seed))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                **(security.client_kwargs() if security else {}))
+    await start_client(producer, bootstrap, security)
     sent = 0
     interval = 1.0 / rate if rate > 0 else 0.0
     try:

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 import pipeline
 from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import LeadflowError
+from pipeline.kafka.security import KafkaSecurity, start_client
 
 ACK_EVENT = "Alert Acknowledged"
 LIBRARY = "leadflow-cli"
@@ -50,7 +51,8 @@ def ack_event(
 
 
 async def find_alert(
-    bootstrap: str, topic_pattern: str, alert_id: str, *, timeout_s: float = 15.0
+    bootstrap: str, topic_pattern: str, alert_id: str, *, timeout_s: float = 15.0,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, Any]:
     """The alert with ``alert_id`` on any topic matching ``topic_pattern``, read from the start.
 
@@ -63,11 +65,12 @@ async def find_alert(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         # Earliest, so the reset aiokafka starts on assign agrees with seek_to_beginning.
         auto_offset_reset="earliest",
+        **(security.client_kwargs() if security else {}),
     )
     deadline = time.monotonic() + timeout_s
-    await consumer.start()
+    await start_client(consumer, bootstrap, security)
     try:
-        tps, _ = await topic_partitions(bootstrap, pattern=topic_pattern)
+        tps, _ = await topic_partitions(bootstrap, pattern=topic_pattern, security=security)
         topics = sorted({tp.topic for tp in tps})
         if not tps:
             raise AlertNotFound(f"alert {alert_id} not found: no topic matches {topic_pattern}")
@@ -108,12 +111,15 @@ async def find_alert(
         await consumer.stop()
 
 
-async def send_ack(bootstrap: str, topic: str, event: dict[str, Any]) -> tuple[int, int]:
+async def send_ack(
+    bootstrap: str, topic: str, event: dict[str, Any], *, security: KafkaSecurity | None = None
+) -> tuple[int, int]:
     """Produce ``event`` to ``topic`` (acks=all) and wait for the broker; (partition, offset)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+        **(security.client_kwargs() if security else {}),
     )
-    await producer.start()
+    await start_client(producer, bootstrap, security)
     try:
         meta = await producer.send_and_wait(
             topic, orjson.dumps(event), key=str(event["userId"]).encode()

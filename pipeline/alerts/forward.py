@@ -39,6 +39,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import ConfigError
+from pipeline.kafka.security import KafkaSecurity, start_client
 from pipeline.models.outputs import DeadLetter
 
 log = logging.getLogger("leadflow.alerts.forward")
@@ -65,6 +66,7 @@ class ForwardConfig:
     request_timeout_s: float = 10.0
     session_timeout_ms: int = 10_000
     max_alerts: int | None = None  # stop after this many alerts are done (tests, scripts)
+    security: KafkaSecurity | None = None  # None: PLAINTEXT
 
 
 @dataclass
@@ -292,12 +294,13 @@ class Forwarder:
         cfg = self.cfg
         # A subscription to a missing topic waits silently forever (the broker does not
         # auto-create topics): say so instead.
-        _, missing = await topic_partitions(cfg.bootstrap, [cfg.topic])
+        _, missing = await topic_partitions(cfg.bootstrap, [cfg.topic], security=cfg.security)
         if missing:
             raise ConfigError(
                 f"topic {cfg.topic} does not exist "
                 "(create it with `leadflow topics create --teams ...`)"
             )
+        security = cfg.security.client_kwargs() if cfg.security else {}
         self._consumer = AIOKafkaConsumer(
             cfg.topic,
             bootstrap_servers=cfg.bootstrap,
@@ -306,14 +309,15 @@ class Forwarder:
             auto_offset_reset="earliest",
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            **security,
         )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=cfg.bootstrap, acks="all", enable_idempotence=True, **security
         )
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
-        await self._producer.start()
+        await start_client(self._producer, cfg.bootstrap, cfg.security)
         try:
-            await self.consumer.start()
+            await start_client(self.consumer, cfg.bootstrap, cfg.security)
             try:
                 async with aiohttp.ClientSession(timeout=timeout) as http:
                     await self._loop(http)

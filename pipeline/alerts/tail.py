@@ -20,6 +20,7 @@ from rich.text import Text
 
 from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import ConfigError
+from pipeline.kafka.security import KafkaSecurity, start_client
 
 #: Called once per message: (topic, raw value). Returning is all it has to do.
 Sink = Callable[[str, bytes | None], None]
@@ -160,6 +161,7 @@ async def tail(
     max_messages: int | None = None,
     timeout_s: float | None = None,
     stop: asyncio.Event | None = None,
+    security: KafkaSecurity | None = None,
 ) -> TailResult:
     """Feed every message of ``topics`` to ``sink`` until ``max_messages``, timeout or ``stop``.
 
@@ -174,10 +176,11 @@ async def tail(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         # The reset aiokafka starts on assign must agree with the seek below, or it can win.
         auto_offset_reset="earliest" if from_start else "latest",
+        **(security.client_kwargs() if security else {}),
     )
-    await consumer.start()
+    await start_client(consumer, bootstrap, security)
     try:
-        tps, missing = await topic_partitions(bootstrap, names)
+        tps, missing = await topic_partitions(bootstrap, names, security=security)
         if missing:
             raise ConfigError(
                 f"topic {', '.join(missing)} does not exist "

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pipeline.errors import ConfigError, LeadflowError
+from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 alerts_app = typer.Typer(
@@ -106,7 +107,7 @@ def tail_cmd(
         bootstrap = _bootstrap(settings)
         _run_until_signal(lambda stop: tail(
             bootstrap, topics, sink, from_start=from_start, max_messages=max_messages,
-            timeout_s=timeout, stop=stop,
+            timeout_s=timeout, stop=stop, security=KafkaSecurity.from_settings(settings),
         ))
     except LeadflowError as exc:
         raise _fail(exc) from None
@@ -134,15 +135,17 @@ def ack_cmd(
 
     async def main() -> tuple[dict[str, Any], int, int]:
         bootstrap = _bootstrap(settings)
+        security = KafkaSecurity.from_settings(settings)
         lead_id = lead
         if lead_id is None:
             alert = await find_alert(
                 bootstrap, routing_pattern(settings.topics.routing_prefix), alert_id,
-                timeout_s=timeout,
+                timeout_s=timeout, security=security,
             )
             lead_id = str(alert["lead_id"])
         event = ack_event(alert_id, lead_id, owner)
-        partition, offset = await send_ack(bootstrap, settings.topics.crm, event)
+        partition, offset = await send_ack(
+            bootstrap, settings.topics.crm, event, security=security)
         return event, partition, offset
 
     try:
@@ -202,6 +205,7 @@ def forward_cmd(
             request_timeout_s=request_timeout,
             session_timeout_ms=session_timeout_ms,
             max_alerts=max_alerts,
+            security=KafkaSecurity.from_settings(settings),
         )
         stats = _run_until_signal(lambda stop: Forwarder(cfg, stop).run())
     except LeadflowError as exc:

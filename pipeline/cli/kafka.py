@@ -81,6 +81,7 @@ def create(
 ) -> None:
     """Create every missing leadflow topic (inputs, outputs, routing, internal, changelogs)."""
     from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.kafka.security import KafkaSecurity
     from pipeline.kafka.topics import ensure_topics, topic_specs
 
     settings = Settings()
@@ -92,7 +93,9 @@ def create(
         else:
             names = [t.strip() for t in teams.split(",") if t.strip()]
         bootstrap = resolve_bootstrap(settings)
-        report = asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=names)))
+        report = asyncio.run(ensure_topics(
+            bootstrap, topic_specs(settings, teams=names),
+            security=KafkaSecurity.from_settings(settings)))
     except LeadflowError as exc:
         raise _fail(exc) from None
     for name in report.created:

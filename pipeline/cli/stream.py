@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Produce realistic synthetic Segment traffic to the input topics."""
         from pipeline.kafka.broker import resolve_bootstrap
+        from pipeline.kafka.security import KafkaSecurity
         from pipeline.simulator import run as sim_run
 
         settings = Settings()
@@ -50,7 +51,8 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc) from None
         topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
         sent = asyncio.run(
-            sim_run(bootstrap, topics, rate=rate, visitors=visitors, seed=seed)
+            sim_run(bootstrap, topics, rate=rate, visitors=visitors, seed=seed,
+                    security=KafkaSecurity.from_settings(settings))
         )
         typer.echo(f"sent {sent} messages")
 

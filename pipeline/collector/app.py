@@ -32,6 +32,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pipeline.collector.auth import basic_user, source_for
 from pipeline.collector.limits import RateLimiter
 from pipeline.errors import InvalidEvent
+from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import to_event, validate
 from pipeline.settings import Settings
 
@@ -74,8 +75,12 @@ class KafkaSender:
     itself when Kafka is back, instead of crash-looping.
     """
 
-    def __init__(self, bootstrap: str, *, ack_timeout_s: float, max_request_bytes: int) -> None:
+    def __init__(
+        self, bootstrap: str, *, ack_timeout_s: float, max_request_bytes: int,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.ack_timeout_s = ack_timeout_s
         self.max_request_bytes = max_request_bytes
         self._producer: Any = None
@@ -96,6 +101,7 @@ class KafkaSender:
                     request_timeout_ms=int(self.ack_timeout_s * 1000),
                     max_request_size=self.max_request_bytes,
                     client_id="leadflow-collector",
+                    **(self.security.client_kwargs() if self.security else {}),
                 )
                 try:
                     await asyncio.wait_for(p.start(), self.ack_timeout_s)
@@ -416,6 +422,7 @@ def create_app(
             bootstrap, ack_timeout_s=settings.collector_ack_timeout_s,
             # a whole batch may go in one produce request
             max_request_bytes=max(1024 * 1024, 2 * settings.collector_max_batch_bytes),
+            security=KafkaSecurity.from_settings(settings),
         )
     collector = Collector(
         settings, sender, RateLimiter(settings.collector_rate_per_s, settings.collector_burst,

@@ -26,9 +26,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.kafka.secure_listener import ListenerSecurity
 
 HOST = "127.0.0.1"
 #: The port ``leadflow kafka up`` prefers when none is asked for (Kafka's usual port).
@@ -307,6 +311,9 @@ class LocalBroker:
         heap_mb: int = 512,
         port: int = 0,
         controller_port: int = 0,
+        *,
+        security: ListenerSecurity | None = None,
+        secure_port: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.jars_dir = Path(jars_dir).resolve()
@@ -314,6 +321,9 @@ class LocalBroker:
         self.heap_mb = heap_mb
         self.port = port
         self.controller_port = controller_port
+        #: An extra SASL_SSL listener (pipeline.kafka.secure_listener), e.g. for security tests.
+        self.security = security
+        self.secure_port = secure_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -330,6 +340,17 @@ class LocalBroker:
     def bootstrap(self) -> str:
         """``127.0.0.1:PORT`` (the port is known once started)."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` of the SASL_SSL listener (only with ``security``)."""
+        if self.security is None:
+            raise ConfigError("this broker has no SASL_SSL listener (no security given)")
+        return f"{HOST}:{self.secure_port}"
+
+    def _port_names(self) -> tuple[str, ...]:
+        return ("port", "controller_port", "secure_port") if self.security else (
+            "port", "controller_port")
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -378,7 +399,7 @@ class LocalBroker:
             return state
 
     def _pick_ports(self) -> None:
-        for name in ("port", "controller_port"):
+        for name in self._port_names():
             wanted = getattr(self, name)
             if wanted and not port_free(wanted):
                 what = "Kafka port" if name == "port" else "Kafka controller port"
@@ -386,7 +407,7 @@ class LocalBroker:
         # Hold both sockets while picking so that the two free ports differ.
         held: list[socket.socket] = []
         try:
-            for name in ("port", "controller_port"):
+            for name in self._port_names():
                 if getattr(self, name) == 0:
                     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                     held.append(s)
@@ -395,8 +416,8 @@ class LocalBroker:
         finally:
             for s in held:
                 s.close()
-        if self.port == self.controller_port:
-            raise ConfigError(f"the Kafka port and controller port are both {self.port}")
+        if len({getattr(self, n) for n in self._port_names()}) < len(self._port_names()):
+            raise ConfigError(f"two of the Kafka ports are the same: {self._port_names()}")
 
     def _write_properties(self) -> Path:
         data = self.data_dir / "data"
@@ -434,6 +455,8 @@ class LocalBroker:
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "log.cleaner.threads": "1",
         }
+        if self.security is not None:
+            props = self.security.listener_properties(props, self.secure_port, HOST)
         path = self.data_dir / "server.properties"
         path.write_text(
             "# Written by leadflow (pipeline/kafka/broker.py) at every start.\n"
@@ -463,6 +486,7 @@ class LocalBroker:
         cmd = [
             *self._java_base(), "-Xmx256m", "kafka.tools.StorageTool", "format",
             "-t", self.cluster_id(), "-c", str(props), "--ignore-formatted",
+            *(self.security.format_args() if self.security else ()),
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import BrokerError
+from pipeline.kafka.security import KafkaSecurity, connect_error
 from pipeline.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -136,25 +137,29 @@ async def _layouts(
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0
+    bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0,
+    *, security: KafkaSecurity | None = None,
 ) -> EnsureReport:
     """Create the topics of ``specs`` that are missing; existing ones are left as they are.
 
     Returns once the created topics have partition leaders, so producers can use them at once.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     report = EnsureReport()
     names = [s.name for s in specs]
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+        **(security.client_kwargs() if security else {}),
     )
     try:
         try:
             await admin.start()
             layouts = await _layouts(admin, names, wait_s=timeout_s)
             existing = {name: parts for name, (parts, _) in layouts.items()}
+        except KafkaConnectionError as exc:  # TLS or SASL failures end up here too: say which
+            raise await connect_error(bootstrap, security, exc) from exc
         except KafkaError as exc:
             raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         missing = [s for s in specs if s.name not in existing]

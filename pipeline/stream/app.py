@@ -34,6 +34,7 @@ from pipeline.core.engine import tick
 from pipeline.core.rules import CompiledRules
 from pipeline.core.stages import DECAYS_TO_RECYCLED
 from pipeline.core.state import LeadState
+from pipeline.kafka.security import KafkaSecurity
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, RoutingAlert
 from pipeline.settings import Settings
@@ -232,6 +233,7 @@ class LeadflowApp:
         self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{bootstrap}",
+            broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
             store=store or settings.store,
             datadir=str(settings.home / "worker" / settings.app_id),
             processing_guarantee=settings.processing_guarantee,
@@ -370,6 +372,7 @@ class LeadflowApp:
             on_failure=self._dead_letter_failed,
             batch_max=self.tuning.batch_max,
             within_s=self.tuning.batch_within_s,
+            client_kwargs=KafkaSecurity.from_settings(self.settings).client_kwargs(),
         )
         await self.input_consumer.run()
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from pipeline import __version__
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
 from pipeline.kafka.broker import resolve_bootstrap
+from pipeline.kafka.security import KafkaSecurity
 from pipeline.kafka.topics import ensure_topics, topic_specs
 from pipeline.metrics.registry import Metrics
 from pipeline.settings import Settings
@@ -41,7 +42,8 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
 
 def ensure_all_topics(settings: Settings, bootstrap: str, rules: CompiledRules) -> None:
     """Create missing topics before Faust subscribes (it ignores topics that are missing)."""
-    asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams())))
+    asyncio.run(ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()),
+                              security=KafkaSecurity.from_settings(settings)))
     # asyncio.run leaves no current loop behind; Faust asks for one.
     asyncio.set_event_loop(asyncio.new_event_loop())
 
