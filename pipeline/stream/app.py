@@ -472,7 +472,10 @@ class LeadflowApp:
                 routes[lead] = rec["route"]
         p = emit.plan(res.outputs, traits, decoded, routes, self.rules.routing, topics)
         sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
+        routed_ms = int(time.time() * 1000)
         for team, cmd in p.assign:
+            if cmd["op"] == "alert":
+                cmd["routed_ms"] = routed_ms  # the SLA clock starts here (see assign_batch)
             sends.append((self.assign_topic_name, team.encode(), dumps(cmd), None))
             if cmd["op"] == "alert":  # remember the route so acks find the team
                 lead = cmd["alert"]["lead_id"]

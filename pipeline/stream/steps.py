@@ -234,9 +234,10 @@ def _iso_ms(ms: int) -> str:
 
 def _place(
     team: Team, st: TeamState, alert: dict[str, Any], sla_s: int | None, at_ms: int,
-    exclude: frozenset[str],
+    exclude: frozenset[str], due_from_ms: int | None = None,
 ) -> tuple[TeamState, dict[str, Any]]:
     st, a = assign(team, st, domain=alert.get("domain"), at_ms=at_ms, exclude=exclude)
+    due_from = at_ms if due_from_ms is None else due_from_ms
     body = {k: v for k, v in alert.items() if k not in ("domain", "team_reason")}
     body["team"] = team.name
     body["owner"] = a.owner
@@ -245,7 +246,7 @@ def _place(
         "reason": f"team {team.name} ({team_reason}); {a.reason}" if team_reason else a.reason,
         "skipped": list(a.skipped), "excluded": sorted(exclude)}
     body["sla_seconds"] = sla_s
-    body["due_at"] = _iso_ms(at_ms + sla_s * 1000) if sla_s else None
+    body["due_at"] = _iso_ms(due_from + sla_s * 1000) if sla_s else None
     return st, body
 
 
@@ -277,10 +278,13 @@ def assign_batch(
                 continue  # a replayed request: already assigned
             sla = routing.sla_seconds(alert["kind"])
             at = int(alert["triggered_ms"])
-            st, body = _place(team, st, alert, sla, at, frozenset())
+            # The SLA runs from when the rep could first see the alert: a replayed or late
+            # trigger (event time long past) must not escalate the moment it is routed.
+            due_from = max(at, int(cmd.get("routed_ms") or at))
+            st, body = _place(team, st, alert, sla, at, frozenset(), due_from)
             out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
             if sla:
-                pending[alert["alert_id"]] = {"due_ms": at + sla * 1000, "alert": alert,
+                pending[alert["alert_id"]] = {"due_ms": due_from + sla * 1000, "alert": alert,
                                               "owner": body["owner"], "excluded": []}
         elif op == "ack":
             lead, aid, at = cmd["lead_id"], cmd.get("alert_id"), int(cmd["at_ms"])

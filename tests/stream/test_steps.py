@@ -159,6 +159,18 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
     assert res.emitted == []
 
 
+def test_the_sla_of_a_late_trigger_runs_from_when_it_was_routed() -> None:
+    table: dict[str, Any] = {}
+    late = {**_alert(0, 1000), "routed_ms": 10_000_000}  # a trigger from long before
+    res = assign_batch([("sales", late)], table.get, ROUTING)
+    table.update(res.writes)
+    assert res.emitted[0].body["due_at"] == "1970-01-01T02:51:40.000+00:00"  # 10,000 s + 300 s
+    assert not overdue(table["sales"], 10_000_000 + 299_999)
+    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    assert res.emitted == []
+    assert overdue(table["sales"], 10_300_000)
+
+
 def test_an_alert_nobody_acknowledges_escalates_once_per_rep_then_stops() -> None:
     table: dict[str, Any] = {}
     res = assign_batch([("sales", _alert(0, 1000))], table.get, ROUTING)
