@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class OffsetWatch:
@@ -17,13 +17,24 @@ class OffsetWatch:
     def __init__(self) -> None:
         self._next: dict[tuple[str, int], int] = {}
 
-    def holes(self, records: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
-        """(topic, partition, offset) in delivery order -> {(topic, partition): first skipped}."""
+    def holes(
+        self,
+        records: Iterable[tuple[str, int, int]],
+        committed: Callable[[tuple[str, int]], int | None] = lambda tp: None,
+    ) -> dict[tuple[str, int], int]:
+        """(topic, partition, offset) in delivery order -> {(topic, partition): first skipped}.
+
+        `committed` gives the group's committed offset of a partition not seen yet (after
+        an assignment): its first record must be that one, or records were skipped at the
+        very start of the takeover.
+        """
         found: dict[tuple[str, int], int] = {}
         expect = self._next
         for topic, partition, offset in records:
             tp = (topic, partition)
             want = expect.get(tp)
+            if want is None:
+                want = committed(tp)
             if want is not None and offset > want and tp not in found:
                 found[tp] = want
             # Lower than expected: records read again (after a seek); follow them.

@@ -465,14 +465,19 @@ async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path
         assert applied == expected, worker.tail()
 
         # The demo request is an instant trigger: a hot-lead alert on the owning team's topic.
-        alerts: list[Any] = []
+        # (A hot-score alert may come first: which event crosses the hot line depends on the
+        # order the visitor's anonymous and identified partitions are read in.)
+        demo = "u-sec:instant:demo_request:u-sec-m9"
+        decoded: list[Any] = []
         deadline = time.monotonic() + 30
-        while not alerts and time.monotonic() < deadline:
+        while demo not in {d["alert_id"] for d in decoded} and time.monotonic() < deadline:
+            decoded = []
             for team in teams:
-                alerts += await _read(secured.bootstrap, sec, t.routing(team), 1, timeout_s=1)
-        decoded = [orjson.loads(a.value) for a in alerts]
+                recs = await _read(secured.bootstrap, sec, t.routing(team), 1, timeout_s=1)
+                decoded += [orjson.loads(r.value) for r in recs]
         assert decoded and {d["lead_id"] for d in decoded} == {"u-sec"}, worker.tail()
-        assert {d["alert_id"] for d in decoded} == {"u-sec:instant:demo_request:u-sec-m9"}, decoded
+        assert demo in {d["alert_id"] for d in decoded}, decoded
+        assert {d["kind"] for d in decoded} <= {"instant", "hot_score"}, decoded
         status, doc = await worker.get("/leads/u-sec")
         assert status == 200 and doc["events_seen"] == len(msgs), doc
     finally:

@@ -21,3 +21,13 @@ def test_only_the_first_hole_of_a_partition_per_batch_and_reset_forgets() -> Non
     assert w.holes([("a", 0, 3), ("a", 0, 9), ("b", 2, 100)]) == {("a", 0): 1}
     w.reset()  # a rebalance: the partition may come back far ahead
     assert w.holes([("a", 0, 500)]) == {}
+
+
+def test_the_first_record_after_an_assignment_must_be_the_committed_one() -> None:
+    w = OffsetWatch()
+    committed = {("t", 0): 137, ("t", 1): 0}
+    # t[0] starts at 141: 137..140 were skipped at the takeover; t[1] starts where committed
+    got = w.holes([("t", 0, 141), ("t", 1, 0)], lambda tp: committed.get(tp))
+    assert got == {("t", 0): 137}
+    # a partition nobody committed yet: any start is fine
+    assert w.holes([("u", 0, 50)], lambda tp: committed.get(tp)) == {}
