@@ -123,6 +123,25 @@ def _raw_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
         yield from list(store.data.items())
 
 
+def _guarded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer body whose exceptions are logged: in Faust one would stop the whole worker.
+
+    (Seen: a rebalance during the metrics timer made aiokafka assert and the worker exit.)
+    The next tick tries again.
+    """
+
+    async def run() -> None:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("timer %s failed; trying again at its next tick", fn.__name__)
+
+    run.__name__ = fn.__name__
+    return run
+
+
 async def _no_gap(tp: Any, offset_from: int, offset_to: int) -> None:
     """Stands in for Faust's `Consumer._add_gap` (see `LeadflowApp._on_assigned`)."""
 
@@ -293,12 +312,12 @@ class LeadflowApp:
         self.app.agent(self.leads_topic, name=f"{settings.app_id}.score")(self._score)
         self.app.agent(self.assign_topic, name=f"{settings.app_id}.assign")(self._assign)
         self.app.timer(settings.sla_check_interval_s, name=f"{settings.app_id}.sla")(
-            self._sla_timer
+            _guarded(self._sla_timer)
         )
         self.app.timer(settings.decay_check_interval_s, name=f"{settings.app_id}.decay")(
-            self._decay_timer
+            _guarded(self._decay_timer)
         )
-        self.app.timer(5.0, name=f"{settings.app_id}.metrics")(self._metrics_timer)
+        self.app.timer(5.0, name=f"{settings.app_id}.metrics")(_guarded(self._metrics_timer))
         self.app.on_partitions_assigned.connect(self._on_assigned)
         from pipeline.stream import web  # late: the views close over this object
 

@@ -75,12 +75,16 @@ class InputConsumer:
     async def offsets(self) -> list[tuple[TopicPartition, int, int]]:
         """(partition, high watermark, committed offset) for each input partition read here."""
         out = []
-        for tp in self.consumer.assignment():
+        for tp in list(self.consumer.assignment()):
             if tp not in self.committed:  # not committed by this process yet: ask the group
                 with contextlib.suppress(KafkaError):
                     done = await self.consumer.committed(tp)
                     if done is not None:
                         self.committed[tp] = int(done)
+            # The await above lets a rebalance take the partition away (aiokafka then
+            # asserts in highwater): report only what is still ours.
+            if tp not in self.consumer.assignment():
+                continue
             high = self.consumer.highwater(tp)
             if high is not None and tp in self.committed:
                 out.append((tp, int(high), self.committed[tp]))
