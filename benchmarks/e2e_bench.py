@@ -5,9 +5,9 @@ input topics (a unique prefix per run). Each system runs in its own process and 
 group and reads the same input from the start:
 
 1. throughput: all N events are produced before the system starts; `events_per_s` is
-   measured from the first committed offset seen to the moment every input offset (for
-   leadflow also every offset of its internal re-keyed topics) is committed, by polling the
-   group's committed offsets every 0.2 s;
+   measured from the last poll before the first committed offset to the moment every
+   input offset (for leadflow also every offset of its internal re-keyed topics) is
+   committed, by polling the group's committed offsets every 0.2 s;
 2. latency: with the system caught up, `--latency-s` seconds of traffic at `--rate` events/s
    are produced with the send time as event time; p50/p99 of produce -> done (limit:
    consumed and decoded; naive_faust and quixstreams: table/state written; leadflow: the
@@ -188,14 +188,19 @@ class Offsets:
         """Poll until all offsets of `topics` are committed, or `timeout_s` passes."""
         pr = Progress()
         deadline = time.monotonic() + timeout_s
+        idle_at = time.monotonic()  # the last poll that saw no new input committed
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the system's process exited with code {proc.returncode}")
             inp, _ = await self.status(group, inputs)
             done, end = await self.status(group, topics)
             now = time.monotonic()
-            if pr.t_first is None and inp > 0:
-                pr.t_first, pr.c_first = now, inp
+            if pr.t_first is None and inp > pr.c_first:
+                # Progress started after the last idle poll: count from there, so that a
+                # system done within one poll interval still gets a (lower-bound) rate.
+                pr.t_first = idle_at
+            elif pr.t_first is None:
+                pr.c_first, idle_at = inp, now
             pr.t_last, pr.c_last = now, inp
             known = all(self.consumer.partitions_for_topic(t) for t in topics)
             if known and end > 0 and done >= end:
