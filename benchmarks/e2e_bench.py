@@ -233,12 +233,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _peak_rss_mb(pid: int) -> float | None:
+def _status_mb(pid: int, field: str) -> float | None:
+    """A memory field of /proc/<pid>/status (kB there) in MB, None if the process is gone."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmHWM")
+
+
+def _rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmRSS")
 
 
 def quix_python(workdir: Path, log: Any = None) -> tuple[Path | None, str]:

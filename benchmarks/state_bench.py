@@ -43,6 +43,7 @@ from e2e_bench import (
     _free_port,
     _peak_rss_mb,
     _produce_all,
+    _rss_mb,
     _stop,
     leadflow_env,
 )
@@ -51,16 +52,6 @@ from traffic import generate, lead_id
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 INTERNAL = ("identity", "leads", "assign")
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _du_mb(path: Path) -> float:

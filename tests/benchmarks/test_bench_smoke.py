@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e_bench.py"
-
-
-def _load():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("leadflow_e2e_bench_test", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.scripts import load_script
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
-    mod = _load()
+    mod = load_script("e2e_bench")
     report = await mod.bench(kafka_bootstrap, events=20000, leads=2000, systems=["limit"],
                              rate=1000.0, latency_s=1.0, max_s=60.0, drain_s=30.0)
     r = report["systems"]["limit"]
