@@ -8,6 +8,7 @@ from typing import Any
 from pipeline.core.breakdown import breakdown
 from pipeline.core.rules import CompiledRules
 from pipeline.core.state import LeadState
+from pipeline.stream import dedup
 from pipeline.stream.steps import rec_traits
 
 
@@ -31,5 +32,5 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "owner": state.owner,
         "traits": {k: traits[k] for k in ("title", "company", "country", "industry",
                                           "employees") if k in traits},
-        "events_seen": len(record.get("seen", {})),
+        "events_seen": dedup.count(record.get("seen")),
     }

@@ -26,6 +26,7 @@ from pipeline.core.state import LeadState
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import parse_message
 from pipeline.stream.codec import encode_event, event_from_dict, event_to_dict
+from pipeline.stream.dedup import SeenWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +135,11 @@ class ScoreResult:
     duplicates: int = 0
 
 
-# A lead record in the table: {"s": core LeadState as dict, "seen": {messageId: event ms}}.
-# The seen-set is the long dedup window (settings.dedup_retention_s, in event time); it is
-# kept beside the state so that both are written in one changelog record.
+# A lead record in the table: {"s": core LeadState as dict, "seen": the dedup window}.
+# The window (`stream.dedup`: messageId digests by event time, settings.dedup_retention_s)
+# is kept beside the state so that both are written in one changelog record. The state's
+# own short dedup list is stored empty: the window has already dropped every repeat before
+# the core sees it, and the list would be rewritten with the record on every batch.
 SEEN_CAP = 5000
 
 
@@ -168,16 +171,12 @@ def score_batch(
             res = tick(LeadState.from_dict(stored["s"]), tick_at, rules)
             if res.outputs:
                 out.outputs.extend(res.outputs)
-                out.writes[lead] = {**stored, "s": res.state.to_dict()}
+                out.writes[lead] = {**stored, "s": _stored_state(res.state)}
             continue
-        seen: dict[str, int] = dict(stored["seen"]) if stored is not None else {}
-        fresh: list[Event] = []
-        for e in evs:
-            if e.message_id in seen:
-                out.duplicates += 1
-                continue
-            seen[e.message_id] = e.timestamp_ms
-            fresh.append(e)
+        window = SeenWindow(stored["seen"] if stored is not None else None,
+                            retention_ms=dedup_retention_ms)
+        fresh = [e for e in evs if window.add(e.message_id, e.timestamp_ms)]
+        out.duplicates += len(evs) - len(fresh)
         if not fresh:
             continue
         state = LeadState.from_dict(stored["s"]) if stored is not None else None
@@ -186,15 +185,20 @@ def score_batch(
         if tick_at is not None:
             res = tick(res.state, tick_at, rules)
             out.outputs.extend(res.outputs)
-        horizon = max(seen.values()) - dedup_retention_ms
-        kept = {m: ts for m, ts in seen.items() if ts >= horizon}
-        if len(kept) > SEEN_CAP:  # bound memory for extremely active leads
-            kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-SEEN_CAP:])
-        write: dict[str, Any] = {"s": res.state.to_dict(), "seen": kept}
+        write: dict[str, Any] = {
+            "s": _stored_state(res.state),
+            "seen": window.to_dict(retention_ms=dedup_retention_ms, cap=SEEN_CAP),
+        }
         if stored is not None and stored.get("route"):
             write["route"] = stored["route"]
         out.writes[lead] = write
     return out
+
+
+def _stored_state(state: LeadState) -> dict[str, Any]:
+    d = state.to_dict()
+    d["seen"] = {}
+    return d
 
 
 # -- assignment: one record per team on the <app>-assign topic --------------------------
