@@ -58,6 +58,10 @@ class Result:
     reason: str = ""
     events: int = 0
     events_per_s: float | None = None
+    #: Input offsets committed per CPU second of the system's process: on a shared machine
+    #: this is steadier than the wall-clock rate, which also counts waiting for a core.
+    events_per_cpu_s: float | None = None
+    cpu_s: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
     latency_events: int = 0
@@ -189,6 +193,7 @@ class Offsets:
         pr = Progress()
         deadline = time.monotonic() + timeout_s
         idle_at = time.monotonic()  # the last poll that saw no new input committed
+        idle_cpu = _cpu_s(proc.pid)
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the system's process exited with code {proc.returncode}")
@@ -198,10 +203,10 @@ class Offsets:
             if pr.t_first is None and inp > pr.c_first:
                 # Progress started after the last idle poll: count from there, so that a
                 # system done within one poll interval still gets a (lower-bound) rate.
-                pr.t_first = idle_at
+                pr.t_first, pr.cpu_first = idle_at, idle_cpu
             elif pr.t_first is None:
-                pr.c_first, idle_at = inp, now
-            pr.t_last, pr.c_last = now, inp
+                pr.c_first, idle_at, idle_cpu = inp, now, _cpu_s(proc.pid)
+            pr.t_last, pr.c_last, pr.cpu_last = now, inp, _cpu_s(proc.pid)
             known = all(self.consumer.partitions_for_topic(t) for t in topics)
             if known and end > 0 and done >= end:
                 pr.complete = True
@@ -218,11 +223,25 @@ class Progress:
     t_last: float = 0.0
     c_last: int = 0
     complete: bool = False
+    cpu_first: float | None = None
+    cpu_last: float | None = None
 
     def rate(self) -> float | None:
         if self.t_first is None or self.t_last <= self.t_first:
             return None
         return (self.c_last - self.c_first) / (self.t_last - self.t_first)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the system's process used over the measured span."""
+        if self.t_first is None or self.cpu_first is None or self.cpu_last is None:
+            return None
+        return self.cpu_last - self.cpu_first
+
+    def rate_per_cpu_s(self) -> float | None:
+        cpu = self.cpu_seconds()
+        if cpu is None or cpu <= 0:
+            return None
+        return (self.c_last - self.c_first) / cpu
 
 
 # -- systems ----------------------------------------------------------------------------------
@@ -239,6 +258,18 @@ def _status_mb(pid: int, field: str) -> float | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
+    return None
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all its threads), None if it is gone."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # The command name (field 2) may hold spaces: count fields after its ')'.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
     return None
 
 
@@ -404,11 +435,15 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         if pr.t_first is not None:
             res.seconds = round(pr.t_last - pr.t_first, 2)
         res.events_per_s = None if rate is None else round(rate, 1)
+        per_cpu, cpu = pr.rate_per_cpu_s(), pr.cpu_seconds()
+        res.events_per_cpu_s = None if per_cpu is None else round(per_cpu, 1)
+        res.cpu_s = None if cpu is None else round(cpu, 2)
         if not pr.complete:
             res.notes.append("latency includes the wait behind the backlog")
             res.notes.append(f"throughput phase cut at {run.max_s:.0f} s: {pr.c_last:,} of "
                              f"{run.events:,} input offsets committed")
-        run.say(f"{name}: {res.events_per_s} events/s; latency phase "
+        run.say(f"{name}: {res.events_per_s} events/s ({res.events_per_cpu_s} per CPU "
+                f"second of its process); latency phase "
                 f"({run.rate:.0f}/s for {run.latency_s:.0f} s)…")
         before: dict[float, float] = {}
         if name == "leadflow":

@@ -44,14 +44,15 @@ def _table(report: dict[str, Any]) -> None:
 
     t = Table(title=f"leadflow bench: {report['events']:,} events, {report['leads']:,} leads, "
                     f"latency at {report['offered_rate']:,.0f} events/s")
-    for col in ("system", "events_per_s", "p50_ms", "p99_ms", "peak_rss_mb", "ratio_to_limit",
-                "notes"):
+    for col in ("system", "events_per_s", "per_cpu_s", "p50_ms", "p99_ms", "peak_rss_mb",
+                "ratio_to_limit", "notes"):
         t.add_column(col, justify="left" if col in ("system", "notes") else "right")
     for name, r in report["systems"].items():
         if not r["available"]:
-            t.add_row(name, "unavailable", "", "", "", "", r["reason"][:200])
+            t.add_row(name, "unavailable", "", "", "", "", "", r["reason"][:200])
             continue
-        t.add_row(name, _fmt(r["events_per_s"], 0), _fmt(r["p50_ms"]), _fmt(r["p99_ms"]),
+        t.add_row(name, _fmt(r["events_per_s"], 0), _fmt(r.get("events_per_cpu_s"), 0),
+                  _fmt(r["p50_ms"]), _fmt(r["p99_ms"]),
                   _fmt(r["peak_rss_mb"]), _fmt(r["ratio_to_limit"], 3), "; ".join(r["notes"]))
     m = report["machine"]
     t.caption = (f"{m['nproc']} cores, Python {m['python']}; load average at start "
