@@ -33,6 +33,7 @@ from pipeline.stream import emit
 from pipeline.stream.codec import decode_event, dumps, pack, unpack
 from pipeline.stream.keys import partition_for
 from pipeline.stream.steps import RawMessage, ingest_batch, rec_traits, score_batch, stitch_batch
+from pipeline.stream.worker import tune_gc
 
 PARTITIONS = 4
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -74,6 +75,7 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
     msgs = generate(events, leads, seed=seed, start_ms=T0, end_ms=T0 + 3_600_000)
     raw = [RawMessage(by_source[src], 0, i, T0 + 3_600_000, key, value)
            for i, (src, key, value) in enumerate(msgs)]
+    tune_gc()  # as the worker does at start (the traffic stands in for its start-up heap)
     identity, lead_table = Table(), Table()
     cpu = {"ingest": 0.0, "stitch": 0.0, "score": 0.0}
     bytes_written = {"identity": 0, "leads": 0}
@@ -133,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--leads", type=int, default=50_000)
-    ap.add_argument("--batch", type=int, default=2000, help="input messages per batch")
+    ap.add_argument("--batch", type=int, default=4000, help="input messages per batch")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

@@ -96,34 +96,37 @@ class LeadState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LeadState:
-        """Rebuild a state from `to_dict` output (e.g. read back from a changelog)."""
-        return cls(
-            lead_id=d["lead_id"],
-            stage=d["stage"],
-            stage_since_ms=d.get("stage_since_ms"),
-            fit=float(d["fit"]),
-            engagement=float(d["engagement"]),
-            product=float(d["product"]),
-            score_ms=d.get("score_ms"),
-            first_event_ms=d.get("first_event_ms"),
-            last_event_ms=d.get("last_event_ms"),
-            traits={k: (v[0], int(v[1])) for k, v in d.get("traits", {}).items()},
-            fit_hits=tuple((str(r), int(p)) for r, p in d.get("fit_hits", ())),
-            caps={r: tuple((int(w), int(p)) for w, p in ws)
-                  for r, ws in d.get("caps", {}).items()},
-            counts={r: tuple(int(t) for t in ts) for r, ts in d.get("counts", {}).items()},
-            achieved=frozenset(d.get("achieved", ())),
-            seen={str(k): int(v) for k, v in d.get("seen", {}).items()},
-            contributions={r: (float(c[0]), int(c[1]), str(c[2]), int(c[3]))
-                           for r, c in d.get("contributions", {}).items()},
-            recent=tuple((str(x[0]), str(x[1]), float(x[2]), int(x[3]))
-                         for x in d.get("recent", ())),
-            hot=bool(d.get("hot", False)),
-            last_alert_ms=d.get("last_alert_ms"),
-            alert_rules=tuple(d.get("alert_rules", ())),
-            owner=d.get("owner"),
-        )
+        """Rebuild a state from `to_dict` output (e.g. read back from a changelog).
 
+        Read once per lead per batch, so the containers are rebuilt by C-level `map` calls
+        rather than per-element conversions: JSON keeps ints and floats apart, and an int
+        where a float is expected compares and adds the same.
+        """
+        get = d.get
+        return make_state(
+            d["lead_id"],
+            d["stage"],
+            get("stage_since_ms"),
+            float(d["fit"]),
+            float(d["engagement"]),
+            float(d["product"]),
+            get("score_ms"),
+            get("first_event_ms"),
+            get("last_event_ms"),
+            dict(zip(traits := get("traits") or {}, map(tuple, traits.values()), strict=True)),
+            tuple(map(tuple, get("fit_hits") or ())),
+            {r: tuple(map(tuple, ws)) for r, ws in (get("caps") or {}).items()},
+            dict(zip(counts := get("counts") or {}, map(tuple, counts.values()), strict=True)),
+            frozenset(get("achieved") or ()),
+            dict(get("seen") or {}),
+            dict(zip(contrib := get("contributions") or {}, map(tuple, contrib.values()),
+                     strict=True)),
+            tuple(map(tuple, get("recent") or ())),
+            bool(get("hot", False)),
+            get("last_alert_ms"),
+            tuple(get("alert_rules") or ()),
+            get("owner"),
+        )
 
 
 # -- fast construction for the engine ------------------------------------------------------

@@ -50,49 +50,51 @@ def count(stored: Mapping[str, Any] | None) -> int:
 class SeenWindow:
     """One lead's window for the length of a batch: test-and-add, then trim and store."""
 
-    __slots__ = ("_added", "_bucket_ms", "_buckets", "_new")
+    __slots__ = ("_bucket_ms", "_buckets", "_new", "_retention_ms")
 
     def __init__(self, stored: Mapping[str, Any] | None, *, retention_ms: int) -> None:
+        self._retention_ms = retention_ms
         self._bucket_ms = max(1, retention_ms // BUCKETS_PER_WINDOW)
-        self._buckets: dict[int, str] = {}
-        self._new: dict[int, list[str]] = {}  # appended this batch, joined in `to_dict`
-        self._added: set[str] = set()
-        for key, value in (stored or {}).items():
-            if isinstance(value, str):
-                self._buckets[int(key)] = value
+        self._buckets: dict[str, str] = {}
+        #: Digests added in this batch -> their bucket key; joined into `_buckets` on store.
+        self._new: dict[str, str] = {}
+        if stored:
+            if all(isinstance(v, str) for v in stored.values()):
+                self._buckets = dict(stored)
             else:  # the former {messageId: event ms} form
-                self._append(digest(str(key)), int(value))
-        self._flush()
+                for key, value in stored.items():
+                    self._new[digest(str(key))] = self._key(int(value))
 
-    def _start(self, ts_ms: int) -> int:
-        return ts_ms - ts_ms % self._bucket_ms
-
-    def _append(self, d: str, ts_ms: int) -> None:
-        self._new.setdefault(self._start(ts_ms), []).append(d)
-        self._added.add(d)
-
-    def _flush(self) -> None:
-        for start, ds in self._new.items():
-            self._buckets[start] = self._buckets.get(start, "") + "".join(ds)
-        self._new.clear()
-        self._added.clear()
+    def _key(self, ts_ms: int) -> str:
+        return str(ts_ms - ts_ms % self._bucket_ms)
 
     def add(self, message_id: str, ts_ms: int) -> bool:
         """Record an id; False if it was already in the window (a duplicate)."""
         d = digest(message_id)
-        if d in self._added or any(_holds(s, d) for s in self._buckets.values()):
+        if d in self._new:
             return False
-        self._append(d, ts_ms)
+        for digests in self._buckets.values():
+            if _holds(digests, d):
+                return False
+        self._new[d] = self._key(ts_ms)
         return True
 
-    def to_dict(self, *, retention_ms: int, cap: int) -> dict[str, str]:
+    def to_dict(self, *, cap: int) -> dict[str, str]:
         """The window to store: buckets wholly older than the retention dropped, at most
         `cap` ids (the oldest buckets' earliest ids go first)."""
-        self._flush()
-        if not self._buckets:
+        buckets = self._buckets
+        if self._new:
+            grouped: dict[str, list[str]] = {}
+            for d, key in self._new.items():
+                grouped.setdefault(key, []).append(d)
+            buckets = dict(buckets)
+            for key, ds in grouped.items():
+                buckets[key] = buckets.get(key, "") + "".join(ds)
+        if not buckets:
             return {}
-        horizon = max(self._buckets) - retention_ms
-        kept = sorted((s, v) for s, v in self._buckets.items() if s + self._bucket_ms > horizon)
+        starts = sorted(map(int, buckets))
+        horizon = starts[-1] - self._retention_ms
+        kept = [(s, buckets[str(s)]) for s in starts if s + self._bucket_ms > horizon]
         excess = sum(len(v) for _, v in kept) // WIDTH - cap
         while excess > 0 and kept:
             start, v = kept[0]
@@ -103,5 +105,4 @@ class SeenWindow:
             else:
                 kept[0] = (start, v[excess * WIDTH:])
                 excess = 0
-        self._buckets = dict(kept)
         return {str(s): v for s, v in kept}

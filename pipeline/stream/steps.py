@@ -187,7 +187,7 @@ def score_batch(
             out.outputs.extend(res.outputs)
         write: dict[str, Any] = {
             "s": _stored_state(res.state),
-            "seen": window.to_dict(retention_ms=dedup_retention_ms, cap=SEEN_CAP),
+            "seen": window.to_dict(cap=SEEN_CAP),
         }
         if stored is not None and stored.get("route"):
             write["route"] = stored["route"]

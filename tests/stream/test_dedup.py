@@ -16,7 +16,7 @@ T0 = 1_767_225_600_000
 
 def _stored(window: SeenWindow, cap: int = 5000) -> dict[str, str]:
     # As the table keeps it: JSON bytes and back.
-    return dict(orjson.loads(orjson.dumps(window.to_dict(retention_ms=WEEK, cap=cap))))
+    return dict(orjson.loads(orjson.dumps(window.to_dict(cap=cap))))
 
 
 def test_an_id_is_new_once_within_a_batch_and_across_batches() -> None:
