@@ -1,7 +1,7 @@
 """State size per lead, measured (not a test): RocksDB bytes on disk and changelog bytes.
 
 Builds the worker's tables for N leads with the same pure steps the worker runs
-(`pipeline.stream.steps`: ingest -> stitch -> score, batches of 2,000 messages) over the
+(`pipeline.stream.steps`: ingest -> stitch -> score, batches of `BATCH_MAX` messages) over the
 benchmark traffic (`benchmarks/traffic.py`: every lead identified first, then a skewed
 page/e-mail/product/CRM mix), then stores the final tables the way faust-streaming does:
 
@@ -34,9 +34,9 @@ from faust.stores.rocksdb import RocksDBOptions
 from benchmarks.traffic import generate
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Settings
+from pipeline.stream.app import BATCH_MAX
 from pipeline.stream.steps import RawMessage, ingest_batch, score_batch, stitch_batch
 
-BATCH = 2000  # pipeline.stream.app.BATCH_MAX: one table write per key per batch
 PRODUCER_BATCH_BYTES = 16384  # aiokafka's max_batch_size, which Faust's producer keeps
 DAY_MS = 86_400_000
 END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -83,7 +83,8 @@ class Table:
             (k.encode(), codecs.dumps("json", v)) for k, v in writes.items())
 
 
-def build_tables(leads: int, events: int, seed: int) -> tuple[Table, Table, int]:
+def build_tables(leads: int, events: int, seed: int,
+                 batch: int = BATCH_MAX) -> tuple[Table, Table, int]:
     """Run ingest, stitch and score over the traffic; (identity, leads, events scored)."""
     settings = Settings()
     rules = load_default_rules()
@@ -93,8 +94,8 @@ def build_tables(leads: int, events: int, seed: int) -> tuple[Table, Table, int]
     identity, lead_table = Table("identity"), Table("leads")
     scored = 0
     retention_ms = int(settings.dedup_retention_s * 1000)
-    for start in range(0, len(traffic), BATCH):
-        chunk = traffic[start:start + BATCH]
+    for start in range(0, len(traffic), batch):
+        chunk = traffic[start:start + batch]
         msgs = [RawMessage(by_source[src], 0, start + i, END_MS, key, value)
                 for i, (src, key, value) in enumerate(chunk)]
         ing = ingest_batch(msgs, topics.inputs(), max_bytes=settings.max_message_bytes,
@@ -138,10 +139,13 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=Settings().partitions)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a tmp dir)")
+    ap.add_argument("--batch", type=int, default=BATCH_MAX,
+                    help="input messages per batch (one table write per key per batch); "
+                    "default: the worker's")
     args = ap.parse_args()
     events = max(args.leads, int(args.leads * args.events_per_lead))
     t0 = time.perf_counter()
-    identity, leads, scored = build_tables(args.leads, events, args.seed)
+    identity, leads, scored = build_tables(args.leads, events, args.seed, args.batch)
     build_s = time.perf_counter() - t0
     root = args.dir or Path(tempfile.mkdtemp(prefix="leadflow-state-"))
     try:

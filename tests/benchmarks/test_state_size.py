@@ -18,7 +18,8 @@ def test_state_size_prints_positive_consistent_figures(tmp_path: Path) -> None:
     leads = 1500  # 4,500 events: three batches of 2,000, so active leads are rewritten
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.state_size", "--leads", str(leads),
-         "--events-per-lead", "3", "--partitions", "4", "--dir", str(tmp_path / "state")],
+         "--events-per-lead", "3", "--partitions", "4", "--batch", "2000",
+         "--dir", str(tmp_path / "state")],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     lines = out.strip().splitlines()
