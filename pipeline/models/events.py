@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from pipeline.core.event import EMPTY, Event
+from pipeline.core.event import EMPTY, Event, make_event
 from pipeline.errors import InvalidEvent
 
 # Reason codes a message can be dead-lettered for; stable, used as metric label values.
@@ -232,19 +232,19 @@ def to_event(
         name = msg.group_id
     else:
         name = ""
-    return Event(
-        message_id=msg.message_id,
-        lead_id=lead_key(msg.user_id, msg.anonymous_id),
-        type=msg.type,
-        timestamp_ms=ts,
-        name=name,
-        source=source,
-        properties=msg.properties or EMPTY,
-        traits=traits or EMPTY,
-        url=str(url),
-        utm=utm,
-        anonymous_id=msg.anonymous_id,
-        user_id=msg.user_id,
+    return make_event(
+        msg.message_id,
+        lead_key(msg.user_id, msg.anonymous_id),
+        msg.type,
+        ts,
+        name,
+        source,
+        msg.properties or EMPTY,
+        traits or EMPTY,
+        str(url),
+        utm,
+        msg.anonymous_id,
+        msg.user_id,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.event import EMPTY, Event
+from pipeline.core.event import EMPTY, Event, make_event
 
 
 def _default(obj: object) -> Any:
@@ -46,19 +46,20 @@ def _frozen(v: Any) -> Any:
 
 def event_from_dict(d: Mapping[str, Any]) -> Event:
     """Inverse of event_to_dict."""
-    return Event(
-        message_id=d["m"],
-        lead_id=d["l"],
-        type=d["t"],
-        timestamp_ms=d["ts"],
-        name=d.get("n", ""),
-        source=d.get("s", ""),
-        properties=_frozen(d.get("p")),
-        traits=_frozen(d.get("tr")),
-        url=d.get("u", ""),
-        utm=_frozen(d.get("utm")),
-        anonymous_id=d.get("a"),
-        user_id=d.get("uid"),
+    get = d.get
+    return make_event(
+        d["m"],
+        d["l"],
+        d["t"],
+        d["ts"],
+        get("n", ""),
+        get("s", ""),
+        _frozen(get("p")),
+        _frozen(get("tr")),
+        get("u", ""),
+        _frozen(get("utm")),
+        get("a"),
+        get("uid"),
     )
 
 
