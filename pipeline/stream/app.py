@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.05
-ENVELOPES_MAX = 192
+ENVELOPES_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +76,10 @@ class Tuning:
 
     batch_max: int = BATCH_MAX
     #: Envelopes per batch on the internal topics (each holds up to a batch of events).
-    #: Larger batches put more of a lead's events into one table write: 64 -> 192 (with
-    #: 5,000 input messages per batch, from 2,000) gave 7,979 events per CPU second of the
-    #: worker against 7,391-7,444 in `leadflow bench` (300k events, 100k leads).
+    #: More per batch puts more of a lead's events into one table write, but a batch's
+    #: decoded states are all in memory at once: 192 gave 7,979 events per worker CPU
+    #: second against 7,391-7,444 with 64 (`leadflow bench`), but 1,285 MB RSS with a
+    #: million leads against 908 MB with 64 (`benchmarks/state_bench.py`).
     envelopes_max: int = ENVELOPES_MAX
     batch_within_s: float = BATCH_WITHIN_S
     visitor_buffer: int = 200
