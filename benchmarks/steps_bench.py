@@ -101,9 +101,10 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
         t = clock()
         evs = [decode_event(line) for env in lines for line in env]
         sc = score_batch(evs, lead_table.get, rules, dedup_retention_ms=7 * 86_400_000)
-        traits = {lead: rec_traits(w) for lead, w in sc.writes.items()}
+        traits = {lead: rec_traits(sc.writes[lead])
+                  for lead in emit.routed_leads(sc.outputs) if lead in sc.writes}
         routes = {}
-        for lead in {e.lead_id for e in evs}:
+        for lead in emit.acking_leads(evs):
             rec = sc.writes.get(lead) or lead_table.get(lead)
             if rec is not None and rec.get("route"):
                 routes[lead] = rec["route"]

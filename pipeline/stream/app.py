@@ -500,9 +500,11 @@ class LeadflowApp:
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
             ticks=ticks,
         )
-        traits = {lead: rec_traits(w) for lead, w in res.writes.items()}
+        # Only the few leads that are alerted, handed off or acknowledged are looked up.
+        traits = {lead: rec_traits(res.writes[lead])
+                  for lead in emit.routed_leads(res.outputs) if lead in res.writes}
         routes = {}
-        for lead in {e.lead_id for e in decoded}:
+        for lead in emit.acking_leads(decoded):
             rec = res.writes.get(lead) or leads.get(lead)
             if rec is not None and rec.get("route"):
                 routes[lead] = rec["route"]

@@ -101,6 +101,16 @@ class Plan:
     moves: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
 
 
+def routed_leads(outputs: Sequence[object]) -> set[str]:
+    """Leads whose outputs need their traits: alerts and routing hand-offs (see `plan`)."""
+    return {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
+
+
+def acking_leads(events: Sequence[Event]) -> set[str]:
+    """Leads with an acknowledgement event in the batch: `plan` needs their route."""
+    return {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}
+
+
 def plan(
     outputs: Sequence[object],
     traits_of: Mapping[str, Mapping[str, Any]],
@@ -109,7 +119,11 @@ def plan(
     routing: RoutingRules,
     topics: Topics,
 ) -> Plan:
-    """Map one batch's core outputs (and acknowledgement events) to messages."""
+    """Map one batch's core outputs (and acknowledgement events) to messages.
+
+    `traits_of` needs the leads of `routed_leads(outputs)`, `routes` those of
+    `acking_leads(events)`; other leads are not looked up.
+    """
     p = Plan()
     for o in outputs:
         if isinstance(o, StageMove):
