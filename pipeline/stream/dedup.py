@@ -59,7 +59,8 @@ class SeenWindow:
         #: Digests added in this batch -> their bucket key; joined into `_buckets` on store.
         self._new: dict[str, str] = {}
         if stored:
-            if all(isinstance(v, str) for v in stored.values()):
+            # One format per record: it is written whole by one version.
+            if isinstance(next(iter(stored.values())), str):
                 self._buckets = dict(stored)
             else:  # the former {messageId: event ms} form
                 for key, value in stored.items():
@@ -84,18 +85,25 @@ class SeenWindow:
         `cap` ids (the oldest buckets' earliest ids go first)."""
         buckets = self._buckets
         if self._new:
-            grouped: dict[str, list[str]] = {}
-            for d, key in self._new.items():
-                grouped.setdefault(key, []).append(d)
             buckets = dict(buckets)
-            for key, ds in grouped.items():
-                buckets[key] = buckets.get(key, "") + "".join(ds)
-        if not buckets:
-            return {}
-        starts = sorted(map(int, buckets))
-        horizon = starts[-1] - self._retention_ms
-        kept = [(s, buckets[str(s)]) for s in starts if s + self._bucket_ms > horizon]
-        excess = sum(len(v) for _, v in kept) // WIDTH - cap
+            if len(self._new) == 1:  # the usual case: one new event of the lead
+                ((d, key),) = self._new.items()
+                buckets[key] = buckets.get(key, "") + d
+            else:
+                grouped: dict[str, list[str]] = {}
+                for d, key in self._new.items():
+                    grouped.setdefault(key, []).append(d)
+                for key, ds in grouped.items():
+                    buckets[key] = buckets.get(key, "") + "".join(ds)
+        if len(buckets) > 1:
+            horizon = max(map(int, buckets)) - self._retention_ms
+            if any(int(k) + self._bucket_ms <= horizon for k in buckets):
+                buckets = {k: v for k, v in buckets.items()
+                           if int(k) + self._bucket_ms > horizon}
+        excess = sum(map(len, buckets.values())) // WIDTH - cap
+        if excess <= 0:
+            return buckets
+        kept = sorted(buckets.items(), key=lambda kv: int(kv[0]))
         while excess > 0 and kept:
             start, v = kept[0]
             n = len(v) // WIDTH
@@ -105,4 +113,4 @@ class SeenWindow:
             else:
                 kept[0] = (start, v[excess * WIDTH:])
                 excess = 0
-        return {str(s): v for s, v in kept}
+        return dict(kept)
