@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -53,6 +54,32 @@ FAST_FAILOVER: dict[str, str] = {
     "num.replica.fetchers": "1",
     "background.threads": "4",
 }
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; else its default)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
+def _bind_listen_port(attempts: int = 200) -> socket.socket:
+    """A socket bound to a free port on HOST below the ephemeral range (bind(0) if none)."""
+    low = _ephemeral_ports()[0]
+    ports = list(range(10000, low))
+    random.shuffle(ports)
+    for port in ports[:attempts]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            s.close()
+            continue
+        return s
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    return s
 
 
 def _read_properties(path: Path) -> dict[str, str]:
@@ -218,14 +245,18 @@ class LocalCluster:
     def _assign_ports(self) -> None:
         # Hold every socket while picking so that all 2N ports differ; a restarted node
         # keeps its ports (the others' quorum.voters and clients' bootstrap name them).
+        # Ports come from below the kernel's ephemeral range: a port picked by bind(0) is
+        # free only until the JVM binds it seconds later, and meanwhile any outgoing
+        # connection may get it as its local port; a client retrying 127.0.0.1:P can even
+        # connect to itself on P (seen: "failed to bind to 127.0.0.1:54351: Address
+        # already in use" while the other nodes' clients polled it).
         held: list[socket.socket] = []
         try:
             for node in self.nodes.values():
                 for name in ("port", "controller_port"):
                     if getattr(node, name) == 0:
-                        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        s = _bind_listen_port()
                         held.append(s)
-                        s.bind((HOST, 0))
                         setattr(node, name, int(s.getsockname()[1]))
         finally:
             for s in held:

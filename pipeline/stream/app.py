@@ -50,7 +50,7 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
-from pipeline.stream.offsets import OffsetWatch
+from pipeline.stream.offsets import OffsetWatch, generation_starts
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -306,6 +306,8 @@ class LeadflowApp:
         self.input_consumer: InputConsumer | None = None
         # Offsets of the Faust-read partitions, to notice records its consumer skipped.
         self._offsets = OffsetWatch()
+        #: Where each assigned partition's reading must begin (see `_on_assigned`).
+        self._starts: dict[tuple[str, int], int] = {}
         self._lag_reported: set[tuple[str, int]] = set()
         if settings.processing_guarantee == "at_least_once":
             self.app.task(self._read_inputs)
@@ -384,8 +386,11 @@ class LeadflowApp:
         if self.settings.processing_guarantee != "at_least_once":
             return {}
         done = cast(Any, self.app.consumer)._committed_offset  # TP keys; tuples match
+        starts = self._starts
 
         def committed(tp: tuple[str, int]) -> int | None:
+            if tp in starts:  # asked of the broker at the assignment
+                return starts[tp]
             offset = done.get(tp)
             return int(offset) if offset is not None and offset >= 0 else None
 
@@ -588,7 +593,25 @@ class LeadflowApp:
         # A partition may come back from another worker, far ahead: no hole.
         self._offsets.reset()
         consumer = cast(Any, self.app.consumer)
+        self._starts = {}
         if self.settings.processing_guarantee == "at_least_once" and consumer is not None:
+            # Faust seeks to the committed offsets only after recovery, while its fetcher
+            # already runs, then clears its stream queues: records fetched meanwhile are
+            # dropped, and on a partition with nothing (or 0) committed it never seeks
+            # back (seen: the first record of a taken-over partition never scored). The
+            # broker's committed offsets, asked now before anything of this assignment is
+            # read, are what the first record of each partition must be.
+            ours = {self.identity_topic_name, self.leads_topic_name, self.assign_topic_name}
+            try:
+                self._starts = await asyncio.wait_for(generation_starts(
+                    self.bootstrap, self.settings.app_id,
+                    [(tp.topic, tp.partition) for tp in consumer.assignment()
+                     if tp.topic in ours],
+                    lambda tps: consumer.earliest_offsets(*tps),
+                    KafkaSecurity.from_settings(self.settings).client_kwargs()), 15.0)
+            except Exception as exc:  # never fail a rebalance: Faust's view is the fallback
+                log.warning("committed offsets not read at assignment (%r); holes at the "
+                            "very start of a partition may go unnoticed", exc)
             # Faust counts an offset jump as done and commits past it (faust #606); with no
             # transactions on our topics a jump is a skipped record, so never commit past
             # one: the commit waits until `_holes` has had it read again.

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from pipeline.stream.steps import RawMessage
 
@@ -117,17 +117,24 @@ class InputConsumer:
             log.warning("input batch of %d not forwarded (%s); retrying", len(msgs), exc)
             await asyncio.sleep(RETRY_BACKOFF_S)
             for tp, recs in batch.items():
-                self.consumer.seek(tp, recs[0].offset)
+                if tp in self.consumer.assignment():  # aiokafka raises for any other
+                    self.consumer.seek(tp, recs[0].offset)
             return
         except Exception as exc:
             log.exception("input batch of %d failed; dead-lettering it", len(msgs))
             await self.on_failure(msgs, exc)
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        # A rebalance during the batch may have given some of its partitions to another
+        # worker, which reads them again from the last commit (repeats are dropped by
+        # messageId downstream). aiokafka refuses a commit naming any partition no longer
+        # assigned (IllegalStateError, which would end the worker): commit only ours.
+        assigned = self.consumer.assignment()
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The partitions moved to another worker meanwhile; it reads them from the last
-            # commit, and the repeats are dropped by messageId downstream.
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on meanwhile (a rebalance in progress or completed).
             log.warning("input offsets not committed after a rebalance: %s", exc)
             return
         self.committed.update(offsets)

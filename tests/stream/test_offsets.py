@@ -1,8 +1,15 @@
-"""OffsetWatch: a skipped record is noticed, re-reads and other partitions are not holes."""
+"""OffsetWatch: a skipped record is noticed, re-reads and other partitions are not holes;
+generation_starts: where reading must begin after an assignment (on a real broker)."""
 
 from __future__ import annotations
 
-from pipeline.stream.offsets import OffsetWatch
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline.stream.offsets import OffsetWatch, generation_starts
 
 
 def test_a_jump_is_a_hole_from_the_first_skipped_offset() -> None:
@@ -31,3 +38,45 @@ def test_the_first_record_after_an_assignment_must_be_the_committed_one() -> Non
     assert got == {("t", 0): 137}
     # a partition nobody committed yet: any start is fine
     assert w.holes([("u", 0, 50)], lambda tp: committed.get(tp)) == {}
+
+
+@pytest.mark.integration
+async def test_generation_starts_are_the_committed_offset_else_the_earliest(
+    kafka_bootstrap: str,
+) -> None:
+    """On a real broker: committed 5 -> 5, committed 0 -> 0, nothing committed -> the
+    partition's earliest offset (not None: the first record read must still be checked)."""
+    topic = f"t{uuid.uuid4().hex[:8]}.starts"
+    group = f"g{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for p in range(3):
+            for _ in range(8):
+                await producer.send_and_wait(topic, b"x", partition=p)
+    finally:
+        await producer.stop()
+    c = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign([TopicPartition(topic, p) for p in range(3)])
+        await c.commit({TopicPartition(topic, 0): 5, TopicPartition(topic, 1): 0})
+        asked: list[list[TopicPartition]] = []
+
+        async def earliest(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            asked.append(tps)
+            return dict(await c.beginning_offsets(tps))
+
+        starts = await generation_starts(kafka_bootstrap, group,
+                                         [(topic, 0), (topic, 1), (topic, 2)], earliest, {})
+    finally:
+        await c.stop()
+    assert starts == {(topic, 0): 5, (topic, 1): 0, (topic, 2): 0}
+    assert asked == [[TopicPartition(topic, 2)]]  # only where nothing was committed
