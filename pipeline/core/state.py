@@ -68,7 +68,11 @@ class LeadState:
                 "product": round(self.product, 2)}
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict (orjson-serialisable); `from_dict` reverses it exactly."""
+        """A JSON-friendly dict (orjson-serialisable); `from_dict` reverses it exactly.
+
+        Tuples are left as they are (JSON writes them as arrays), so the dict is built
+        with C-level copies, not per-element lists: it is made once per lead per batch.
+        """
         return {
             "v": 1,
             "lead_id": self.lead_id,
@@ -80,17 +84,17 @@ class LeadState:
             "score_ms": self.score_ms,
             "first_event_ms": self.first_event_ms,
             "last_event_ms": self.last_event_ms,
-            "traits": {k: [v, ts] for k, (v, ts) in self.traits.items()},
-            "fit_hits": [[r, p] for r, p in self.fit_hits],
-            "caps": {r: [[w, p] for w, p in ws] for r, ws in self.caps.items()},
-            "counts": {r: list(ts) for r, ts in self.counts.items()},
+            "traits": dict(self.traits),
+            "fit_hits": self.fit_hits,
+            "caps": dict(self.caps),
+            "counts": dict(self.counts),
             "achieved": sorted(self.achieved),
             "seen": dict(self.seen),
-            "contributions": {r: list(c) for r, c in self.contributions.items()},
-            "recent": [list(x) for x in self.recent],
+            "contributions": dict(self.contributions),
+            "recent": self.recent,
             "hot": self.hot,
             "last_alert_ms": self.last_alert_ms,
-            "alert_rules": list(self.alert_rules),
+            "alert_rules": self.alert_rules,
             "owner": self.owner,
         }
 
