@@ -32,7 +32,7 @@ from pipeline.settings import Topics
 from pipeline.stream import emit
 from pipeline.stream.codec import decode_event, dumps, pack, unpack
 from pipeline.stream.keys import partition_for
-from pipeline.stream.steps import RawMessage, ingest_batch, rec_traits, score_batch, stitch_batch
+from pipeline.stream.steps import RawMessage, ingest_batch, score_batch, stitch_batch
 from pipeline.stream.worker import tune_gc
 
 PARTITIONS = 4
@@ -101,14 +101,7 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
         t = clock()
         evs = [decode_event(line) for env in lines for line in env]
         sc = score_batch(evs, lead_table.get, rules, dedup_retention_ms=7 * 86_400_000)
-        traits = {lead: rec_traits(sc.writes[lead])
-                  for lead in emit.routed_leads(sc.outputs) if lead in sc.writes}
-        routes = {}
-        for lead in emit.acking_leads(evs):
-            rec = sc.writes.get(lead) or lead_table.get(lead)
-            if rec is not None and rec.get("route"):
-                routes[lead] = rec["route"]
-        p = emit.plan(sc.outputs, traits, evs, routes, rules.routing, topics)
+        p = emit.plan_scored(sc.outputs, sc.writes, evs, lead_table.get, rules.routing, topics)
         bytes_written["leads"] += lead_table.write(sc.writes)
         cpu["score"] += clock() - t
         counts["outputs"] += len(p.sends) + len(p.assign)

@@ -57,7 +57,6 @@ from pipeline.stream.steps import (
     assign_batch,
     ingest_batch,
     overdue,
-    rec_traits,
     score_batch,
     stitch_batch,
 )
@@ -505,15 +504,8 @@ class LeadflowApp:
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
             ticks=ticks,
         )
-        # Only the few leads that are alerted, handed off or acknowledged are looked up.
-        traits = {lead: rec_traits(res.writes[lead])
-                  for lead in emit.routed_leads(res.outputs) if lead in res.writes}
-        routes = {}
-        for lead in emit.acking_leads(decoded):
-            rec = res.writes.get(lead) or leads.get(lead)
-            if rec is not None and rec.get("route"):
-                routes[lead] = rec["route"]
-        p = emit.plan(res.outputs, traits, decoded, routes, self.rules.routing, topics)
+        p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
+                             topics)
         sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
         routed_ms = int(time.time() * 1000)
         for team, cmd in p.assign:

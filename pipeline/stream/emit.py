@@ -7,7 +7,7 @@ gets back the messages to send plus the assignment requests for the assign agent
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, St
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.models.outputs import DeadLetter, RoutingAlert, StageChange, TopReason
 from pipeline.settings import Topics
-from pipeline.stream.steps import Rejected
+from pipeline.stream.steps import Rejected, rec_traits
 
 ACK_EVENTS = frozenset({"Alert Acknowledged", "Lead Contacted"})
 
@@ -101,16 +101,6 @@ class Plan:
     moves: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
 
 
-def routed_leads(outputs: Sequence[object]) -> set[str]:
-    """Leads whose outputs need their traits: alerts and routing hand-offs (see `plan`)."""
-    return {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
-
-
-def acking_leads(events: Sequence[Event]) -> set[str]:
-    """Leads with an acknowledgement event in the batch: `plan` needs their route."""
-    return {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}
-
-
 def plan(
     outputs: Sequence[object],
     traits_of: Mapping[str, Mapping[str, Any]],
@@ -121,8 +111,8 @@ def plan(
 ) -> Plan:
     """Map one batch's core outputs (and acknowledgement events) to messages.
 
-    `traits_of` needs the leads of `routed_leads(outputs)`, `routes` those of
-    `acking_leads(events)`; other leads are not looked up.
+    `traits_of` is read for the leads with an alert or hand-off, `routes` for the leads with
+    an acknowledgement event (`plan_scored` looks up just those).
     """
     p = Plan()
     for o in outputs:
@@ -183,3 +173,27 @@ def plan(
                 "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
                 else None, "at_ms": e.timestamp_ms, "event": e.name}))
     return p
+
+
+def plan_scored(
+    outputs: Sequence[object],
+    writes: Mapping[str, Mapping[str, Any]],
+    events: Sequence[Event],
+    get: Callable[[str], Mapping[str, Any] | None],
+    routing: RoutingRules,
+    topics: Topics,
+) -> Plan:
+    """`plan` for a score batch: traits and routes read from its lead records.
+
+    Only the few leads that are alerted, handed off or acknowledged are looked up (reading
+    the traits of every written lead cost 2.7 us per event); `get` reads a lead the batch
+    did not write.
+    """
+    routed = {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
+    traits = {lead: rec_traits(writes[lead]) for lead in routed if lead in writes}
+    routes: dict[str, Mapping[str, Any]] = {}
+    for lead in {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}:
+        rec = writes.get(lead) or get(lead)
+        if rec is not None and rec.get("route"):
+            routes[lead] = rec["route"]
+    return plan(outputs, traits, events, routes, routing, topics)

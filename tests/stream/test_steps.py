@@ -255,3 +255,28 @@ def test_decay_tick_recycles_a_quiet_mql_and_keeps_the_route() -> None:
     assert moves == [(stage, "recycled", "decay")]
     assert res.writes["u1"]["route"] == {"team": "sales", "alert_id": "x"}
     assert res.writes["u1"]["seen"] == table["u1"]["seen"]
+
+
+def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
+    from pipeline.core.event import Event
+    from pipeline.stream import emit
+
+    t0 = 1_767_225_600_000
+    ack = Event(message_id="a1", lead_id="u1", type="track", timestamp_ms=t0, user_id="u1",
+                name="Alert Acknowledged", properties={"alert_id": "x"})
+    page = Event(message_id="p1", lead_id="u2", type="page", timestamp_ms=t0, user_id="u2")
+    asked: list[str] = []
+
+    def get(lead: str) -> dict[str, Any] | None:
+        asked.append(lead)
+        return {"route": {"team": "sales", "alert_id": "x"}} if lead == "u1" else None
+
+    p = emit.plan_scored([], {}, [ack, page], get, RULES.routing, Topics())
+    assert asked == ["u1"]
+    assert p.assign == [("sales", {"op": "ack", "lead_id": "u1", "alert_id": "x",
+                                   "at_ms": t0, "event": "Alert Acknowledged"})]
+    # A lead written in the batch is read from its write, not from the table.
+    asked.clear()
+    p = emit.plan_scored([], {"u1": {"route": {"team": "emea", "alert_id": "y"}}},
+                         [ack], get, RULES.routing, Topics())
+    assert asked == [] and p.assign[0][0] == "emea"
