@@ -14,25 +14,19 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.steps import RawMessage
+from tests.conftest import NewTopic as NewTopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 async def test_a_partition_taken_during_a_batch_is_left_uncommitted_and_the_rest_committed(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, new_topic: NewTopicFactory,
 ) -> None:
-    topic = f"t{uuid.uuid4().hex[:8]}.inputs"
+    topic = await new_topic("inputs", partitions=2)
     group = f"g{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.stream.offsets import OffsetWatch, generation_starts
+from tests.conftest import NewTopic as NewTopicFactory
 
 
 def test_a_jump_is_a_hole_from_the_first_skipped_offset() -> None:
@@ -42,18 +42,12 @@ def test_the_first_record_after_an_assignment_must_be_the_committed_one() -> Non
 
 @pytest.mark.integration
 async def test_generation_starts_are_the_committed_offset_else_the_earliest(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, new_topic: NewTopicFactory,
 ) -> None:
     """On a real broker: committed 5 -> 5, committed 0 -> 0, nothing committed -> the
     partition's earliest offset (not None: the first record read must still be checked)."""
-    topic = f"t{uuid.uuid4().hex[:8]}.starts"
+    topic = await new_topic("starts", partitions=3)
     group = f"g{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    finally:
-        await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
