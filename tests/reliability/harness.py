@@ -209,15 +209,17 @@ async def stage_changes(iso: Isolated, *, read_committed: bool = False) -> list[
 
 
 async def aborted_records(iso: Isolated) -> int:
-    """Records of aborted transactions on the leads topic and the outputs (exactly-once).
+    """Records of aborted transactions on the internal topics, changelogs and outputs.
 
     Read once as a plain consumer sees them and once read_committed: the difference is
     what a killed worker wrote in transactions that never committed, i.e. proof that the
     kills landed inside open transactions.
     """
     t = iso.settings.topics
-    topics = [f"{iso.env['LEADFLOW_APP_ID']}-leads", t.stage_changes,
-              *(t.routing(team) for team in TEAMS), t.nurture, t.recycle]
+    app = iso.env["LEADFLOW_APP_ID"]
+    topics = [*(f"{app}-{name}" for name in ("identity", "leads", "assign")),
+              *(f"{app}-{table}-changelog" for table in ("identity", "leads", "owners")),
+              t.stage_changes, *(t.routing(team) for team in TEAMS), t.nurture, t.recycle]
     everything = await read_all(iso.bootstrap, topics)
     committed = await read_all(iso.bootstrap, topics, read_committed=True)
     return len(everything) - len(committed)
