@@ -5,10 +5,11 @@ sent *to* (``f"{app id}-{group}-{partition}"`` of the destination topic), and co
 input offsets of a partition in the transaction of that partition. That is only exact for
 an agent that writes back to its own partition: ours re-key (the identity, leads and
 assign topics are keyed by anonymousId, lead and team), send envelopes to other
-partitions, and write routing topics and dead letters that no agent of the app reads (no
-transactional producer exists for them; Faust then sends outside any transaction, or
-fails). The outputs of a batch and the offsets that say the batch is done were therefore
-in different transactions, or in none.
+partitions, and write routing topics and dead letters that no agent of the app reads
+(`group_for_topic` has no group for them and raises KeyError; a send whose partition
+metadata is not known yet goes out with no transaction at all). The outputs of a batch
+and the offsets that say the batch is done were therefore in different transactions, or
+in none.
 
 What Kafka needs instead is that everything a batch produces -- its outputs to any
 topic and partition, and its tables' changelog records -- goes out in the *same*
@@ -25,13 +26,16 @@ already in the transactions. The local table store is written only after the com
 and the commit would keep state whose changelog records and outputs were aborted, and the
 replayed input would then be dropped as a duplicate by messageId -- its outputs lost.
 
-Faust may deliver a record again after the batch that held it has committed: after a
-rebalance its recovery resumes the stream partitions *before* it seeks them to their
-committed offsets (`Recovery._resume_streams`), so records fetched in between are handled,
-committed, and then fetched again from the offset read before that commit (seen in the
-crash test: three identity records stitched twice, 0.17 s apart, right after a restart;
-their events reached the leads topic twice, read_committed). `ExactlyOnce.run` drops
-records below the offset this worker has already committed for their partition.
+Faust's recovery resumes the stream partitions *before* it seeks them to their committed
+offsets (`Recovery._resume_streams` and `.on_recovery_completed`, one offset request per
+partition), so records fetched in between are handled and committed and then come again
+from the offset read before that commit, and around that seek its consumer also failed to
+deliver records at all. Both were seen in the crash test: three identity records stitched
+twice, 0.17 s apart, right after a restart (their events on the leads topic twice, read
+committed); and events.web[3] offset 330 handled, then 336-350, 331-335 never delivered
+(their events lost; all offsets committed). `_Consumer` therefore holds the stream
+partitions back until the seek is done, and `ExactlyOnce.run` still drops any record below
+the offset this worker has committed for its partition (or seen twice in one batch).
 
 Sends outside a batch (the SLA and decay timers' requests) go through Faust's plain
 idempotent producer: they are requests whose effects happen in-stream, in transactions.
@@ -192,12 +196,17 @@ class ExactlyOnce(TransactionManager):
     def _parts(self, events: Sequence[Event]) -> list[tuple[str, list[Event]]]:
         parts: dict[str, list[Event]] = {}
         again = 0
+        taken = dict(self._committed)  # per partition: the next offset not yet handled
         for ev in events:
             m = ev.message
             tp = TP(m.topic, m.partition)
-            if m.offset < self._committed.get(tp, -1):
-                again += 1  # committed by an earlier transaction of ours
+            if m.offset < taken.get(tp, -1):
+                # Committed by an earlier transaction of ours, or twice in this batch.
+                again += 1
+                log.debug("again: %s[%d]@%d < %d", m.topic, m.partition, m.offset,
+                          taken.get(tp, -1))
                 continue
+            taken[tp] = m.offset + 1
             parts.setdefault(self.transactional_id(tp), []).append(ev)
         if again:
             log.info("dropped %d records delivered again after their commit", again)
@@ -251,6 +260,9 @@ class ExactlyOnce(TransactionManager):
             tp = TopicPartition(m.topic, m.partition)
             offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
         txn = BatchTransaction(tid, producer)
+        if log.isEnabledFor(logging.DEBUG):  # which offsets each transaction covers
+            log.debug("transaction %s: %s", tid, {
+                f"{tp.topic}[{tp.partition}]": offset for tp, offset in offsets.items()})
         async with self._locks[tid]:
             try:
                 await producer.begin_transaction()
@@ -296,8 +308,35 @@ class _ConsumerThread(AIOKafkaConsumerThread):
 
 
 class _Consumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer, with the fixes exactly-once needs (module docstring)."""
+
+    _held: set[TP] | None = None
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Resume changelog partitions now, stream partitions only after the next seek.
+
+        Faust's recovery resumes the stream partitions and *then* seeks them to their
+        committed offsets (`Recovery._resume_streams`, `.on_recovery_completed`); what
+        is fetched in between is handled, and around the seek records were delivered
+        again or not at all (see the module docstring).
+        """
+        tps = set(tps)
+        changelogs = cast(Any, self.app.tables)._changelogs
+        streams = {tp for tp in tps if tp.topic not in changelogs}
+        if streams:
+            self._held = (self._held or set()) | streams
+        super().resume_partitions(tps - streams)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, then resume the stream partitions held back."""
+        await super().perform_seek()
+        held, self._held = self._held or set(), None
+        assigned = self.assignment()
+        if held & assigned:
+            super().resume_partitions(held & assigned)
 
 
 def install(app: faust.App) -> None:
