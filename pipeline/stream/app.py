@@ -38,7 +38,7 @@ from pipeline.kafka.security import KafkaSecurity
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, RoutingAlert
 from pipeline.settings import Settings
-from pipeline.stream import emit
+from pipeline.stream import emit, transactions
 from pipeline.stream.codec import (
     TICK_PREFIX,
     decode_event,
@@ -200,8 +200,18 @@ class _BatchTable:
         """Write the staged values to the store, and remember the changelog offsets.
 
         The offsets are what Faust's own changelog callback keeps: on recovery the store
-        reads its changelog only past them.
+        reads its changelog only past them. Under exactly-once both wait for the batch's
+        transaction to commit (see `stream.transactions`).
         """
+        txn = transactions.current()
+        if txn is not None:
+            # Persisted: the commit marker that follows our records (`transactions.MARKER`),
+            # else every restart waits in Faust's recovery for a record that never comes.
+            txn.after_commit(lambda: self._write(acked, past=transactions.MARKER))
+        else:
+            self._write(acked)
+
+    def _write(self, acked: Sequence[Any], past: int = 0) -> None:
         store = self.table.data
         for k, v, ev in self._staged:
             _current_event.set(weakref.ref(ev))
@@ -211,13 +221,8 @@ class _BatchTable:
         for meta in acked:
             if meta.topic == self.changelog:
                 last[meta.partition] = max(meta.offset, last.get(meta.partition, -1))
-        app = self.table.app
         for partition, offset in last.items():
-            tp = TP(self.changelog, partition)
-            if app.in_transaction:
-                app.tables.persist_offset_on_commit(store, tp, offset)
-            else:
-                store.set_persisted_offset(tp, offset)
+            store.set_persisted_offset(TP(self.changelog, partition), offset + past)
 
 
 def rocksdb_options(settings: Settings) -> dict[str, Any]:
@@ -277,6 +282,8 @@ class LeadflowApp:
             producer_acks=-1,
             logging_config=None,
         )
+        if settings.processing_guarantee == "exactly_once":
+            transactions.install(self.app)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = self.app.topic(*self.sources, **raw)
@@ -334,7 +341,11 @@ class LeadflowApp:
 
         Straight to Faust's producer (its transaction manager under exactly-once), not
         through `Topic.send`, whose per-record bookkeeping cost more than the scoring.
+        Under exactly-once, inside a batch: in the batch's transaction.
         """
+        txn = transactions.current()
+        if txn is not None:
+            return await txn.send_all(sends)
         producer = await self.app.maybe_start_producer()
         futures = [
             await producer.send(topic, key, value, partition, None, None)
@@ -363,6 +374,12 @@ class LeadflowApp:
         silently) and the agent goes on with the next batch.
         """
         async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
+            if self.settings.processing_guarantee == "exactly_once":
+                # One transaction per source partition group, dead letters included.
+                await transactions.manager(self.app).run(
+                    events, handle,
+                    lambda evs, exc: self._dead_letter_failed([_raw(ev) for ev in evs], exc))
+                continue
             holes = self._holes(events)
             try:
                 await handle(list(events))

@@ -25,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.core.engine import apply
-from pipeline.core.outputs import StageMove
+from pipeline.core.outputs import AlertTrigger, RoutingDecision, StageMove
 from pipeline.core.rules import load_default_rules
 from pipeline.core.state import LeadState
 from pipeline.models.events import parse_message
@@ -89,6 +89,9 @@ class Reference:
     stage: dict[str, str]  # the order the score agent saw
     moves: list[Move]  # the order the score agent saw
     stage_if_generator_order: dict[str, str]
+    #: Ids of the alerts (routing.<team>) and hand-offs (routing.nurture/recycle) the core
+    #: raises in the order the score agent saw; stable ids, so each must arrive once.
+    alerts: list[str]
 
 
 def _stitched(msgs: list[Message]) -> list[tuple[str, Any]]:
@@ -103,16 +106,28 @@ def _stitched(msgs: list[Message]) -> list[tuple[str, Any]]:
     return out
 
 
-def _run(ordered: list[tuple[str, Any]]) -> tuple[dict[str, LeadState], list[Move]]:
+def _handoff_id(o: RoutingDecision) -> str:
+    # The id `stream.emit.plan` gives a nurture/recycle hand-off.
+    return f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}"
+
+
+def _run(ordered: list[tuple[str, Any]]
+         ) -> tuple[dict[str, LeadState], list[Move], list[str]]:
     rules = load_default_rules()
     states: dict[str, LeadState] = {}
     moves: list[Move] = []
+    alerts: list[str] = []
     for lead, e in ordered:
         res = apply(states.get(lead), e, rules)
         states[lead] = res.state
-        moves += [(o.lead_id, o.from_stage, o.to_stage, o.cause_message_id)
-                  for o in res.outputs if isinstance(o, StageMove)]
-    return states, moves
+        for o in res.outputs:
+            if isinstance(o, StageMove):
+                moves.append((o.lead_id, o.from_stage, o.to_stage, o.cause_message_id))
+            elif isinstance(o, AlertTrigger):
+                alerts.append(o.alert_id)
+            elif isinstance(o, RoutingDecision):
+                alerts.append(_handoff_id(o))
+    return states, moves, alerts
 
 
 def _doc(lead: str, s: LeadState) -> dict[str, Any]:
@@ -125,14 +140,15 @@ def events_per_lead(msgs: list[Message]) -> dict[str, int]:
 
 
 def reference(msgs: list[Message], seen_order: list[tuple[str, Any]]) -> Reference:
-    gen_states, _ = _run(_stitched(msgs))
-    seen_states, moves = _run(seen_order)
+    gen_states, _, _ = _run(_stitched(msgs))
+    seen_states, moves, alerts = _run(seen_order)
     return Reference(
         scores={k: _doc(k, s)["scores"] for k, s in gen_states.items()},
         events=events_per_lead(msgs),
         stage={k: _doc(k, s)["stage"] for k, s in seen_states.items()},
         moves=moves,
         stage_if_generator_order={k: _doc(k, s)["stage"] for k, s in gen_states.items()},
+        alerts=alerts,
     )
 
 
@@ -192,6 +208,31 @@ async def stage_changes(iso: Isolated, *, read_committed: bool = False) -> list[
     return moves
 
 
+async def aborted_records(iso: Isolated) -> int:
+    """Records of aborted transactions on the internal topics, changelogs and outputs.
+
+    Read once as a plain consumer sees them and once read_committed: the difference is
+    what a killed worker wrote in transactions that never committed, i.e. proof that the
+    kills landed inside open transactions.
+    """
+    t = iso.settings.topics
+    app = iso.env["LEADFLOW_APP_ID"]
+    topics = [*(f"{app}-{name}" for name in ("identity", "leads", "assign")),
+              *(f"{app}-{table}-changelog" for table in ("identity", "leads", "owners")),
+              t.stage_changes, *(t.routing(team) for team in TEAMS), t.nurture, t.recycle]
+    everything = await read_all(iso.bootstrap, topics)
+    committed = await read_all(iso.bootstrap, topics, read_committed=True)
+    return len(everything) - len(committed)
+
+
+async def alert_ids(iso: Isolated, *, read_committed: bool = False) -> list[str]:
+    """The alert id of every record on the teams' and the nurture/recycle routing topics."""
+    t = iso.settings.topics
+    recs = await read_all(iso.bootstrap, [*(t.routing(team) for team in TEAMS), t.nurture,
+                                          t.recycle], read_committed=read_committed)
+    return [str(orjson.loads(r.value)["alert_id"]) for r in recs]
+
+
 async def lead_docs(worker: WorkerProcess, leads: list[str]) -> dict[str, Any]:
     """GET /leads/{id} for every lead (404 -> None), a few at a time."""
     sem = asyncio.Semaphore(16)
@@ -234,11 +275,18 @@ class Verdict:
     wrong_events: list[str]
     wrong_stage: list[str]
     stage_order_dependent: int
+    alerts_lost: list[str]
+    alerts_unexpected: list[str]
+    alerts_duplicated: int
+    alerts_emitted: int
 
 
-def judge(ref: Reference, docs: dict[str, Any], got: list[Move]) -> Verdict:
+def judge(ref: Reference, docs: dict[str, Any], got: list[Move],
+          alerts: list[str] | None = None) -> Verdict:
     count = Counter(got)
     expected = Counter(ref.moves)
+    sent = Counter(alerts or [])
+    want = Counter(ref.alerts) if alerts is not None else Counter()
     return Verdict(
         lost=sorted((expected - count).elements(), key=str),
         unexpected=sorted(set(count) - set(expected), key=str),
@@ -249,6 +297,10 @@ def judge(ref: Reference, docs: dict[str, Any], got: list[Move]) -> Verdict:
         wrong_stage=[k for k in ref.events if docs[k]["stage"] != ref.stage[k]],
         stage_order_dependent=sum(ref.stage[k] != ref.stage_if_generator_order[k]
                                   for k in ref.events),
+        alerts_lost=sorted((want - sent).elements()),
+        alerts_unexpected=sorted(set(sent) - set(want)),
+        alerts_duplicated=sum(n - 1 for n in sent.values() if n > 1),
+        alerts_emitted=len(alerts or []),
     )
 
 

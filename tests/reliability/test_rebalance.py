@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.reliability.harness import (
+    alert_ids,
     events_per_lead,
     judge,
     make_isolated,
@@ -36,12 +37,16 @@ STEPS = 60
 SECONDS = 18.0
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_survivor_takes_over_and_result_is_exact(
     kafka_bootstrap: str, tmp_path: Path, producer: AIOKafkaProducer,
     worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
+    guarantee: str,
 ) -> None:
+    eos = guarantee == "exactly_once"
     iso = await make_isolated(kafka_bootstrap, tmp_path / "home",
-                              extra_env={"LEADFLOW_STANDBY_REPLICAS": "1"})
+                              extra_env={"LEADFLOW_STANDBY_REPLICAS": "1",
+                                         "LEADFLOW_PROCESSING_GUARANTEE": guarantee})
     msgs = messages(300, 31)
     w1 = worker_factory(iso)
     await w1.wait_ready()
@@ -63,14 +68,20 @@ async def test_survivor_takes_over_and_result_is_exact(
     assert w1.stop(signal.SIGTERM) == 0, w1.tail()
     await producing
     docs = await settled(w2, events_per_lead(msgs))
-    order, replayed = await seen_order(iso)
+    order, replayed = await seen_order(iso, read_committed=eos)
     ref = reference(msgs, order)
-    v = judge(ref, docs, await stage_changes(iso))
-    report(capsys, f"rebalance-test: events={len(msgs)} leads={len(ref.events)} "
+    v = judge(ref, docs, await stage_changes(iso, read_committed=eos),
+              await alert_ids(iso, read_committed=eos))
+    report(capsys, f"rebalance-test[{guarantee}]: events={len(msgs)} leads={len(ref.events)} "
            f"replayed-inputs={replayed} lost={len(v.lost)} duplicated={v.duplicated} "
            f"(of {v.emitted} stage changes, {len(ref.moves)} expected) "
-           f"unexpected={len(v.unexpected)}")
+           f"unexpected={len(v.unexpected)} alerts: lost={len(v.alerts_lost)} "
+           f"duplicated={v.alerts_duplicated} of {v.alerts_emitted}")
     assert not v.wrong_events and not v.wrong_scores, (v.wrong_events[:5], v.wrong_scores[:5])
     assert not v.wrong_stage, v.wrong_stage[:5]
     assert not v.lost, v.lost[:10]
     assert not v.unexpected, v.unexpected[:10]
+    assert not v.alerts_lost and not v.alerts_unexpected, (v.alerts_lost[:10],
+                                                          v.alerts_unexpected[:10])
+    if eos:
+        assert v.duplicated == 0 and v.alerts_duplicated == 0 and replayed == 0
