@@ -156,7 +156,7 @@ class _BatchTable:
 
     Faust's stores (RocksDB in particular) take the partition of a read or write from the
     current event, which exists only while iterating a stream one event at a time. In a
-    batch we set it per key to the record the key arrived in: every record of the topics
+    batch each key uses the partition of the record it arrived in: every record of the topics
     that feed a table is on its keys' partition (keyed, or an envelope sent to
     `partition_for` its keys). Writes bypass ``table[key] = value``, whose changelog
     records Faust would send one by one through its buffer: `stage` turns a batch's
@@ -169,25 +169,29 @@ class _BatchTable:
         self.by_key = by_key
         self.changelog = cast(str, table.changelog_topic.get_topic_name())
         self._staged: list[tuple[bytes, bytes, Event]] = []
+        # RocksDB (rocksdict) is read and written straight through the partition's database:
+        # Faust's `_get`/`_set` around each call cost more than the read or write. Any other
+        # store goes through Faust, which takes the partition from the current event.
+        self._direct = bool(getattr(table.data, "use_rocksdict", False))
 
-    def _bind(self, key: bytes) -> Event:
+    def _event(self, key: bytes) -> Event:
+        """The record `key` arrived in (its partition is the key's)."""
         ev = self.by_key.get(key)
         if ev is None:
             raise KeyError(f"table key {key!r} is not the key of any message in the batch")
-        _current_event.set(weakref.ref(ev))
         return ev
 
     def get(self, key: str) -> Any:
         """Read a key of this batch (str key, as the pure steps use)."""
         k = key.encode()
-        ev = self._bind(k)
+        ev = self._event(k)
         # The store's raw bytes, decoded here: `table.get` asks the store twice (contains,
-        # then get) and decodes through Faust's serializer registry. With RocksDB, straight
-        # from the partition's database: Faust's `_get` around it cost more than the read.
+        # then get) and decodes through Faust's serializer registry.
         store = self.table.data
-        if hasattr(store, "_db_for_partition"):
+        if self._direct:
             raw = store._db_for_partition(ev.message.partition).get(k)
         else:
+            _current_event.set(weakref.ref(ev))
             raw = store._get(k)
         return None if raw is None else orjson.loads(raw)
 
@@ -196,7 +200,7 @@ class _BatchTable:
         sends: list[Send] = []
         for key, value in writes.items():
             k = key.encode()
-            ev = self._bind(k)
+            ev = self._event(k)
             v = dumps(value)
             self._staged.append((k, v, ev))
             sends.append((self.changelog, k, v, ev.message.partition))
@@ -219,9 +223,9 @@ class _BatchTable:
 
     def _write(self, acked: Sequence[Any], past: int = 0) -> None:
         store = self.table.data
-        if getattr(store, "use_rocksdict", False):
-            # RocksDB: one write batch per partition database (Faust's changelog recovery
-            # writes the same way), not a `_set` call per key.
+        if self._direct:
+            # One write batch per partition database (Faust's changelog recovery writes the
+            # same way), not a call per key.
             batches: dict[int, Any] = {}
             for k, v, ev in self._staged:
                 wb = batches.get(ev.message.partition)
