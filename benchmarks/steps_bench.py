@@ -30,7 +30,7 @@ from traffic import generate
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Topics
 from pipeline.stream import emit
-from pipeline.stream.codec import decode_event, dumps, pack, unpack
+from pipeline.stream.codec import decode_event, dumps, encode_event, pack, unpack
 from pipeline.stream.keys import partition_for
 from pipeline.stream.steps import RawMessage, ingest_batch, score_batch, stitch_batch
 from pipeline.stream.worker import tune_gc
@@ -95,7 +95,7 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
         decoded = [decode_event(line) for env in envs for line in env]
         st = stitch_batch(decoded, identity.get)
         bytes_written["identity"] += identity.write(st.writes)
-        lines = _envelopes([(e.lead_id.encode(), dumps(emit_line(e))) for e in st.forward])
+        lines = _envelopes([(e.lead_id.encode(), encode_event(e)) for e in st.forward])
         cpu["stitch"] += clock() - t
 
         t = clock()
@@ -116,13 +116,6 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
         "events_per_cpu_s": round(n / total),
         "bytes_written_per_event": {k: round(v / n, 1) for k, v in bytes_written.items()},
     }
-
-
-def emit_line(e: Any) -> Any:
-    """The internal form of an event (what the stitch agent forwards)."""
-    from pipeline.stream.codec import event_to_dict
-
-    return event_to_dict(e)
 
 
 def main() -> None:
