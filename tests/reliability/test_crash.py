@@ -56,9 +56,13 @@ PRODUCE_STEPS = 100
 STEP_SECONDS = 0.35
 
 
-async def _crash_run(kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
-                     worker_factory: Callable[..., WorkerProcess], guarantee: str,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_sigkill_is_exact_and_loses_nothing(
+    kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
+    worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
+    guarantee: str,
+) -> None:
+    """Exact under both guarantees; under exactly-once each output also comes once."""
     from pathlib import Path
 
     iso = await make_isolated(kafka_bootstrap, Path(str(tmp_path)) / "home",
@@ -127,20 +131,3 @@ async def _crash_run(kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaP
         # The internal topics too: a replayed input under exactly-once is a transaction
         # that was committed twice.
         assert replayed == 0
-
-
-async def test_sigkill_at_least_once_is_exact_and_loses_nothing(
-    kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
-    worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
-) -> None:
-    await _crash_run(kafka_bootstrap, tmp_path, producer, worker_factory, "at_least_once",
-                     capsys)
-
-
-
-async def test_sigkill_exactly_once_is_exact_and_emits_each_output_once(
-    kafka_bootstrap: str, tmp_path: object, producer: AIOKafkaProducer,
-    worker_factory: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str],
-) -> None:
-    await _crash_run(kafka_bootstrap, tmp_path, producer, worker_factory, "exactly_once",
-                     capsys)
