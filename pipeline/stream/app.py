@@ -52,6 +52,7 @@ from pipeline.stream.codec import (
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
 from pipeline.stream.offsets import OffsetWatch, generation_starts
+from pipeline.stream.produce import send_batches
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -302,6 +303,9 @@ class LeadflowApp:
             stream_buffer_maxsize=16384,
             topic_allow_declare=True,
             producer_acks=-1,
+            # Record batches of up to 512 KiB (`produce.send_batches`): a batch's changelog records
+            # for one partition mostly go as one, under the broker's 1 MiB message limit.
+            producer_max_batch_size=512 * 1024,
             logging_config=None,
         )
         if settings.processing_guarantee == "exactly_once":
@@ -359,21 +363,29 @@ class LeadflowApp:
 
     # -- helpers ---------------------------------------------------------------------
     async def _send_all(self, sends: Iterable[Send]) -> list[Any]:
-        """Publish now and wait for every broker ack; the record metadata, in order.
+        """Publish now and wait for every broker ack; what was acknowledged, per record.
 
-        Straight to Faust's producer (its transaction manager under exactly-once), not
+        Straight to the Kafka producer (its transaction manager under exactly-once), not
         through `Topic.send`, whose per-record bookkeeping cost more than the scoring.
+        Records for a given partition (changelogs, envelopes) go as record batches
+        (`produce.send_batches`); the rest (outputs keyed for the default partitioner) one by one.
         Under exactly-once, inside a batch: in the batch's transaction.
         """
         txn = transactions.current()
         if txn is not None:
             return await txn.send_all(sends)
         producer = await self.app.maybe_start_producer()
-        futures = [
-            await producer.send(topic, key, value, partition, None, None)
-            for topic, key, value, partition in sends
-        ]
-        return list(await asyncio.gather(*futures)) if futures else []
+        by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        futures = []
+        for topic, key, value, partition in sends:
+            if partition is None:
+                futures.append(await producer.send(topic, key, value, None, None, None))
+            else:
+                by_tp.setdefault((topic, partition), []).append((key, value))
+        acked: list[Any] = list(await asyncio.gather(*futures)) if futures else []
+        if by_tp:
+            acked += await send_batches(cast(Any, producer)._ensure_producer(), by_tp)
+        return acked
 
     def _envelopes(self, topic: str, keyed: Iterable[tuple[bytes, bytes]]) -> list[Send]:
         """(key, line) pairs -> one envelope (or a few) per partition of `topic`."""
