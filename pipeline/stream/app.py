@@ -52,7 +52,7 @@ from pipeline.stream.codec import (
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
 from pipeline.stream.offsets import OffsetWatch, generation_starts
-from pipeline.stream.produce import send_batches
+from pipeline.stream.produce import Send, send_records
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -111,9 +111,6 @@ def _raw(ev: Event) -> RawMessage:
         key=m.key,
         value=m.value,
     )
-
-
-Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
 
 
 # orjson writes `"stage":"mql"` with no spaces: a cheap test before decoding a record.
@@ -363,29 +360,17 @@ class LeadflowApp:
 
     # -- helpers ---------------------------------------------------------------------
     async def _send_all(self, sends: Iterable[Send]) -> list[Any]:
-        """Publish now and wait for every broker ack; what was acknowledged, per record.
+        """Publish now and wait for every broker ack; what was acknowledged.
 
-        Straight to the Kafka producer (its transaction manager under exactly-once), not
-        through `Topic.send`, whose per-record bookkeeping cost more than the scoring.
-        Records for a given partition (changelogs, envelopes) go as record batches
-        (`produce.send_batches`); the rest (outputs keyed for the default partitioner) one by one.
-        Under exactly-once, inside a batch: in the batch's transaction.
+        Straight to the Kafka producer (`produce.send_records`; under exactly-once, inside
+        a batch, the batch's transactional one), not through `Topic.send`, whose per-record
+        bookkeeping cost more than the scoring.
         """
         txn = transactions.current()
         if txn is not None:
             return await txn.send_all(sends)
         producer = await self.app.maybe_start_producer()
-        by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        futures = []
-        for topic, key, value, partition in sends:
-            if partition is None:
-                futures.append(await producer.send(topic, key, value, None, None, None))
-            else:
-                by_tp.setdefault((topic, partition), []).append((key, value))
-        acked: list[Any] = list(await asyncio.gather(*futures)) if futures else []
-        if by_tp:
-            acked += await send_batches(cast(Any, producer)._ensure_producer(), by_tp)
-        return acked
+        return await send_records(cast(Any, producer)._ensure_producer(), sends)
 
     def _envelopes(self, topic: str, keyed: Iterable[tuple[bytes, bytes]]) -> list[Send]:
         """(key, line) pairs -> one envelope (or a few) per partition of `topic`."""

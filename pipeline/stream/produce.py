@@ -1,4 +1,4 @@
-"""Records for known partitions sent as record batches of aiokafka's producer.
+"""Records sent through aiokafka's producer, those for known partitions as record batches.
 
 `AIOKafkaProducer.send` costs about 9.5 us of CPU per record (a future and its metadata
 per message); `create_batch`/`send_batch` cost about 2.4 us per record in a batch
@@ -9,8 +9,11 @@ this is paid on every event.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +50,22 @@ async def send_batches(
     metas = await asyncio.gather(*(fut for fut, *_ in waiting))
     return [Acked(topic, partition, meta.offset + n - 1)
             for meta, (_, topic, partition, n) in zip(metas, waiting, strict=True)]
+
+
+async def send_records(producer: Any, sends: Iterable[Send]) -> list[Any]:
+    """Send `sends` through a started `AIOKafkaProducer` and wait for every broker ack.
+
+    Records for a given partition (changelogs, envelopes) go as record batches
+    (`send_batches`), the rest (keyed for the producer's partitioner) one by one; all are
+    queued before any ack is awaited, so they share the producer's requests. Returns what
+    was acknowledged: an `Acked` per batch, a `RecordMetadata` per single record.
+    """
+    by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+    singles = []
+    for topic, key, value, partition in sends:
+        if partition is None:
+            singles.append(await producer.send(topic, value, key=key))
+        else:
+            by_tp.setdefault((topic, partition), []).append((key, value))
+    acked: list[Any] = await send_batches(producer, by_tp) if by_tp else []
+    return acked + list(await asyncio.gather(*singles))

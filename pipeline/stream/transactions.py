@@ -67,10 +67,11 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, EventT
 
+from pipeline.stream.produce import Send, send_records
+
 log = logging.getLogger(__name__)
 
 Event = EventT[Any]
-Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
 
 
 class TransactionFailed(Exception):
@@ -90,13 +91,9 @@ class BatchTransaction:
         self.producer = producer
         self._after: list[Callable[[], None]] = []
 
-    async def send_all(self, sends: Iterable[Send]) -> list[RecordMetadata]:
-        """Send in this transaction and wait for every broker ack; the metadata, in order."""
-        futures = [
-            await self.producer.send(topic, value, key=key, partition=partition)
-            for topic, key, value, partition in sends
-        ]
-        return list(await asyncio.gather(*futures)) if futures else []
+    async def send_all(self, sends: Iterable[Send]) -> list[Any]:
+        """Send in this transaction and wait for every broker ack (`produce.send_records`)."""
+        return await send_records(self.producer, sends)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run `fn` once the transaction has committed (never if it aborts)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.stream.produce import Acked, send_batches
+from pipeline.stream.produce import Acked, send_batches, send_records
 from tests.conftest import NewTopic as NewTopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -50,3 +50,21 @@ async def test_records_split_into_batches_land_in_order_with_their_last_offsets(
         await consumer.stop()
     assert got[0] == [(k, v, i) for i, (k, v) in enumerate(records[0])]
     assert got[1] == [*((k, v, i) for i, (k, v) in enumerate(records[1])), (None, b"last", 40)]
+
+
+async def test_send_records_batches_records_with_a_partition_and_sends_the_rest_singly(
+    kafka_bootstrap: str, new_topic: NewTopicFactory,
+) -> None:
+    batched, keyed = await new_topic("produce", partitions=2), await new_topic("produce")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        acks = await send_records(producer, [
+            (batched, b"a", b"1", 1), (keyed, b"lead-1", b"out", None), (batched, b"b", b"2", 1),
+        ])
+    finally:
+        await producer.stop()
+    # One ack for partition 1's batch of two (its last offset), one for the single record.
+    assert acks[0] == Acked(batched, 1, 1)
+    assert (acks[1].topic, acks[1].partition, acks[1].offset) == (keyed, 0, 0)
+    assert len(acks) == 2
