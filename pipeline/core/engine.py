@@ -37,13 +37,20 @@ from pipeline.core.outputs import (
     StageMove,
     Temperature,
 )
-from pipeline.core.rules import ENGAGEMENT, CompiledDecay, CompiledEventRule, CompiledRules
+from pipeline.core.rules import (
+    ENGAGEMENT,
+    CompiledDecay,
+    CompiledEventRule,
+    CompiledRequirement,
+    CompiledRules,
+)
 from pipeline.core.stages import (
     ALERTABLE,
     CRM,
     CRM_EVENTS,
     DECAY,
     DECAYS_TO_RECYCLED,
+    DISQUALIFY,
     IDENTIFIED,
     PRODUCT,
     SCORE,
@@ -80,9 +87,9 @@ class _Work:
     """
 
     __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
-                 "first_event_ms", "fit", "fit_hits", "hot", "last_alert_ms",
-                 "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "score_ms",
-                 "seen", "stage", "stage_since_ms", "traits")
+                 "first_event_ms", "fit", "fit_hits", "hot", "last_alert_id", "last_alert_ms",
+                 "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "rejection",
+                 "score_ms", "seen", "stage", "stage_since_ms", "team", "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -106,6 +113,9 @@ class _Work:
         self.last_alert_ms = s.last_alert_ms
         self.alert_rules = s.alert_rules
         self.owner = s.owner
+        self.team = s.team
+        self.last_alert_id = s.last_alert_id
+        self.rejection = s.rejection
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -114,7 +124,7 @@ class _Work:
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
-            self.owner,
+            self.owner, self.team, self.last_alert_id, self.rejection,
         )
 
     def groups(self) -> dict[str, float]:
@@ -157,7 +167,7 @@ def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
 
 
 def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
-          mid: str | None) -> bool:
+          mid: str | None, detail: str | None = None) -> bool:
     """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable."""
     ok, reason = decide(w.stage, to, cause)
     if not ok:
@@ -165,7 +175,7 @@ def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
             w.outs.append(MoveRefused(w.lead_id, w.stage, to, at, reason, mid))
         return False
     total = round(r.total(w.fit, w.engagement, w.product), 2)
-    w.outs.append(StageMove(w.lead_id, w.stage, to, at, rule, mid, total, w.groups()))
+    w.outs.append(StageMove(w.lead_id, w.stage, to, at, rule, mid, total, w.groups(), detail))
     w.stage = to
     w.stage_since_ms = at
     if to == "recycled" or to == "customer" or to == "disqualified":
@@ -182,35 +192,115 @@ def _temperature(w: _Work, r: CompiledRules, total: float) -> Temperature:
     return "warm" if total >= r.mql else "cold"
 
 
+def _plain_traits(w: _Work) -> dict[str, Any]:
+    return {k: v for k, (v, _ts) in w.traits.items()}
+
+
+def _gate(w: _Work, r: CompiledRules, own: CompiledRequirement | None) -> str | None:
+    """Why this lead's alert may not reach a team (alerts.require, then the trigger's own)."""
+    for req in (r.alert_require, own):
+        if req is not None:
+            why = req.failure(w.fit, w.fit_hits, _plain_traits(w))
+            if why is not None:
+                return why
+    return None
+
+
+def _review(w: _Work, r: CompiledRules, rule: str, why: str, at: int, mid: str | None) -> None:
+    """Send a lead that asked for sales but fails the requirements to the review queue."""
+    total = r.total(w.fit, w.engagement, w.product)
+    w.outs.append(RoutingDecision(w.lead_id, "review", _temperature(w, r, total), at, why, mid,
+                                  round(total, 2), w.groups(), rule))
+
+
 def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
-           mid: str | None) -> bool:
-    """Emit an alert unless the stage takes none or the cooldown holds it back."""
+           mid: str | None, require: CompiledRequirement | None = None) -> bool:
+    """Emit an alert unless the stage takes none or the cooldown holds it back.
+
+    A lead that fails the alert requirements goes to review instead (counted as its alert
+    for the cooldown). A trigger inside the cooldown of an earlier alert updates that one.
+    """
     if w.stage not in ALERTABLE:
         return False
     last = w.last_alert_ms
+    updates: str | None = None
     if last is not None and abs(at - last) < r.cooldown_ms:
         # inside the cooldown only a trigger rule not yet alerted counts as news
         if kind != "instant" or rule in w.alert_rules:
             return False
         w.alert_rules = (*w.alert_rules, rule)
+        updates = w.last_alert_id
     else:
         w.alert_rules = (rule,)
         w.last_alert_ms = at
+    why = _gate(w, r, require)
+    if why is not None:
+        _review(w, r, rule, why, at, mid)
+        return True
     total = r.total(w.fit, w.engagement, w.product)
-    w.outs.append(AlertTrigger(
+    a = AlertTrigger(
         w.lead_id, kind, _temperature(w, r, total), at, rule, mid, round(total, 2), w.groups(),
-        top_reasons(w.contrib, w.fit_hits)))
+        top_reasons(w.contrib, w.fit_hits), updates)
+    w.last_alert_id = a.alert_id
+    w.outs.append(a)
     return True
 
 
 # -- scoring -------------------------------------------------------------------------------
 
 
-def _recompute_fit(w: _Work, r: CompiledRules) -> None:
-    plain = {k: v for k, (v, _ts) in w.traits.items()}
-    hits = tuple([(tr.id, tr.points) for tr in r.traits if tr.test(plain)])
-    w.fit_hits = hits
-    w.fit = float(sum(p for _, p in hits))
+def _recompute_fit(w: _Work, r: CompiledRules) -> str | None:
+    """Fit from the merged traits; the first disqualifying trait rule that holds, if any."""
+    plain = _plain_traits(w)
+    hit = [tr for tr in r.traits if tr.test(plain)]
+    w.fit_hits = tuple([(tr.id, tr.points) for tr in hit])
+    w.fit = float(sum(tr.points for tr in hit))
+    return next((tr.id for tr in hit if tr.disqualify), None)
+
+
+def _disqualify(w: _Work, r: CompiledRules, rule: str, at: int, mid: str | None) -> None:
+    """A disqualifying rule holds: the lead leaves the funnel (refusals from closed stages)."""
+    if w.stage != "disqualified":
+        _move(w, r, "disqualified", DISQUALIFY, rule, at, mid)
+
+
+def _crm(w: _Work, r: CompiledRules, e: Event) -> None:
+    """A sales move from the CRM, with the criteria and reasons it carries."""
+    name = e.name
+    target = CRM_EVENTS[name]
+    if target is None:
+        return
+    t, mid = e.timestamp_ms, e.message_id
+    detail: str | None = None
+    if target == "sql" and r.sql_requires and w.stage != "sql":
+        missing = [k for k in r.sql_requires if e.properties.get(k) in (None, "", False)]
+        if missing:
+            w.outs.append(MoveRefused(
+                w.lead_id, w.stage, "sql", t,
+                f"{r.framework} criteria missing on {name!r}: {', '.join(missing)}", mid))
+            return
+    if name == "Lead Rejected":
+        reason = e.properties.get("reason")
+        detail = str(reason)[:200] if reason not in (None, "") else None
+        if _move(w, r, target, CRM, f"crm:{name}", t, mid, detail):
+            w.rejection = detail or "unspecified"
+        return
+    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail)
+
+
+def _idle(w: _Work, r: CompiledRules, eng: float, prod: float, total: float, t: int,
+          mid: str | None) -> None:
+    """After idle time decayed the lead: recycle by activity, cool a hot lead.
+
+    Recycling reads activity (engagement and product), never fit: a perfect profile that
+    stopped doing anything goes back to marketing. Only decay recycles: an MQL made by a
+    trigger with few points stays until it has been idle.
+    """
+    w.engagement, w.product = eng, prod
+    if w.stage in DECAYS_TO_RECYCLED and r.activity(eng, prod) < r.recycle:
+        _move(w, r, "recycled", DECAY, "decay", t, mid)
+    if w.hot and total < r.cool:
+        w.hot = False
 
 
 def _merge_traits(w: _Work, e: Event, r: CompiledRules) -> None:
@@ -226,7 +316,9 @@ def _merge_traits(w: _Work, e: Event, r: CompiledRules) -> None:
             changed[k] = (v, t)
     if changed is not None:
         w.traits = changed
-        _recompute_fit(w, r)
+        dq = _recompute_fit(w, r)
+        if dq is not None:
+            _disqualify(w, r, dq, t, e.message_id)
 
 
 def _tie(v: Any, old: tuple[Any, int]) -> bool:
@@ -320,7 +412,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     match = r.match
     cache_get = r._cache.get  # the match cache, read directly (see below)
     d = r.decay
-    mql, pql, hot_line, recycle = r.mql, r.pql, r.hot, r.recycle
+    mql, pql, hot_line, recycle, cool = r.mql, r.pql, r.hot, r.recycle, r.cool
     (wf, we, wp), (mf, me, mp) = r.weights, r.maxes
     fit, eng, prod = w.fit, w.engagement, w.product
     score_ms, last_ms, first_ms = w.score_ms, w.last_event_ms, w.first_event_ms
@@ -367,12 +459,10 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
 
         stage0 = w.stage
         prev_total = cur
-        if idle and prev_total < recycle:
-            # only decay recycles: an MQL made by a trigger with few points stays until idle
-            if stage0 in DECAYS_TO_RECYCLED:
-                w.engagement, w.product = eng, prod
-                _move(w, r, "recycled", DECAY, "decay", t, mid)
-            w.hot = False
+        if idle and ((w.hot and prev_total < cool) or (
+                stage0 in DECAYS_TO_RECYCLED
+                and we * (eng if eng < me else me) + wp * (prod if prod < mp else mp) < recycle)):
+            _idle(w, r, eng, prod, prev_total, t, mid)
         if w.stage == "visitor" and (e.user_id or "email" in e.traits):
             w.engagement, w.product = eng, prod
             _move(w, r, "lead", IDENTIFIED, "identified", t, mid)
@@ -382,11 +472,10 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
         if etype == "track":
             name = e.name
             if name in CRM_EVENTS:
-                target = CRM_EVENTS[name]
-                if target is not None:
-                    w.engagement, w.product = eng, prod
-                    _move(w, r, target, CRM, f"crm:{name}", t, mid)
+                w.engagement, w.product = eng, prod
+                _crm(w, r, e)
         elif e.traits and (etype == "identify" or etype == "group"):
+            w.engagement, w.product = eng, prod
             _merge_traits(w, e, r)
             fit = w.fit
 
@@ -401,7 +490,10 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
                     matched = match(e)  # a rule checked per event matches: merge in file order
                     break
         trig: CompiledEventRule | None = None
+        dq: CompiledEventRule | None = None
         for cr in matched:
+            if cr.disqualify and dq is None:
+                dq = cr
             if cr.count_at_least or late:
                 w.score_ms = score_ms
                 pts = _award(w, cr, t, late, d)
@@ -456,6 +548,9 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
 
         total = cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
                        + wp * (prod if prod < mp else mp))
+        if dq is not None:
+            w.engagement, w.product = eng, prod
+            _disqualify(w, r, dq.id, t, mid)
         if trig is None:
             if total == prev_total and prod == prev_product and w.stage == stage0:
                 continue  # nothing changed: every line was already checked at these values
@@ -465,7 +560,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
                     or prev_product < pql <= prod
                     or (prod >= pql and (stage == "lead" or stage == "mql"))
                     or (total >= hot_line and not w.hot and stage in ALERTABLE)
-                    or (total < hot_line and w.hot and total < recycle)):
+                    or (w.hot and total < cool)):
                 continue
         w.engagement, w.product = eng, prod
         _thresholds(w, r, e, trig, prev_total, prev_product, total)
@@ -480,16 +575,25 @@ def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | 
     mid = e.message_id
     to_mql = False
     alerted = False
+    if trig is not None and w.stage == "disqualified":
+        # a hand-raise from a disqualified lead: a person decides, never an AE's SLA
+        _review(w, r, trig.id, "lead is disqualified", t, mid)
+        trig = None
+    elif trig is not None and w.stage in ALERTABLE:
+        why = _gate(w, r, trig.require)
+        if why is not None:  # no stage move, no hot flag: the hand-raise waits for review
+            _review(w, r, trig.id, why, t, mid)
+            trig = None
     if trig is not None:
         if trig.trigger_stage is not None:
             before = w.stage
             if _move(w, r, trig.trigger_stage, TRIGGER, trig.id, t, mid):
                 to_mql = trig.trigger_stage == "mql" and before != "mql"
                 if trig.trigger_stage == "pql":
-                    alerted = _alert(w, r, "pql", trig.id, t, mid) or alerted
+                    alerted = _alert(w, r, "pql", trig.id, t, mid, trig.require) or alerted
         if trig.trigger_hot and w.stage in ALERTABLE:
             w.hot = True
-            alerted = _alert(w, r, "instant", trig.id, t, mid) or alerted
+            alerted = _alert(w, r, "instant", trig.id, t, mid, trig.require) or alerted
     mql = r.mql
     if (w.stage == "lead" and total >= mql) or prev_total < mql <= total:
         before = w.stage
@@ -504,7 +608,7 @@ def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | 
         if not w.hot and w.stage in ALERTABLE:
             w.hot = True
             alerted = _alert(w, r, "hot_score", "hot_threshold", t, mid) or alerted
-    elif w.hot and total < r.recycle:
+    elif w.hot and total < r.cool:
         w.hot = False
     if to_mql and not alerted and not w.hot:
         w.outs.append(RoutingDecision(w.lead_id, "nurture", "warm", t, "crossed mql", mid,
@@ -548,11 +652,9 @@ def tick(state: LeadState, now_ms: int, rules: CompiledRules) -> Result:
     w = _Work(state)
     idle = _decay_to(w, now_ms, d)
     w.score_ms = now_ms
-    below = idle and rules.total(w.fit, w.engagement, w.product) < rules.recycle
-    if below and w.stage in DECAYS_TO_RECYCLED:
-        _move(w, rules, "recycled", DECAY, "decay", now_ms, None)
-    if below and w.hot:
-        w.hot = False
+    if idle:
+        _idle(w, rules, w.engagement, w.product,
+              rules.total(w.fit, w.engagement, w.product), now_ms, None)
     if (w.engagement == state.engagement and w.product == state.product and not w.outs
             and w.hot == state.hot):
         return Result(state, ())

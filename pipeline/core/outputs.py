@@ -3,7 +3,7 @@
 All outputs are frozen dataclasses with a `to_dict()` giving a JSON-friendly dict whose
 `output` key names the kind; the stream shell maps them to topics:
 `StageMove` -> leads.stage-changes, `MoveRefused` -> leads.stage-changes (as a refusal),
-`AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / routing.recycle.
+`AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / recycle / review.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 AlertKind = Literal["instant", "hot_score", "pql"]
 Temperature = Literal["hot", "warm", "cold"]
-Route = Literal["nurture", "recycle"]
+Route = Literal["nurture", "recycle", "review"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,14 @@ class StageMove:
     cause_message_id: str | None
     score_total: float
     scores_by_group: Mapping[str, float]
+    detail: str | None = None  # e.g. the reason sales gave with "Lead Rejected"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {"output": "stage_move", "lead_id": self.lead_id, "from_stage": self.from_stage,
                 "to_stage": self.to_stage, "at_ms": self.at_ms, "cause_rule": self.cause_rule,
                 "cause_message_id": self.cause_message_id, "score_total": self.score_total,
-                "scores_by_group": dict(self.scores_by_group)}
+                "scores_by_group": dict(self.scores_by_group), "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,9 @@ class AlertTrigger:
     score_total: float
     scores_by_group: Mapping[str, float]
     top_reasons: tuple[str, ...]
+    # The lead's earlier alert, still in the cooldown, that this stricter one updates
+    # (a demo request after a hot-score alert): same owner, the tighter SLA.
+    updates: str | None = None
 
     @property
     def alert_id(self) -> str:
@@ -81,12 +85,13 @@ class AlertTrigger:
                 "kind": self.kind, "temperature": self.temperature, "at_ms": self.at_ms,
                 "rule": self.rule, "message_id": self.message_id,
                 "score_total": self.score_total, "scores_by_group": dict(self.scores_by_group),
-                "top_reasons": list(self.top_reasons)}
+                "top_reasons": list(self.top_reasons), "updates": self.updates}
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingDecision:
-    """Warm leads go to nurture, cold/recycled ones to recycle (hot ones get an alert)."""
+    """Warm leads go to nurture, cold/recycled ones to recycle (hot ones get an alert), and
+    hand-raisers or hot leads that fail the alert requirements to review, with the reason."""
 
     lead_id: str
     route: Route
@@ -96,13 +101,14 @@ class RoutingDecision:
     message_id: str | None
     score_total: float
     scores_by_group: Mapping[str, float]
+    rule: str | None = None  # the trigger or threshold rule that asked for an alert (review)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {"output": "routing", "lead_id": self.lead_id, "route": self.route,
                 "temperature": self.temperature, "at_ms": self.at_ms, "reason": self.reason,
                 "message_id": self.message_id, "score_total": self.score_total,
-                "scores_by_group": dict(self.scores_by_group)}
+                "scores_by_group": dict(self.scores_by_group), "rule": self.rule}
 
 
 Output = StageMove | MoveRefused | AlertTrigger | RoutingDecision

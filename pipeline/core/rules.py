@@ -56,11 +56,77 @@ class Cap(_Model):
     window: Duration
 
 
+class Range(_Model):
+    """An inclusive numeric range; either end may be left open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
+        return self
+
+
+class TraitCondition(_Model):
+    """One condition on the lead's latest traits (identify and group calls); exactly one test.
+
+    `trait` may be a dotted path (``company.employee_count``) or a list of paths, the first
+    one present counting (Segment's spec path first, a flat custom trait as a fallback). The
+    domain tests read the domain of the e-mail address in `trait` (default ``email``).
+    """
+
+    trait: str | list[str] = "email"
+    contains_any: list[str] | None = Field(default=None, description="Case-insensitive words.")
+    any_of: list[str] | None = Field(default=None, description="Case-insensitive equality.")
+    range: Range | None = None
+    free_email: bool | None = Field(
+        default=None, description="true: a free mail domain; false: a business domain."
+    )
+    domain_in: list[str] | None = None
+    domain_endswith: list[str] | None = Field(default=None, description="e.g. ['.edu']")
+
+    def paths(self) -> tuple[str, ...]:
+        """The trait paths read, in order of preference."""
+        return (self.trait,) if isinstance(self.trait, str) else tuple(self.trait)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TraitCondition:
+        if isinstance(self.trait, list) and not self.trait:
+            raise ValueError("trait: give a path or a non-empty list of paths")
+        given = [k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
+                             "domain_endswith") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of contains_any, any_of, range, free_email, "
+                             f"domain_in, domain_endswith (got {', '.join(given) or 'none'})")
+        return self
+
+
+class Requirement(_Model):
+    """What a lead must meet before an alert reaches a team's queue with an SLA.
+
+    A hand-raise or hot score that fails goes to the review topic with the reason instead:
+    sales time is the scarcest resource, and nothing is dropped silently.
+    """
+
+    min_fit: float | None = Field(
+        default=None, description="The fit group (negative trait rules included) at least this.")
+    none_of: list[RuleId] = Field(
+        default=[], description="Fit or negative trait rules that must not hold (outside the ICP).")
+    traits: list[TraitCondition] = Field(
+        default=[], description="Trait conditions that must all hold.")
+
+
 class Trigger(_Model):
     """An instant trigger: move the lead to `stage` and/or mark it hot, whatever its score."""
 
     stage: Literal["mql", "sql", "pql"] | None = None
     hot: bool = False
+    require: Requirement | None = Field(
+        default=None, description="Conditions on top of alerts.require; failing: review.")
 
     @model_validator(mode="after")
     def _does_something(self) -> Trigger:
@@ -96,48 +162,6 @@ class EventMatch(_Model):
                 raise ValueError(f"url_regex does not compile: {exc}") from None
         if isinstance(self.name, list) and not self.name:
             raise ValueError("name: an empty list matches nothing; leave it out for any name")
-        return self
-
-
-class Range(_Model):
-    """An inclusive numeric range; either end may be left open."""
-
-    min: float | None = None
-    max: float | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if self.min is None and self.max is None:
-            raise ValueError("a range needs min, max or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min is above max")
-        return self
-
-
-class TraitCondition(_Model):
-    """One condition on the lead's latest traits (identify and group calls); exactly one test.
-
-    `trait` may be a dotted path (``company.employee_count``). The domain tests read the
-    domain of the e-mail address in `trait` (default ``email``).
-    """
-
-    trait: str = "email"
-    contains_any: list[str] | None = Field(default=None, description="Case-insensitive words.")
-    any_of: list[str] | None = Field(default=None, description="Case-insensitive equality.")
-    range: Range | None = None
-    free_email: bool | None = Field(
-        default=None, description="true: a free mail domain; false: a business domain."
-    )
-    domain_in: list[str] | None = None
-    domain_endswith: list[str] | None = Field(default=None, description="e.g. ['.edu']")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> TraitCondition:
-        given = [k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
-                             "domain_endswith") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of contains_any, any_of, range, free_email, "
-                             f"domain_in, domain_endswith (got {', '.join(given) or 'none'})")
         return self
 
 
@@ -195,6 +219,8 @@ class NegativeRule(_Model):
     match: EventMatch | None = None
     when: TraitCondition | None = None
     cap: Cap | None = None
+    disqualify: bool = Field(
+        default=False, description="A hit also moves the lead to disqualified (rule as cause).")
 
     @model_validator(mode="after")
     def _one_kind(self) -> NegativeRule:
@@ -244,24 +270,52 @@ class Groups(_Model):
 
 
 class Thresholds(_Model):
-    """Score lines tied to sales capacity: total for mql/hot/recycle, product group for pql."""
+    """Score lines tied to sales capacity.
+
+    `mql` and `hot` are lines on the total; `cool_below` is where a hot lead cools again
+    (hysteresis: a lead at the hot line does not flap); `recycle` is a line on *activity*
+    (engagement and product, without fit): who the lead is never keeps it from being
+    recycled; `pql` is a line on the product group.
+    """
 
     mql: float
     hot: float
     recycle: float
     pql: float
+    cool_below: float | None = Field(
+        default=None, description="A hot lead cools below this total; default hot - 10.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
         if not self.recycle < self.mql <= self.hot:
             raise ValueError("thresholds must satisfy recycle < mql <= hot")
+        if self.cool_below is not None and not self.cool_below <= self.hot:
+            raise ValueError("cool_below must not be above hot")
         return self
+
+    def cooling_line(self) -> float:
+        """The total below which a hot lead is no longer hot."""
+        return self.hot - 10 if self.cool_below is None else self.cool_below
 
 
 class Alerts(_Model):
-    """Alert behaviour: no repeat for a lead within `cooldown` unless a new trigger rule."""
+    """Alert behaviour: no repeat for a lead within `cooldown` unless a new trigger rule;
+    `require`: what every lead must meet for its alert to reach a team (else: review)."""
 
     cooldown: Duration = parse_duration("24h")
+    require: Requirement | None = None
+
+
+class Qualification(_Model):
+    """What sales must record for a move: the SQL criteria and the rejection reasons."""
+
+    framework: str = Field(default="BANT", description="Name shown in refusals, e.g. BANT.")
+    sql_requires: list[str] = Field(
+        default=[], description="Properties of \"Lead Qualified\" that must be present and "
+        "not empty/false (e.g. budget, authority, need, timeline).")
+    rejection_reasons: list[str] = Field(
+        default=[], description="Reasons of \"Lead Rejected\" counted by name in metrics; "
+        "any other reason is counted as other.")
 
 
 class RulesFile(_Model):
@@ -272,6 +326,7 @@ class RulesFile(_Model):
     groups: Groups = Groups()
     thresholds: Thresholds
     alerts: Alerts = Alerts()
+    qualification: Qualification = Qualification()
     decay: Decay | None = None
     free_email_domains: list[str] = []
     engagement: list[EngagementRule] = []
@@ -307,6 +362,8 @@ class CompiledEventRule:
     trigger_hot: bool = False
     url_only: bool = False  # `check` reads nothing but the URL: its result can be cached
     order: int = 0  # position in the file: the first matching trigger wins
+    disqualify: bool = False  # a match moves the lead to disqualified
+    require: CompiledRequirement | None = None  # a trigger's own conditions
 
 
 # A match cache entry: (rules decided by (type, name, url) alone, (rule, check) pairs).
@@ -321,6 +378,29 @@ class CompiledTraitRule:
     id: str
     points: int
     test: Callable[[Mapping[str, Any]], bool]
+    disqualify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRequirement:
+    """A `Requirement` ready to test against a lead's fit and traits."""
+
+    min_fit: float | None
+    none_of: frozenset[str]
+    traits: tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...]  # (description, test)
+
+    def failure(self, fit: float, fit_hits: tuple[tuple[str, int], ...],
+                traits: Mapping[str, Any]) -> str | None:
+        """Why a lead fails this requirement, or None when it meets it."""
+        hit = sorted(rid for rid, _ in fit_hits if rid in self.none_of)
+        if hit:
+            return "outside the ICP: " + ", ".join(hit)
+        if self.min_fit is not None and fit < self.min_fit:
+            return f"fit {fit:g} is below the required {self.min_fit:g}"
+        for desc, test in self.traits:
+            if not test(traits):
+                return f"trait condition not met: {desc}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +433,12 @@ class CompiledRules:
     decay: CompiledDecay | None
     rule_groups: Mapping[str, str] = field(default_factory=dict)  # rule id -> group name
     routing: RoutingRules = DEFAULT_ROUTING
+    cool: float = -math.inf  # a hot lead cools below this total
+    alert_require: CompiledRequirement | None = None
+    free_email: frozenset[str] = frozenset()
+    sql_requires: tuple[str, ...] = ()
+    framework: str = "BANT"
+    rejection_reasons: frozenset[str] = frozenset()
     # (type, name, url) -> (rules decided by the key and URL alone, (rule, its check) for the
     # rules to check per event). A cache only: bounded, never changes a result. The engine's
     # hot loop reads it directly and calls `match` on a miss or when a check holds.
@@ -404,6 +490,12 @@ class CompiledRules:
         # conditional expressions: measurably cheaper than min() on the hot path
         return (w[0] * (fit if fit < m[0] else m[0])
                 + w[1] * (engagement if engagement < m[1] else m[1])
+                + w[2] * (product if product < m[2] else m[2]))
+
+    def activity(self, engagement: float, product: float) -> float:
+        """What the lead did, without who it is: the total less fit (the recycle line's score)."""
+        w, m = self.weights, self.maxes
+        return (w[1] * (engagement if engagement < m[1] else m[1])
                 + w[2] * (product if product < m[2] else m[2]))
 
     def summary(self) -> dict[str, Any]:
@@ -488,6 +580,15 @@ def trait_value(traits: Mapping[str, Any], path: str) -> Any:
     return cur
 
 
+def first_trait(traits: Mapping[str, Any], paths: tuple[str, ...]) -> Any:
+    """The value of the first of `paths` present in `traits`, or None."""
+    for path in paths:
+        v = trait_value(traits, path)
+        if v is not None:
+            return v
+    return None
+
+
 def email_domain(value: Any) -> str | None:
     """The lower-case domain of an e-mail address (or of a bare domain), or None."""
     if not isinstance(value, str) or not value:
@@ -538,12 +639,13 @@ def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping
     Only str and int values are remembered (hashable, and no str or int equals a value of
     the other type; bool, which equals 0 and 1, is left out), so a hit is always exact.
     """
-    path = c.trait
+    paths = c.paths()
+    path = paths[0]
     test = _value_test(c, free)
     memo: dict[str | int, bool] = {}
 
     def memoised(t: Mapping[str, Any]) -> bool:
-        v = trait_value(t, path)
+        v = trait_value(t, path) if len(paths) == 1 else first_trait(t, paths)
         tv = type(v)
         if tv is not str and tv is not int:
             return test(v)
@@ -557,11 +659,29 @@ def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping
     return memoised
 
 
+def _describe(c: TraitCondition) -> str:
+    """A condition in a line, for review reasons (names the test, never a lead's value)."""
+    test = next(k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
+                            "domain_endswith") if getattr(c, k) is not None)
+    return f"{'|'.join(c.paths())} {test} {getattr(c, test)!s}"
+
+
+def _requirement(req: Requirement | None, free: frozenset[str]) -> CompiledRequirement | None:
+    if req is None:
+        return None
+    return CompiledRequirement(
+        min_fit=req.min_fit, none_of=frozenset(req.none_of),
+        traits=tuple((_describe(c), _compile_trait(c, free)) for c in req.traits))
+
+
 def _event_rule(rid: str, group: int, m: EventMatch, points: int, cap: Cap | None,
-                count: Count | None, trigger: Trigger | None) -> CompiledEventRule:
+                count: Count | None, trigger: Trigger | None, free: frozenset[str],
+                disqualify: bool = False) -> CompiledEventRule:
     url_only = (m.url is not None or m.url_regex is not None) and not (
         m.source is not None or m.properties or m.properties_contains or m.utm)
     return CompiledEventRule(
+        disqualify=disqualify,
+        require=_requirement(trigger.require, free) if trigger else None,
         url_only=url_only,
         id=rid, group=group, points=points, check=_compile_match(m),
         cap_points=cap.points if cap else 0, cap_window_ms=cap.window if cap else 0,
@@ -578,18 +698,19 @@ def compile_rules(model: RulesFile) -> CompiledRules:
     items: list[tuple[EventMatch, CompiledEventRule]] = []
     for er in model.engagement:
         items.append((er.match, _event_rule(er.id, ENGAGEMENT, er.match, er.points, er.cap,
-                                            None, er.trigger)))
+                                            None, er.trigger, free)))
     for pr in model.product:
         items.append((pr.match, _event_rule(pr.id, PRODUCT, pr.match, pr.points, pr.cap,
-                                            pr.count, pr.trigger)))
+                                            pr.count, pr.trigger, free)))
     traits: list[CompiledTraitRule] = [
         CompiledTraitRule(f.id, f.points, _compile_trait(f.when, free)) for f in model.fit]
     for nr in model.negative:
         if nr.match is not None:
             items.append((nr.match, _event_rule(nr.id, ENGAGEMENT, nr.match, nr.points, nr.cap,
-                                                None, None)))
+                                                None, None, free, nr.disqualify)))
         elif nr.when is not None:
-            traits.append(CompiledTraitRule(nr.id, nr.points, _compile_trait(nr.when, free)))
+            traits.append(CompiledTraitRule(nr.id, nr.points, _compile_trait(nr.when, free),
+                                            nr.disqualify))
     # Rules keep file order within a key so that the first trigger in the file wins.
     by_key: dict[tuple[str, str], list[tuple[int, CompiledEventRule]]] = {}
     by_type: dict[str, list[tuple[int, CompiledEventRule]]] = {}
@@ -625,6 +746,12 @@ def compile_rules(model: RulesFile) -> CompiledRules:
         cooldown_ms=model.alerts.cooldown,
         decay=cdecay,
         routing=model.routing,
+        cool=model.thresholds.cooling_line(),
+        alert_require=_requirement(model.alerts.require, free),
+        free_email=free,
+        sql_requires=tuple(model.qualification.sql_requires),
+        framework=model.qualification.framework,
+        rejection_reasons=frozenset(model.qualification.rejection_reasons),
         rule_groups={**{r.id: GROUP_NAMES[r.group] for _, r in items},
                      **{t.id: "fit" for t in traits}},
     )
@@ -686,6 +813,70 @@ def _check_ids(source: str, doc: Any, model: RulesFile) -> None:
             seen[r.id] = f"{sec}[{i}]"
 
 
+#: Segment's reserved identify traits (spec: identify, traits), with the company and address
+#: objects' fields: a condition may read these, and any trait a fit or negative rule reads.
+SPEC_TRAITS = frozenset({
+    "address", "age", "avatar", "birthday", "company", "createdAt", "description", "email",
+    "firstName", "gender", "id", "lastName", "name", "phone", "title", "username", "website",
+    "company.name", "company.id", "company.industry", "company.employee_count", "company.plan",
+    "address.city", "address.country", "address.postalCode", "address.state", "address.street",
+})
+
+
+def _requirements(model: RulesFile) -> list[tuple[tuple[int | str, ...], Requirement]]:
+    """Every requirement in the file with its location."""
+    out: list[tuple[tuple[int | str, ...], Requirement]] = []
+    if model.alerts.require is not None:
+        out.append((("alerts", "require"), model.alerts.require))
+    triggers: list[tuple[str, int, Trigger | None]] = [
+        *(("engagement", i, r.trigger) for i, r in enumerate(model.engagement)),
+        *(("product", i, r.trigger) for i, r in enumerate(model.product))]
+    for sec, i, trig in triggers:
+        if trig is not None and trig.require is not None:
+            out.append(((sec, i, "trigger", "require"), trig.require))
+    return out
+
+
+def _fit_ceiling(model: RulesFile) -> float:
+    """The most a lead's fit can add to the total: weighted, capped, all positive rules."""
+    top = float(sum(f.points for f in model.fit if f.points > 0))
+    g = model.groups.fit
+    return g.weight * (min(top, g.max) if g.max is not None else top)
+
+
+def _check_consistency(source: str, doc: Any, model: RulesFile) -> None:
+    """Settings that validate one by one but contradict each other."""
+    trait_rules = {r.id for r in model.fit} | {r.id for r in model.negative if r.when}
+    known = set(SPEC_TRAITS)
+    conds = [f.when for f in model.fit] + [n.when for n in model.negative if n.when is not None]
+    for cond in conds:
+        known.update(cond.paths())
+    for loc, req in _requirements(model):
+        for j, rid in enumerate(req.none_of):
+            if rid not in trait_rules:
+                raise _error(source, doc, (*loc, "none_of", j),
+                             f"{rid!r} is not a fit or negative trait rule (none_of names "
+                             "rules on who the lead is)")
+        for j, cond in enumerate(req.traits):
+            for path in cond.paths():
+                if path not in known:
+                    raise _error(source, doc, (*loc, "traits", j, "trait"),
+                                 f"unknown trait {path!r}: neither a Segment spec trait nor "
+                                 "read by a fit or negative rule (a misspelling?)")
+    fit = _fit_ceiling(model)
+    th = model.thresholds
+    if fit >= th.cooling_line():
+        raise _error(source, doc, ("groups", "fit"),
+                     f"fit alone can reach {fit:g}, at or above the line where a hot lead cools "
+                     f"({th.cooling_line():g}): such a lead would stay hot forever; cap fit "
+                     "(groups.fit.max) below it")
+    if fit >= th.mql:
+        raise _error(source, doc, ("groups", "fit"),
+                     f"fit alone can reach {fit:g}, at or above thresholds.mql ({th.mql:g}): a "
+                     "profile with no activity would be an MQL; cap fit (groups.fit.max) "
+                     "below it")
+
+
 def parse_rules(text: str, source: str = "rules.yaml") -> CompiledRules:
     """Validate and compile rules from YAML text; `source` names the file in errors."""
     yaml = YAML(typ="rt")
@@ -707,6 +898,7 @@ def parse_rules(text: str, source: str = "rules.yaml") -> CompiledRules:
         msg = err["msg"].removeprefix("Value error, ")
         raise _error(source, doc, tuple(err["loc"]), msg) from None
     _check_ids(source, doc, model)
+    _check_consistency(source, doc, model)
     return compile_rules(model)
 
 

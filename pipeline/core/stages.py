@@ -28,6 +28,7 @@ PRODUCT = "product"  # the product group crossed the pql line
 TRIGGER = "trigger"  # an instant trigger rule (demo request, talk to sales, quote)
 DECAY = "decay"  # the total decayed below the recycle line
 CRM = "crm"  # a sales move from the CRM
+DISQUALIFY = "disqualify"  # a rule with `disqualify: true` (competitor, spam complaint...)
 
 _C = frozenset
 # The one table: (from, to) -> the causes that may make that move.
@@ -55,7 +56,7 @@ ALLOWED: Mapping[tuple[str, str], frozenset[str]] = {
     ("sal", "recycled"): _C({CRM}),
     ("sql", "recycled"): _C({CRM}),
     ("opportunity", "recycled"): _C({CRM}),
-    **{(s, "disqualified"): _C({CRM}) for s in
+    **{(s, "disqualified"): _C({CRM, DISQUALIFY}) for s in
        ("visitor", "lead", "mql", "pql", "sal", "sql", "opportunity", "recycled")},
 }
 

@@ -12,7 +12,7 @@ before it writes, so a LeadState is never changed after it is made).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -60,7 +60,10 @@ class LeadState:
     hot: bool = False
     last_alert_ms: int | None = None
     alert_rules: tuple[str, ...] = ()
-    owner: str | None = None  # set by routing; the core only carries it
+    owner: str | None = None  # written back by the assign step (`with_owner`)
+    team: str | None = None  # the owner's team, written back with it
+    last_alert_id: str | None = None  # the lead's latest alert: a later hand-raise updates it
+    rejection: str | None = None  # the reason sales gave with the latest "Lead Rejected"
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -96,6 +99,9 @@ class LeadState:
             "last_alert_ms": self.last_alert_ms,
             "alert_rules": self.alert_rules,
             "owner": self.owner,
+            "team": self.team,
+            "last_alert_id": self.last_alert_id,
+            "rejection": self.rejection,
         }
 
     @classmethod
@@ -130,6 +136,9 @@ class LeadState:
             get("last_alert_ms"),
             tuple(get("alert_rules") or ()),
             get("owner"),
+            get("team"),
+            get("last_alert_id"),
+            get("rejection"),
         )
 
 
@@ -138,7 +147,7 @@ class LeadState:
 _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product", "score_ms",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
-           "alert_rules", "owner")
+           "alert_rules", "owner", "team", "last_alert_id", "rejection")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -167,11 +176,14 @@ def make_state(
     last_alert_ms: int | None,
     alert_rules: tuple[str, ...],
     owner: str | None,
+    team: str | None = None,
+    last_alert_id: str | None = None,
+    rejection: str | None = None,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, about twice as fast.
 
     The engine makes a state per call, and the frozen dataclass `__init__` sets each of
-    the 21 fields through `object.__setattr__`; this writes the slots directly. The result
+    the fields through `object.__setattr__`; this writes the slots directly. The result
     is the same: LeadState has no `__post_init__` and validates nothing.
     """
     s = _new(LeadState)
@@ -196,4 +208,12 @@ def make_state(
     _SET[18](s, last_alert_ms)
     _SET[19](s, alert_rules)
     _SET[20](s, owner)
+    _SET[21](s, team)
+    _SET[22](s, last_alert_id)
+    _SET[23](s, rejection)
     return s
+
+
+def with_owner(state: LeadState, owner: str | None, team: str | None) -> LeadState:
+    """The state with the owner and team the assign step chose (or reassigned)."""
+    return replace(state, owner=owner, team=team)

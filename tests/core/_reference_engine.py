@@ -1,289 +1,52 @@
-"""A frozen copy of the scoring engine before its hot loop was rewritten: a test oracle.
+"""The scoring engine's plain event-at-a-time loop: a test oracle for the optimised one.
 
-The optimised `pipeline.core.engine` must give exactly the same states and outputs as this
-straightforward event-at-a-time version (tests/core/test_engine_reference.py). Do not
-optimise this file; change it only together with a deliberate change of behaviour.
+`pipeline.core.engine._run` inlines decay, cap windows, the match cache and the score total
+into one hot loop over local variables. This file is the same per-event order written
+straightforwardly (`_step`), on the engine's own helpers for the rare paths (stage moves,
+alerts, trait merges, caps and counts, idle checks, the threshold checks), so that
+tests/core/test_engine_reference.py checks exactly the rewrite of the hot loop. What those
+helpers decide is checked by hand-derived cases in the other tests of tests/core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
-from pipeline.core.breakdown import top_reasons
+from pipeline.core.engine import (
+    Result,
+    _award,
+    _crm,
+    _decay_to,
+    _disqualify,
+    _idle,
+    _merge_traits,
+    _move,
+    _thresholds,
+    _Work,
+    tick,
+)
 from pipeline.core.event import Event
-from pipeline.core.outputs import (
-    AlertKind,
-    AlertTrigger,
-    MoveRefused,
-    Output,
-    RoutingDecision,
-    StageMove,
-    Temperature,
-)
-from pipeline.core.rules import ENGAGEMENT, CompiledDecay, CompiledEventRule, CompiledRules
-from pipeline.core.stages import (
-    ALERTABLE,
-    CRM,
-    CRM_EVENTS,
-    DECAY,
-    DECAYS_TO_RECYCLED,
-    IDENTIFIED,
-    PRODUCT,
-    SCORE,
-    TRIGGER,
-    decide,
-)
-from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState
+from pipeline.core.rules import ENGAGEMENT, CompiledEventRule, CompiledRules
+from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED
+from pipeline.core.state import MAX_SEEN, LeadState
+
+__all__ = ["apply", "apply_batch", "tick"]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The new state and the outputs to emit, in order."""
-
-    state: LeadState
-    outputs: tuple[Output, ...]
-
-
-class _Work:
-    """A mutable copy of a LeadState for the length of one call (copy-on-write dicts)."""
-
-    __slots__ = ("achieved", "alert_rules", "caps", "caps_own", "contrib", "contrib_own",
-                 "counts", "counts_own", "engagement", "first_event_ms", "fit", "fit_hits",
-                 "hot", "last_alert_ms", "last_event_ms", "lead_id", "outs", "owner",
-                 "product", "recent", "score_ms", "seen", "seen_own", "stage",
-                 "stage_since_ms", "traits")
-
-    def __init__(self, s: LeadState) -> None:
-        self.lead_id = s.lead_id
-        self.stage = s.stage
-        self.stage_since_ms = s.stage_since_ms
-        self.fit = s.fit
-        self.engagement = s.engagement
-        self.product = s.product
-        self.score_ms = s.score_ms
-        self.first_event_ms = s.first_event_ms
-        self.last_event_ms = s.last_event_ms
-        self.traits = s.traits
-        self.fit_hits = s.fit_hits
-        self.caps: Any = s.caps
-        self.caps_own = False
-        self.counts: Any = s.counts
-        self.counts_own = False
-        self.achieved = s.achieved
-        self.seen: Any = s.seen
-        self.seen_own = False
-        self.contrib: Any = s.contributions
-        self.contrib_own = False
-        self.recent = list(s.recent)
-        self.hot = s.hot
-        self.last_alert_ms = s.last_alert_ms
-        self.alert_rules = s.alert_rules
-        self.owner = s.owner
-        self.outs: list[Output] = []
-
-    def freeze(self) -> LeadState:
-        return LeadState(
-            self.lead_id, self.stage, self.stage_since_ms, self.fit, self.engagement,
-            self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
-            self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
-            tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
-            self.owner,
-        )
-
-    def groups(self) -> dict[str, float]:
-        return {"fit": round(self.fit, 2), "engagement": round(self.engagement, 2),
-                "product": round(self.product, 2)}
-
-
-# -- decay ---------------------------------------------------------------------------------
-
-
-def _decayed(v: float, start: int, end: int, anchor: int, d: CompiledDecay) -> float:
-    """`v` after idle time [start, end] (start >= anchor, the start of idleness).
-
-    Exponential decay composes exactly; linear decay counts whole periods from `anchor`,
-    so that decaying in several steps equals decaying once. Never raises a score.
-    """
-    if v <= 0.0 or end <= start:
-        return v
-    if d.half_life_ms:
-        return float(v * 0.5 ** ((end - start) / d.half_life_ms))
-    n = (end - anchor) // d.period_ms - (start - anchor) // d.period_ms
-    return max(0.0, v - n * d.period_points) if n > 0 else v
-
-
-def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
-    """Decay the decaying groups from w.score_ms up to event time t; True if idle time passed."""
-    assert w.last_event_ms is not None and w.score_ms is not None
-    anchor = w.last_event_ms + d.idle_after_ms
-    start = w.score_ms if w.score_ms > anchor else anchor
-    if t <= start:
-        return False
-    if d.engagement:
-        w.engagement = _decayed(w.engagement, start, t, anchor, d)
-    if d.product:
-        w.product = _decayed(w.product, start, t, anchor, d)
-    return True
-
-
-# -- moves, alerts -------------------------------------------------------------------------
-
-
-def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
-          mid: str | None) -> bool:
-    """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable."""
-    ok, reason = decide(w.stage, to, cause)
-    if not ok:
-        if reason is not None:
-            w.outs.append(MoveRefused(w.lead_id, w.stage, to, at, reason, mid))
-        return False
-    total = round(r.total(w.fit, w.engagement, w.product), 2)
-    w.outs.append(StageMove(w.lead_id, w.stage, to, at, rule, mid, total, w.groups()))
-    w.stage = to
-    w.stage_since_ms = at
-    if to == "recycled" or to == "customer" or to == "disqualified":
-        w.hot = False
-    if to == "recycled":
-        w.outs.append(RoutingDecision(w.lead_id, "recycle", "cold", at, f"{cause}:{rule}", mid,
-                                      total, w.groups()))
-    return True
-
-
-def _temperature(w: _Work, r: CompiledRules, total: float) -> Temperature:
-    if w.hot or total >= r.hot:
-        return "hot"
-    return "warm" if total >= r.mql else "cold"
-
-
-def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
-           mid: str | None) -> bool:
-    """Emit an alert unless the stage takes none or the cooldown holds it back."""
-    if w.stage not in ALERTABLE:
-        return False
-    last = w.last_alert_ms
-    if last is not None and abs(at - last) < r.cooldown_ms:
-        # inside the cooldown only a trigger rule not yet alerted counts as news
-        if kind != "instant" or rule in w.alert_rules:
-            return False
-        w.alert_rules = (*w.alert_rules, rule)
-    else:
-        w.alert_rules = (rule,)
-        w.last_alert_ms = at
-    total = r.total(w.fit, w.engagement, w.product)
-    w.outs.append(AlertTrigger(
-        w.lead_id, kind, _temperature(w, r, total), at, rule, mid, round(total, 2), w.groups(),
-        top_reasons(w.contrib, w.fit_hits)))
-    return True
-
-
-# -- scoring -------------------------------------------------------------------------------
-
-
-def _recompute_fit(w: _Work, r: CompiledRules) -> None:
-    plain = {k: v for k, (v, _ts) in w.traits.items()}
-    hits = tuple((tr.id, tr.points) for tr in r.traits if tr.test(plain))
-    w.fit_hits = hits
-    w.fit = float(sum(p for _, p in hits))
-
-
-def _merge_traits(w: _Work, e: Event, r: CompiledRules) -> None:
-    """Keep the latest value of each trait by event time (ties: the larger message id)."""
-    t = e.timestamp_ms
-    cur = w.traits
-    changed: dict[str, tuple[Any, int]] | None = None
-    for k, v in e.traits.items():
-        old = cur.get(k)
-        if old is None or t > old[1] or (t == old[1] and old[0] != v and _tie(v, old)):
-            if changed is None:
-                changed = dict(cur)
-            changed[k] = (v, t)
-    if changed is not None:
-        w.traits = changed
-        _recompute_fit(w, r)
-
-
-def _tie(v: Any, old: tuple[Any, int]) -> bool:
-    # Two values with the same event time: pick deterministically, whatever the order.
-    return repr(v) > repr(old[0])
-
-
-def _count_reached(ts: list[int], n: int, within: int) -> bool:
-    return any(ts[i + n - 1] - ts[i] <= within for i in range(len(ts) - n + 1))
-
-
-def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay | None) -> float:
-    """Points this rule gives for an event at time t, after counts, caps and late decay."""
-    p = cr.points
-    rid = cr.id
-    if cr.count_at_least:
-        if rid in w.achieved:
-            return 0.0
-        ts = sorted((*w.counts.get(rid, ()), t))
-        hi = ts[-1] - cr.count_within_ms
-        ts = [x for x in ts if x >= hi]
-        if not w.counts_own:
-            w.counts = dict(w.counts)
-            w.counts_own = True
-        if _count_reached(ts, cr.count_at_least, cr.count_within_ms):
-            w.counts.pop(rid, None)
-            w.achieved = w.achieved | {rid}
-        else:
-            w.counts[rid] = tuple(ts)
-            return 0.0
-    elif cr.cap_points:
-        win = t // cr.cap_window_ms
-        wins: tuple[tuple[int, int], ...] = w.caps.get(rid, ())
-        used = 0
-        idx = -1
-        if wins and wins[-1][0] == win:  # the common case: the newest window
-            idx = len(wins) - 1
-            used = wins[idx][1]
-        else:
-            for i, (wi, u) in enumerate(wins):
-                if wi == win:
-                    used, idx = u, i
-                    break
-        if idx < 0 and len(wins) >= MAX_CAP_WINDOWS and win < wins[0][0]:
-            return 0.0  # older than what we remember: its window total is unknown
-        room = cr.cap_points - used
-        if room <= 0:
-            return 0.0
-        a = -p if p < 0 else p
-        if a > room:
-            a = room
-        if idx == len(wins) - 1:
-            new = (*wins[:idx], (win, used + a))
-        elif idx >= 0:
-            new = (*wins[:idx], (win, used + a), *wins[idx + 1:])
-        else:
-            new = tuple(sorted((*wins, (win, a))))[-MAX_CAP_WINDOWS:]
-        if not w.caps_own:
-            w.caps = dict(w.caps)
-            w.caps_own = True
-        w.caps[rid] = new
-        p = a if p > 0 else -a
-    pts = float(p)
-    if late and pts > 0.0 and d is not None and w.score_ms is not None and (
-            d.engagement if cr.group == ENGAGEMENT else d.product):
-        anchor = t + d.idle_after_ms
-        pts = _decayed(pts, anchor, w.score_ms, anchor, d)
-    return pts
+def _own(w: _Work) -> None:
+    # the helpers write these dicts in place: copies owned by this call
+    w.seen, w.caps, w.counts, w.contrib = (dict(w.seen), dict(w.caps), dict(w.counts),
+                                           dict(w.contrib))
 
 
 def _step(w: _Work, e: Event, r: CompiledRules) -> None:
     mid = e.message_id
-    seen = w.seen
-    if mid in seen:
+    if mid in w.seen:
         return
-    if not w.seen_own:
-        seen = w.seen = dict(seen)
-        w.seen_own = True
     t = e.timestamp_ms
-    seen[mid] = t
-    if len(seen) > MAX_SEEN:
-        del seen[next(iter(seen))]
+    w.seen[mid] = t
+    if len(w.seen) > MAX_SEEN:
+        del w.seen[next(iter(w.seen))]
 
     late = False
     idle = False
@@ -306,27 +69,24 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
 
     stage0 = w.stage
     prev_total = r.total(w.fit, w.engagement, w.product)
-    if idle and prev_total < r.recycle:
-        # only decay recycles: an MQL made by a trigger with few points stays until idle
-        if stage0 in DECAYS_TO_RECYCLED:
-            _move(w, r, "recycled", DECAY, "decay", t, mid)
-        w.hot = False
+    if idle and ((w.hot and prev_total < r.cool) or (
+            stage0 in DECAYS_TO_RECYCLED and r.activity(w.engagement, w.product) < r.recycle)):
+        _idle(w, r, w.engagement, w.product, prev_total, t, mid)
     if w.stage == "visitor" and (e.user_id or "email" in e.traits):
         _move(w, r, "lead", IDENTIFIED, "identified", t, mid)
 
     prev_product = w.product
-    etype = e.type
-    name = e.name
-    if etype == "track":
-        if name in CRM_EVENTS:
-            target = CRM_EVENTS[name]
-            if target is not None:
-                _move(w, r, target, CRM, f"crm:{name}", t, mid)
-    elif e.traits and (etype == "identify" or etype == "group"):
+    if e.type == "track":
+        if e.name in CRM_EVENTS:
+            _crm(w, r, e)
+    elif e.traits and e.type in ("identify", "group"):
         _merge_traits(w, e, r)
 
     trig: CompiledEventRule | None = None
+    dq: CompiledEventRule | None = None
     for cr in r.match(e):
+        if cr.disqualify and dq is None:
+            dq = cr
         if cr.cap_points or cr.count_at_least or late:
             pts = _award(w, cr, t, late, d)
         else:
@@ -340,71 +100,23 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
             w.engagement += pts
         else:
             w.product += pts
-        # credit the rule (inlined _credit: this is the hottest loop of the core)
-        if not w.contrib_own:
-            w.contrib = dict(w.contrib)
-            w.contrib_own = True
-        rid = cr.id
-        c = w.contrib.get(rid)
+        c = w.contrib.get(cr.id)
         if c is None:
-            w.contrib[rid] = (pts, 1, mid, t)
+            w.contrib[cr.id] = (pts, 1, mid, t)
         elif t >= c[3]:
-            w.contrib[rid] = (c[0] + pts, c[1] + 1, mid, t)
+            w.contrib[cr.id] = (c[0] + pts, c[1] + 1, mid, t)
         else:
-            w.contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
-        w.recent.append((rid, mid, pts, t))
+            w.contrib[cr.id] = (c[0] + pts, c[1] + 1, c[2], c[3])
+        w.recent.append((cr.id, mid, pts, t))
 
+    if dq is not None:
+        _disqualify(w, r, dq.id, t, mid)
     total = r.total(w.fit, w.engagement, w.product)
     if (trig is None and total == prev_total and w.product == prev_product
             and w.stage == stage0):
-        # Nothing changed: every line was already checked at these values (common case).
-        return
+        return  # nothing changed: every line was already checked at these values
+    # every line checked on every changed event (the engine skips those that cannot hold)
     _thresholds(w, r, e, trig, prev_total, prev_product, total)
-
-
-def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | None,
-                prev_total: float, prev_product: float, total: float) -> None:
-    t = e.timestamp_ms
-    mid = e.message_id
-    to_mql = False
-    alerted = False
-    if trig is not None:
-        if trig.trigger_stage is not None:
-            before = w.stage
-            if _move(w, r, trig.trigger_stage, TRIGGER, trig.id, t, mid):
-                to_mql = trig.trigger_stage == "mql" and before != "mql"
-                if trig.trigger_stage == "pql":
-                    alerted = _alert(w, r, "pql", trig.id, t, mid) or alerted
-        if trig.trigger_hot and w.stage in ALERTABLE:
-            w.hot = True
-            alerted = _alert(w, r, "instant", trig.id, t, mid) or alerted
-    mql = r.mql
-    if (w.stage == "lead" and total >= mql) or prev_total < mql <= total:
-        before = w.stage
-        if _move(w, r, "mql", SCORE, "mql_threshold", t, mid):
-            to_mql = before != "mql"
-    pql = r.pql
-    product = w.product
-    if ((product >= pql and w.stage in ("lead", "mql")) or prev_product < pql <= product) and (
-            _move(w, r, "pql", PRODUCT, "pql_threshold", t, mid)):
-        alerted = _alert(w, r, "pql", "pql_threshold", t, mid) or alerted
-    if total >= r.hot:
-        if not w.hot and w.stage in ALERTABLE:
-            w.hot = True
-            alerted = _alert(w, r, "hot_score", "hot_threshold", t, mid) or alerted
-    elif w.hot and total < r.recycle:
-        w.hot = False
-    if to_mql and not alerted and not w.hot:
-        w.outs.append(RoutingDecision(w.lead_id, "nurture", "warm", t, "crossed mql", mid,
-                                      round(total, 2), w.groups()))
-
-
-# -- public API ----------------------------------------------------------------------------
-
-
-def new_state(lead_id: str) -> LeadState:
-    """The state of a lead never seen before (an anonymous visitor)."""
-    return LeadState(lead_id=lead_id)
 
 
 def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result:
@@ -412,42 +124,21 @@ def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result
     if state is not None and event.message_id in state.seen:
         return Result(state, ())
     w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
+    _own(w)
     _step(w, event, rules)
     return Result(w.freeze(), tuple(w.outs))
 
 
 def apply_batch(state: LeadState | None, events: Iterable[Event], rules: CompiledRules) -> Result:
-    """Score one lead's events in order: the same result as folding `apply`, cheaper."""
+    """Score one lead's events in order, one `_step` each."""
     w: _Work | None = None if state is None else _Work(state)
+    if w is not None:
+        _own(w)
     for e in events:
         if w is None:
             w = _Work(LeadState(lead_id=e.lead_id))
+            _own(w)
         _step(w, e, rules)
     if w is None:
         raise ValueError("apply_batch needs a state or at least one event")
     return Result(w.freeze(), tuple(w.outs))
-
-
-def tick(state: LeadState, now_ms: int, rules: CompiledRules) -> Result:
-    """Time-driven moves for a quiet lead: decay up to `now_ms` (event time), maybe recycle."""
-    d = rules.decay
-    if d is None or state.score_ms is None or now_ms <= state.score_ms:
-        return Result(state, ())
-    w = _Work(state)
-    idle = _decay_to(w, now_ms, d)
-    w.score_ms = now_ms
-    below = idle and rules.total(w.fit, w.engagement, w.product) < rules.recycle
-    if below and w.stage in DECAYS_TO_RECYCLED:
-        _move(w, rules, "recycled", DECAY, "decay", now_ms, None)
-    if below and w.hot:
-        w.hot = False
-    if (w.engagement == state.engagement and w.product == state.product and not w.outs
-            and w.hot == state.hot):
-        return Result(state, ())
-    return Result(w.freeze(), tuple(w.outs))
-
-
-def scores(state: LeadState, rules: CompiledRules) -> Mapping[str, float]:
-    """Group scores and the total of a state, rounded, for display."""
-    return {**state.scores_by_group(),
-            "total": round(rules.total(state.fit, state.engagement, state.product), 2)}
