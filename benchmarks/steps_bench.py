@@ -101,7 +101,8 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
         t = clock()
         evs = [decode_event(line) for env in lines for line in env]
         sc = score_batch(evs, lead_table.get, rules, dedup_retention_ms=7 * 86_400_000)
-        p = emit.plan_scored(sc.outputs, sc.writes, evs, lead_table.get, rules.routing, topics)
+        p = emit.plan_scored(sc.outputs, sc.writes, evs, lead_table.get, rules.routing, topics,
+                                 free_mail=rules.free_email)
         bytes_written["leads"] += lead_table.write(sc.writes)
         cpu["score"] += clock() - t
         counts["outputs"] += len(p.sends) + len(p.assign)

@@ -23,6 +23,7 @@ class Topics(BaseSettings):
     routing_prefix: str = "routing."
     nurture: str = "routing.nurture"
     recycle: str = "routing.recycle"
+    review: str = "routing.review"
     escalations: str = "routing.escalations"
     deadletter: str = "events.deadletter"
 

@@ -20,9 +20,6 @@ from pipeline.core.durations import Duration
 
 DAY_MS = 86_400_000
 
-FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "icloud.com",
-                       "aol.com", "proton.me", "protonmail.com", "gmx.de", "yandex.ru"})
-
 
 class Rep(BaseModel):
     """An account executive in a team."""
@@ -91,13 +88,14 @@ class RoutingRules(BaseModel):
         return self
 
 
-def email_domain(traits: Mapping[str, Any]) -> str | None:
-    """The lead's company domain from its e-mail, None for free-mail addresses."""
+def email_domain(traits: Mapping[str, Any], free_mail: frozenset[str]) -> str | None:
+    """The lead's company domain from its e-mail, None for free-mail addresses (the rules
+    file's `free_email_domains`, the same list fit rules read)."""
     email = traits.get("email")
     if not isinstance(email, str) or "@" not in email:
         return None
     domain = email.rsplit("@", 1)[1].strip().lower()
-    return None if domain in FREE_MAIL else domain
+    return None if domain in free_mail else domain
 
 
 def _employees(traits: Mapping[str, Any]) -> int | None:
@@ -110,7 +108,9 @@ def _employees(traits: Mapping[str, Any]) -> int | None:
 
 def choose_team(rules: RoutingRules, traits: Mapping[str, Any]) -> tuple[Team, str]:
     """The first team whose match holds, with the reason."""
-    country = str(traits.get("country") or "").upper()
+    address = traits.get("address")
+    spec_country = address.get("country") if isinstance(address, Mapping) else None
+    country = str(spec_country or traits.get("country") or "").upper()
     size = _employees(traits)
     for team in rules.teams:
         m = team.match

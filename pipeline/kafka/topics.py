@@ -75,6 +75,7 @@ def topic_specs(
         *((t.routing(team), events) for team in teams),
         (t.nurture, events),
         (t.recycle, events),
+        (t.review, events),
         (t.escalations, events),
         (t.deadletter, {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
         *((f"{settings.app_id}-{name}", events) for name in internal),

@@ -22,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 #: minor additions but must check this number before relying on a removed/renamed field.
 SCHEMA_VERSION = 1
 
-AlertKind = Literal["instant", "hot_score", "pql", "nurture", "recycle"]
+AlertKind = Literal["instant", "hot_score", "pql", "nurture", "recycle", "review"]
 Temperature = Literal["hot", "warm", "cold"]
 
 _TOP_REASON = re.compile(r"^(?P<rule>\S+) (?P<points>[+-]?[\d.]+(?:e[+-]?\d+)?) \((?P<n>\d+)x\)$")
@@ -169,14 +169,16 @@ class Assignment(_Wire):
 class RoutingAlert(_Message):
     """A lead for a team: hot alerts (`routing.<team>`), nurture and recycle hand-offs.
 
-    Topic `routing.<team>`, `routing.nurture` or `routing.recycle`; key = lead_id.
+    Topic `routing.<team>`, `routing.nurture`, `routing.recycle` or `routing.review`;
+    key = lead_id.
     """
 
     SCHEMA_FILE: ClassVar[str] = "routing-alert.json"
 
     alert_id: str = Field(min_length=1, description="Stable id: replays produce the same id.")
     lead_id: str = Field(min_length=1, description="The lead.")
-    team: str = Field(description="Owning team; `nurture` or `recycle` for those topics.")
+    team: str = Field(
+        description="Owning team; `nurture`, `recycle` or `review` for those topics.")
     kind: AlertKind = Field(description="What raised it: instant trigger, hot score, PQL...")
     temperature: Temperature = Field(description="hot (alert), warm (nurture), cold (recycle).")
     owner: str | None = Field(default=None, description="Assigned rep; null if none.")
@@ -200,6 +202,11 @@ class RoutingAlert(_Message):
         default_factory=list, description="Biggest contributions first."
     )
     lead: LeadSummary = Field(default_factory=LeadSummary, description="Who the lead is.")
+    reason: str | None = Field(
+        default=None, description="Why it is here: for review, the requirement it failed.")
+    updates: str | None = Field(
+        default=None, description="alert_id of the earlier alert (in the cooldown) that this "
+        "stricter one updates: same owner, the tighter SLA; null if none.")
 
     @field_validator("triggered_at", "due_at")
     @classmethod

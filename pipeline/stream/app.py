@@ -114,6 +114,7 @@ def _raw(ev: Event) -> RawMessage:
 
 
 # orjson writes `"stage":"mql"` with no spaces: a cheap test before decoding a record.
+HOT_MARK = b'"hot":true'
 DECAY_STAGE_MARKS = tuple(f'"stage":"{st}"'.encode() for st in sorted(DECAYS_TO_RECYCLED))
 
 
@@ -541,7 +542,7 @@ class LeadflowApp:
             ticks=ticks,
         )
         p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
-                             topics)
+                             topics, free_mail=self.rules.free_email)
         sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
         routed_ms = int(time.time() * 1000)
         for team, cmd in p.assign:
@@ -605,12 +606,15 @@ class LeadflowApp:
         for n, (key, raw) in enumerate(_raw_items(self.leads), start=1):
             if n % 1000 == 0:
                 await asyncio.sleep(0)  # a big table must not starve the agents
-            if not any(p in raw for p in DECAY_STAGE_MARKS):
+            if HOT_MARK not in raw and not any(p in raw for p in DECAY_STAGE_MARKS):
                 continue
             record = orjson.loads(raw)
-            if record is None or record["s"]["stage"] not in DECAYS_TO_RECYCLED:
+            if record is None or (record["s"]["stage"] not in DECAYS_TO_RECYCLED
+                                  and not record["s"].get("hot")):
                 continue
-            if tick(LeadState.from_dict(record["s"]), now_ms, self.rules).outputs:
+            state = LeadState.from_dict(record["s"])
+            res = tick(state, now_ms, self.rules)
+            if res.outputs or res.state.hot != state.hot:  # recycled, or a hot lead cooled
                 due.append((key, tick_line(key.decode(), now_ms)))
         self.metrics.set_table_keys("leads", n)
         if due:

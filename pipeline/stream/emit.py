@@ -16,6 +16,7 @@ from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
 from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
+from pipeline.core.rules import first_trait
 from pipeline.models.outputs import DeadLetter, RoutingAlert, StageChange, TopReason
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
@@ -71,7 +72,7 @@ def _reasons(lines: Sequence[str]) -> list[dict[str, Any]]:
 def _lead_summary(traits: Mapping[str, Any]) -> dict[str, Any]:
     company = traits.get("company")
     name = company.get("name") if isinstance(company, Mapping) else company
-    employees = traits.get("employees")
+    employees = first_trait(traits, ("company.employee_count", "employees"))
     email = traits.get("email")
     return {k: v for k, v in {
         "email": email if isinstance(email, str) else None,
@@ -82,7 +83,7 @@ def _lead_summary(traits: Mapping[str, Any]) -> dict[str, Any]:
         "name": " ".join(
             str(traits[k]) for k in ("firstName", "lastName") if traits.get(k)) or None,
         "title": _text(traits.get("title")), "company": _text(name),
-        "country": _text(traits.get("country")),
+        "country": _text(first_trait(traits, ("address.country", "country"))),
     }.items() if v is not None}
 
 
@@ -108,6 +109,8 @@ def plan(
     routes: Mapping[str, Mapping[str, Any]],
     routing: RoutingRules,
     topics: Topics,
+    *,
+    free_mail: frozenset[str],
 ) -> Plan:
     """Map one batch's core outputs (and acknowledgement events) to messages.
 
@@ -141,25 +144,29 @@ def plan(
                 "temperature": o.temperature, "triggered_at": iso(o.at_ms),
                 "triggered_ms": o.at_ms,
                 "trigger": {"rule": o.rule, "message_id": o.message_id},
+                "updates": o.updates,
                 "scores": _scores(o.score_total, o.scores_by_group),
                 "top_reasons": _reasons(o.top_reasons),
                 "lead": _lead_summary(traits),
-                "domain": email_domain(traits),
+                "domain": email_domain(traits, free_mail),
                 "team_reason": why,
             }
             p.assign.append((team.name, {"op": "alert", "alert": body}))
             p.alerts.append((team.name, o.kind))
         elif isinstance(o, RoutingDecision):
             traits = traits_of.get(o.lead_id, {})
-            topic = topics.nurture if o.route == "nurture" else topics.recycle
+            topic = {"nurture": topics.nurture, "recycle": topics.recycle,
+                     "review": topics.review}[o.route]
+            review = o.route == "review"
             handoff = RoutingAlert(
                 alert_id=f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
                 lead_id=o.lead_id, team=o.route, kind=o.route, temperature=o.temperature,
                 owner=None, assignment=None, triggered_at=iso(o.at_ms),
                 triggered_ms=o.at_ms, sla_seconds=None, due_at=None,
-                trigger={"rule": o.reason, "message_id": o.message_id},
+                trigger={"rule": o.rule if review else o.reason, "message_id": o.message_id},
                 scores=_scores(o.score_total, o.scores_by_group),
                 lead=_lead_summary(traits),
+                reason=o.reason if review else None,
             )
             p.sends.append((topic, o.lead_id.encode(), handoff.to_bytes()))
             p.alerts.append((o.route, o.route))
@@ -182,6 +189,8 @@ def plan_scored(
     get: Callable[[str], Mapping[str, Any] | None],
     routing: RoutingRules,
     topics: Topics,
+    *,
+    free_mail: frozenset[str],
 ) -> Plan:
     """`plan` for a score batch: traits and routes read from its lead records.
 
@@ -196,4 +205,4 @@ def plan_scored(
         rec = writes.get(lead) or get(lead)
         if rec is not None and rec.get("route"):
             routes[lead] = rec["route"]
-    return plan(outputs, traits, events, routes, routing, topics)
+    return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail)

@@ -168,8 +168,9 @@ def score_batch(
         if not evs:  # a tick alone
             if stored is None or tick_at is None:
                 continue
-            res = tick(LeadState.from_dict(stored["s"]), tick_at, rules)
-            if res.outputs:
+            before = LeadState.from_dict(stored["s"])
+            res = tick(before, tick_at, rules)
+            if res.outputs or res.state.hot != before.hot:  # a move, or a hot lead cooled
                 out.outputs.extend(res.outputs)
                 out.writes[lead] = {**stored, "s": _stored_state(res.state)}
             continue

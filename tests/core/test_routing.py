@@ -15,6 +15,7 @@ from pipeline.core.routing import (
     choose_team,
     email_domain,
 )
+from pipeline.core.rules import load_default_rules
 
 RULES = RoutingRules.model_validate({
     "teams": [
@@ -78,9 +79,13 @@ def test_excluded_rep_after_sla_breach_is_not_chosen_again() -> None:
 
 
 def test_free_mail_is_not_an_account() -> None:
-    assert email_domain({"email": "Ana@Globex.com"}) == "globex.com"
-    assert email_domain({"email": "ana@gmail.com"}) is None
-    assert email_domain({}) is None
+    free = load_default_rules().free_email
+    assert email_domain({"email": "Ana@Globex.com"}, free) == "globex.com"
+    assert email_domain({"email": "ana@gmail.com"}, free) is None
+    # the rules file's list, not a shorter one of routing's own
+    assert email_domain({"email": "ana@web.de"}, free) is None
+    assert email_domain({"email": "li@qq.com"}, free) is None
+    assert email_domain({}, free) is None
 
 
 @pytest.mark.parametrize("teams, msg", [

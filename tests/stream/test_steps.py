@@ -109,7 +109,8 @@ def test_plan_maps_outputs_to_topics_and_assign_commands() -> None:
     r2 = apply(r1.state, e, RULES)
     outs = [*r1.outputs, *r2.outputs]
     traits = {"u1": {"email": "a@stark.de", "country": "DE", "employees": 50}}
-    p = emit.plan(outs, traits, [ident, e], {}, RULES.routing, Topics())
+    p = emit.plan(outs, traits, [ident, e], {}, RULES.routing, Topics(),
+                  free_mail=RULES.free_email)
     assert {t for t, _, _ in p.sends} == {"leads.stage-changes"}
     assert [(team, c["op"], c["alert"]["kind"]) for team, c in p.assign] == [
         ("emea", "alert", "instant")]
@@ -209,7 +210,8 @@ def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> No
     r1 = apply(None, ident, RULES)
     r2 = apply(r1.state, demo, RULES)
     traits = {"u1": dict(ident.traits)}
-    p = emit.plan([*r1.outputs, *r2.outputs], traits, [ident, demo], {}, RULES.routing, Topics())
+    p = emit.plan([*r1.outputs, *r2.outputs], traits, [ident, demo], {}, RULES.routing, Topics(),
+                  free_mail=RULES.free_email)
     table: dict[str, Any] = {}
     res = assign_batch(p.assign, table.get, RULES.routing)
     table.update(res.writes)
@@ -271,12 +273,14 @@ def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
         asked.append(lead)
         return {"route": {"team": "sales", "alert_id": "x"}} if lead == "u1" else None
 
-    p = emit.plan_scored([], {}, [ack, page], get, RULES.routing, Topics())
+    p = emit.plan_scored([], {}, [ack, page], get, RULES.routing, Topics(),
+                  free_mail=RULES.free_email)
     assert asked == ["u1"]
     assert p.assign == [("sales", {"op": "ack", "lead_id": "u1", "alert_id": "x",
                                    "at_ms": t0, "event": "Alert Acknowledged"})]
     # A lead written in the batch is read from its write, not from the table.
     asked.clear()
     p = emit.plan_scored([], {"u1": {"route": {"team": "emea", "alert_id": "y"}}},
-                         [ack], get, RULES.routing, Topics())
+                         [ack], get, RULES.routing, Topics(),
+                  free_mail=RULES.free_email)
     assert asked == [] and p.assign[0][0] == "emea"
