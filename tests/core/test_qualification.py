@@ -105,7 +105,8 @@ def test_competitor_is_disqualified_and_its_demo_request_goes_to_review() -> Non
 
 
 def test_spam_complaint_disqualifies() -> None:
-    s, outs = run(None, [ev("identify", T0, traits=VP), ev("track", T0 + 1, "Email Marked as Spam")])
+    spam = ev("track", T0 + 1, "Email Marked as Spam")
+    s, outs = run(None, [ev("identify", T0, traits=VP), spam])
     assert s.stage == "disqualified" and not s.hot
     assert ("lead", "disqualified", "spam_complaint") in [
         (o.from_stage, o.to_stage, o.cause_rule) for o in outs if isinstance(o, StageMove)]
@@ -120,8 +121,8 @@ def test_student_demo_request_and_hot_score_go_to_review_not_to_a_team() -> None
     assert (r.rule, r.reason) == ("demo_request", "outside the ICP: out_of_icp_title")
     # fit -20; engagement 30 + 64 + 35 capped at 100; a trial +20: total 100, hot. Reviewed
     # too, once
-    evs = engaged(T0 + 2 * DAY) + [ev("track", T0 + 2 * DAY + 99, "Order Completed"),
-                                   ev("track", T0 + 2 * DAY + 100, "Trial Started")]
+    evs = [*engaged(T0 + 2 * DAY), ev("track", T0 + 2 * DAY + 99, "Order Completed"),
+           ev("track", T0 + 2 * DAY + 100, "Trial Started")]
     s, outs = run(s, evs)
     assert alerts(outs) == []
     assert [(r.rule, r.reason) for r in reviews(outs)] == [
