@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.core.calendar import Away, WeeklyHours, check_zone, unavailable
 from pipeline.core.durations import Duration
 
 DAY_MS = 86_400_000
@@ -30,6 +31,11 @@ class Rep(BaseModel):
     capacity: int = Field(default=1, ge=1, description="Weight in the round robin.")
     daily_cap: int | None = Field(default=None, ge=1, description="Most new leads per day.")
     available: bool = True
+    timezone: str | None = Field(default=None, description="IANA zone; else the team's.")
+    hours: WeeklyHours | None = Field(default=None, description="Else the team's; none: always.")
+    away: tuple[Away, ...] = Field(default=(), description="Out-of-office date ranges.")
+
+    _zone = field_validator("timezone")(check_zone)
 
 
 class TeamMatch(BaseModel):
@@ -57,6 +63,13 @@ class Team(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     match: TeamMatch | None = Field(default=None, description="None: the catch-all team.")
     reps: tuple[Rep, ...] = ()
+    timezone: str | None = Field(default=None, description="Reps' default IANA zone (UTC).")
+    hours: WeeklyHours | None = Field(default=None, description="Reps' default hours.")
+    # Business hours by default: an SLA that runs through the night and the weekend only
+    # produces escalations nobody can act on. Without `hours` it is the same as wall_clock.
+    sla_clock: Literal["business_hours", "wall_clock"] = "business_hours"
+
+    _zone = field_validator("timezone")(check_zone)
 
 
 class RoutingRules(BaseModel):
@@ -180,6 +193,9 @@ def assign(
             return "excluded after SLA breach"
         if not rep.available:
             return "unavailable"
+        off = unavailable(team, rep, at_ms)
+        if off is not None:
+            return off
         if rep.daily_cap is not None and today.get(rep.id, 0) >= rep.daily_cap:
             return f"daily cap {rep.daily_cap} reached"
         return None

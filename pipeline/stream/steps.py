@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.calendar import closed_until, sla_due
 from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.identity import (
@@ -251,7 +252,7 @@ def _place(
         "reason": f"team {team.name} ({team_reason}); {a.reason}" if team_reason else a.reason,
         "skipped": list(a.skipped), "excluded": sorted(exclude)}
     body["sla_seconds"] = sla_s
-    body["due_at"] = _iso_ms(due_from + sla_s * 1000) if sla_s else None
+    body["due_at"] = _iso_ms(sla_due(team, due_from, sla_s * 1000)) if sla_s else None
     return st, body
 
 
@@ -286,11 +287,20 @@ def assign_batch(
             # The SLA runs from when the rep could first see the alert: a replayed or late
             # trigger (event time long past) must not escalate the moment it is routed.
             due_from = max(at, int(cmd.get("routed_ms") or at))
+            opens = closed_until(team, due_from)
+            if opens is not None:
+                # Nobody at work: wait unowned in the team queue; the timer assigns it (and
+                # starts its SLA) at the opening, so it never escalates to nobody.
+                pending[alert["alert_id"]] = {
+                    "due_ms": opens, "alert": alert, "owner": None, "excluded": [],
+                    "waiting": True, "reason": f"team closed until {_iso_ms(opens)}"}
+                continue
             st, body = _place(team, st, alert, sla, at, frozenset(), due_from)
             out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
             if sla:
-                pending[alert["alert_id"]] = {"due_ms": due_from + sla * 1000, "alert": alert,
-                                              "owner": body["owner"], "excluded": []}
+                pending[alert["alert_id"]] = {
+                    "due_ms": sla_due(team, due_from, sla * 1000), "alert": alert,
+                    "owner": body["owner"], "excluded": []}
         elif op == "ack":
             lead, aid, at = cmd["lead_id"], cmd.get("alert_id"), int(cmd["at_ms"])
             for key in [k for k, p in pending.items()
@@ -304,6 +314,19 @@ def assign_batch(
                 p = pending[key]
                 alert = p["alert"]
                 sla = routing.sla_seconds(alert["kind"]) or 0
+                opens = closed_until(team, now)
+                if opens is not None:  # lapsed at closing time: act when the team opens
+                    pending[key] = {**p, "due_ms": opens}
+                    continue
+                if p.get("waiting"):
+                    st, body = _place(team, st, alert, sla, now, frozenset())
+                    out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+                    if sla:
+                        pending[key] = {"due_ms": sla_due(team, now, sla * 1000),
+                                        "alert": alert, "owner": body["owner"], "excluded": []}
+                    else:
+                        del pending[key]
+                    continue
                 excluded = frozenset([*p["excluded"], *([p["owner"]] if p["owner"] else [])])
                 st, body = _place(team, st, alert, sla, now, excluded)
                 body["reassigned"] = True
@@ -316,7 +339,7 @@ def assign_batch(
                     body["due_at"] = None
                     del pending[key]
                 else:
-                    pending[key] = {"due_ms": now + sla * 1000, "alert": alert,
+                    pending[key] = {"due_ms": sla_due(team, now, sla * 1000), "alert": alert,
                                     "owner": body["owner"], "excluded": sorted(excluded)}
                 out.breaches.append((team.name, alert["kind"]))
                 out.emitted.append(Emitted("escalations", team.name, alert["lead_id"], {
