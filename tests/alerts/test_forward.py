@@ -31,7 +31,7 @@ from pipeline.alerts.forward import (
     is_transient,
     retry_after_s,
 )
-from tests.alerts.conftest import TEAM, AlertTopics, make_alert, produce, read_all
+from tests.support.alerts import TEAM, AlertTopics, make_alert, produce, read_all
 
 REPO = Path(__file__).resolve().parents[2]
 

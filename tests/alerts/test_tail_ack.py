@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from pipeline.alerts.tail import format_alert
 from pipeline.cli.main import app
 from pipeline.models.events import Track, decode, validate
-from tests.alerts.conftest import OTHER_TEAM, TEAM, AlertTopics, make_alert, produce, read_all
+from tests.support.alerts import OTHER_TEAM, TEAM, AlertTopics, make_alert, produce, read_all
 
 
 async def run_cli(args: list[str], env: dict[str, str]) -> Result:

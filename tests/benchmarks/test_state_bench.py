@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.benchmarks.scripts import load_script
+from tests.support.benchmarks import load_script
 
 
 @pytest.mark.integration

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import REASONS, parse_message
 from pipeline.settings import Settings
-from tests.stream.workers import Isolated, WorkerProcess, consume
+from tests.support.workers import Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

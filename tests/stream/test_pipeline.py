@@ -15,7 +15,7 @@ from pipeline.core.engine import apply
 from pipeline.core.outputs import StageMove
 from pipeline.core.rules import load_default_rules
 from pipeline.models.events import parse_message
-from tests.stream.workers import Isolated, WorkerProcess, consume
+from tests.support.workers import Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
