@@ -27,6 +27,20 @@ REPO = Path(__file__).resolve().parents[1]
 KAFKA_VERSION = Settings.model_fields["kafka_version"].default
 
 
+# --- Markers ----------------------------------------------------------------------------------
+
+#: Fixtures that resolve the Kafka jars (Maven Central on a cold cache) or start a broker.
+#: A test using one, directly or through another fixture, is an integration test whatever
+#: its module says, so `-m "not integration"` never needs the network.
+BROKER_FIXTURES = frozenset({"kafka_jars", "kafka_bootstrap"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 # --- Kafka ------------------------------------------------------------------------------------
 
 
