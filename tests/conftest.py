@@ -13,15 +13,32 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from pipeline.kafka.broker import JARS_ENV, LocalBroker, resolve_jars
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 from pipeline.settings import Settings
+from tests.support.workers import Isolated, WorkerProcess, make_isolated
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_VERSION = Settings.model_fields["kafka_version"].default
+
+
+# --- Markers ----------------------------------------------------------------------------------
+
+#: Fixtures that resolve the Kafka jars (Maven Central on a cold cache) or start a broker.
+#: A test using one, directly or through another fixture, is an integration test whatever
+#: its module says, so `-m "not integration"` never needs the network.
+BROKER_FIXTURES = frozenset({"kafka_jars", "kafka_bootstrap"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 # --- Kafka ------------------------------------------------------------------------------------
@@ -86,3 +103,37 @@ async def new_topic(kafka_bootstrap: str) -> AsyncIterator[NewTopic]:
             await admin.delete_topics(made)
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+# --- Workers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def isolated(kafka_bootstrap: str, tmp_path: Path) -> Isolated:
+    """Unique topics (created) and app id for one test."""
+    return await make_isolated(kafka_bootstrap, tmp_path / "home")
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers; every one still running is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def make(iso: Isolated, **kw: Any) -> WorkerProcess:
+        w = WorkerProcess(iso, tmp_path / f"worker-{len(started)}.log", **kw)
+        w.start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain aiokafka producer: not the project's code."""
+    p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await p.start()
+    yield p
+    await p.stop()

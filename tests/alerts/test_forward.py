@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from pipeline.alerts.forward import (
     is_transient,
     retry_after_s,
 )
-from tests.alerts.conftest import TEAM, AlertTopics, make_alert, produce, read_all
+from tests.support.alerts import TEAM, AlertTopics, make_alert, produce, read_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,11 +81,14 @@ class Receiver:
         self.bodies: dict[str, Any] = {}
         self.failed = 0
         self.url = ""
+        self.seen_at: list[float] = []  # monotonic time of every request
+        self.hang = asyncio.Event()  # "hang" requests wait on this (never set: forever)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Idempotency-Key", "")
         assert request.headers.get("Content-Type") == "application/json"
         body = orjson.loads(await request.read())
+        self.seen_at.append(time.monotonic())
         if key in self.reject:
             return web.Response(status=self.reject[key])
         if key in self.always_fail or self.down:
@@ -104,6 +108,11 @@ class Receiver:
                 return web.Response(status=200)
             if mode == "429":
                 return web.Response(status=429, headers={"Retry-After": "0"})
+            if mode == "429-hour":
+                return web.Response(status=429, headers={"Retry-After": "3600"})
+            if mode == "hang":
+                await self.hang.wait()
+                return web.Response(status=200)
             raise AssertionError(mode)
         self.accepted.append(key)
         self.bodies[key] = body
@@ -276,3 +285,52 @@ async def test_forward_to_a_missing_topic_fails_with_one_line(alert_topics: Aler
     assert proc.returncode == 1
     assert err.decode().strip().splitlines()[-1].startswith(
         "error: topic " + alert_topics.topics.routing("nosuchteam") + " does not exist")
+
+
+# --- in process: the Retry-After cap and a shutdown during a POST -------------------------------
+
+
+def forward_config(topics: AlertTopics, url: str, **kw: Any) -> ForwardConfig:
+    return ForwardConfig(bootstrap=topics.bootstrap, topic=topics.topics.routing(TEAM), url=url,
+                         group_id=f"fwd-{uuid.uuid4().hex[:8]}",
+                         deadletter_topic=topics.topics.deadletter, backoff_base_s=0.01,
+                         backoff_cap_s=0.05, session_timeout_ms=6000, **kw)
+
+
+@pytest.mark.integration
+async def test_retry_after_beyond_the_cap_waits_the_cap_not_the_header(
+    alert_topics: AlertTopics, receiver: Receiver,
+) -> None:
+    await produce(alert_topics.bootstrap, alert_topics.topics.routing(TEAM),
+                  [make_alert("ra-1", "lead-ra")], partition=0)
+    receiver.script.append("429-hour")
+    fwd = Forwarder(forward_config(alert_topics, receiver.url, retry_after_cap_s=1.0,
+                                   max_alerts=1))
+    # Without the cap the retry would come an hour later: the deadline fails the test.
+    stats = await asyncio.wait_for(fwd.run(), timeout=60)
+    assert (stats.delivered, stats.retries, receiver.accepted) == (1, 1, ["ra-1"])
+    # The wait was the cap (1 s), not the 0.05 s backoff that ignores the header.
+    gap = receiver.seen_at[1] - receiver.seen_at[0]
+    assert 1.0 <= gap < 30, gap
+
+
+@pytest.mark.integration
+async def test_shutdown_during_a_post_commits_nothing_and_the_alert_is_resent(
+    alert_topics: AlertTopics, receiver: Receiver,
+) -> None:
+    routing = alert_topics.topics.routing(TEAM)
+    await produce(alert_topics.bootstrap, routing, [make_alert("sd-1", "lead-sd")], partition=0)
+    receiver.script.append("hang")
+    cfg = forward_config(alert_topics, receiver.url)
+    stop = asyncio.Event()
+    run = asyncio.create_task(Forwarder(cfg, stop).run())
+    await wait_for(lambda: len(receiver.seen_at) == 1, 60, "the POST to start")
+    stop.set()  # the webhook still has not answered
+    stats = await asyncio.wait_for(run, timeout=15)
+    assert (stats.delivered, stats.abandoned, receiver.accepted) == (0, 1, [])
+    tp = TopicPartition(routing, 0)
+    assert await committed(alert_topics.bootstrap, cfg.group_id, [tp]) == [None]
+    # The next member of the group sends it again, with the same idempotency key.
+    again = await asyncio.wait_for(Forwarder(replace(cfg, max_alerts=1)).run(), timeout=60)
+    assert again.delivered == 1 and receiver.accepted == ["sd-1"]
+    assert await committed(alert_topics.bootstrap, cfg.group_id, [tp]) == [1]

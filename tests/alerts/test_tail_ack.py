@@ -6,19 +6,21 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from click.testing import Result
 from typer.testing import CliRunner
 
 from pipeline.alerts.tail import format_alert
 from pipeline.cli.main import app
 from pipeline.models.events import Track, decode, validate
-from tests.alerts.conftest import OTHER_TEAM, TEAM, AlertTopics, make_alert, produce, read_all
+from tests.support.alerts import OTHER_TEAM, TEAM, AlertTopics, make_alert, produce, read_all
 
 
 async def run_cli(args: list[str], env: dict[str, str]) -> Result:
@@ -91,12 +93,26 @@ async def test_tail_from_start_json_prints_the_alerts_in_order(alert_topics: Ale
 
 
 @pytest.mark.integration
-async def test_tail_default_shows_only_new_alerts(alert_topics: AlertTopics) -> None:
+async def test_tail_default_shows_only_new_alerts(
+    alert_topics: AlertTopics, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     routing = alert_topics.topics.routing(TEAM)
     await produce(alert_topics.bootstrap, routing, [make_alert("old-1", "lead-1")], partition=0)
 
+    # The "new" alerts must come after the tail has read its end offsets, or they are old:
+    # wait for that moment itself instead of guessing it with a sleep.
+    positioned = threading.Event()
+    end_offsets = AIOKafkaConsumer.end_offsets
+
+    async def observed_end_offsets(self: AIOKafkaConsumer, *a: Any, **kw: Any) -> Any:
+        ends = await end_offsets(self, *a, **kw)
+        positioned.set()
+        return ends
+
+    monkeypatch.setattr(AIOKafkaConsumer, "end_offsets", observed_end_offsets)
+
     async def produce_later() -> None:
-        await asyncio.sleep(3)  # the tail has taken its end offsets by then
+        assert await asyncio.to_thread(positioned.wait, 20), "tail never read its end offsets"
         await produce(alert_topics.bootstrap, routing, [make_alert("new-1", "lead-2")])
         await produce(alert_topics.bootstrap, alert_topics.topics.escalations, [{
             "alert_id": "new-1", "lead_id": "lead-2", "team": TEAM, "from_owner": "alice",

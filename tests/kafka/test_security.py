@@ -430,8 +430,8 @@ async def test_ae_principal_reads_only_its_team_topic(secured: Secured) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path: Path) -> None:
-    from tests.stream.test_pipeline import offline_moves, scenario
-    from tests.stream.workers import Isolated, WorkerProcess
+    from tests.support.scenario import offline_moves, scenario
+    from tests.support.workers import Isolated, WorkerProcess
 
     # SCRAM-SHA-512 from the environment only, as an operator would configure the worker.
     iso = Isolated(secured.bootstrap, tmp_path / "home", partitions=2,

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.kafka.broker import LocalBroker
 from tests.conftest import KAFKA_VERSION
-from tests.reliability.harness import (
+from tests.support.reliability import (
     events_per_lead,
     judge,
     make_isolated,
@@ -30,7 +30,7 @@ from tests.reliability.harness import (
     settled,
     stage_changes,
 )
-from tests.stream.workers import WorkerProcess
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

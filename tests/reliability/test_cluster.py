@@ -81,7 +81,7 @@ from pipeline.kafka.topics import changelog_topic
 from pipeline.simulator import Message
 from pipeline.stream.codec import decode_event, unpack
 from tests.conftest import KAFKA_VERSION
-from tests.reliability.harness import (
+from tests.support.reliability import (
     TICK_PREFIX,
     _stitched,
     events_per_lead,
@@ -97,7 +97,7 @@ from tests.reliability.harness import (
     settled,
     stage_changes,
 )
-from tests.stream.workers import Isolated, WorkerProcess
+from tests.support.workers import Isolated, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 

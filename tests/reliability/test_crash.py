@@ -31,7 +31,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.simulator import Message
-from tests.reliability.harness import (
+from tests.support.reliability import (
     aborted_records,
     alert_ids,
     events_per_lead,
@@ -45,7 +45,7 @@ from tests.reliability.harness import (
     settled,
     stage_changes,
 )
-from tests.stream.workers import WorkerProcess
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.reliability.harness import (
+from tests.support.reliability import (
     alert_ids,
     events_per_lead,
     judge,
@@ -29,7 +29,7 @@ from tests.reliability.harness import (
     settled,
     stage_changes,
 )
-from tests.stream.workers import WorkerProcess
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import REASONS, parse_message
 from pipeline.settings import Settings
-from tests.stream.workers import Isolated, WorkerProcess, consume
+from tests.support.workers import Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -249,10 +249,26 @@ async def test_every_message_is_scored_or_dead_lettered_counts_match(
     got = await consume(isolated.bootstrap, [t.deadletter],
                         until=lambda out: len(out) >= len(want_dead), timeout=120)
     counts = await _lead_counts(worker, scored, timeout=120)
-    await asyncio.sleep(3)  # time for anything extra (a duplicate, a stray dead letter)
-    got = await consume(isolated.bootstrap, [t.deadletter], until=lambda out: False, timeout=4)
+    # Instead of waiting a while for extras (a duplicate, a stray dead letter): one broken
+    # sentinel after everything else on every input partition; once each one's dead letter
+    # is out, anything the worker would add for the messages before it is out too.
+    sentinels = set()
+    for name in topic.values():
+        for part in range(isolated.settings.partitions):
+            md = await producer.send_and_wait(name, b"{sentinel", partition=part,
+                                              timestamp_ms=now_ms)
+            sentinels.add((md.topic, md.partition, md.offset))
+
+    def _keys(out: list[Any]) -> set[tuple[str, int, int]]:
+        return {(d["source_topic"], d["partition"], d["offset"]) for _, _, d in out}
+
+    got = await consume(isolated.bootstrap, [t.deadletter],
+                        until=lambda out: _keys(out) >= sentinels, timeout=120)
+    assert _keys(got) >= sentinels, "the sentinels never reached the dead-letter topic"
     final = await _lead_counts(worker, scored, timeout=0)
     assert final == counts, "lead documents still changing"
+    got = [g for g in got if (g[2]["source_topic"], g[2]["partition"], g[2]["offset"])
+           not in sentinels]
 
     dead = {(d["source_topic"], d["partition"], d["offset"]): d for _, _, d in got}
     assert len(dead) == len(got), "a message was dead-lettered twice"

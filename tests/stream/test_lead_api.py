@@ -20,7 +20,7 @@ from pipeline.core.engine import apply
 from pipeline.core.rules import load_default_rules
 from pipeline.models.events import parse_message
 from pipeline.stream.leadview import lead_document
-from tests.stream.workers import Isolated, WorkerProcess
+from tests.support.workers import Isolated, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,6 +3,8 @@ are those of each batch's last record."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -43,7 +45,9 @@ async def test_records_split_into_batches_land_in_order_with_their_last_offsets(
         tps = [TopicPartition(topic, p) for p in (0, 1)]
         consumer.assign(tps)
         got: dict[int, list[tuple[bytes | None, bytes | None, int]]] = {0: [], 1: []}
+        deadline = time.monotonic() + 60
         while len(got[0]) < 40 or len(got[1]) < 41:
+            assert time.monotonic() < deadline, f"records missing after 60 s: {got}"
             for tp, recs in (await consumer.getmany(timeout_ms=5000)).items():
                 got[tp.partition] += [(r.key, r.value, r.offset) for r in recs]
     finally:

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.kafka.topics import ensure_topics, topic_specs
-from tests.stream.workers import REPO, Isolated, WorkerProcess, consume
+from tests.support.workers import REPO, Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -10,8 +11,11 @@ from pipeline.core.engine import apply
 from pipeline.core.outputs import AlertTrigger, StageMove
 from pipeline.core.routing import RoutingRules
 from pipeline.core.rules import load_default_rules
+from pipeline.core.state import LeadState
+from pipeline.models.events import parse_message
 from pipeline.settings import Topics
 from pipeline.simulator import generate
+from pipeline.stream.dedup import SeenWindow
 from pipeline.stream.steps import (
     RawMessage,
     assign_batch,
@@ -72,14 +76,32 @@ def test_batched_results_equal_per_event_results_and_offline_core() -> None:
     assert per_lead(out1) == per_lead(out500)
     assert leads1 == leads500
     # offline: stitch by hand and fold `apply` per lead in message order
-    users = {}
-    for m in generate(300, seed=3):
-        if m.body.get("userId"):
-            users[m.body["anonymousId"]] = m.body["userId"]
+    gen = list(generate(300, seed=3))
+    users = {m.body["anonymousId"]: m.body["userId"] for m in gen
+             if m.body.get("userId") and m.body.get("anonymousId")}
+    states: dict[str, LeadState] = {}
+    folded: dict[str, list[dict[str, Any]]] = {}
+    ids: dict[str, list[tuple[str, int]]] = {}
+    for m in gen:
+        lead = m.body.get("userId") or users.get(m.body.get("anonymousId", ""))
+        if lead is None:
+            continue  # never identified: stays in the identity buffer
+        e = replace(parse_message(m.value(), source=m.source), lead_id=lead)
+        res = apply(states.get(lead), e, RULES)
+        states[lead] = res.state
+        folded.setdefault(lead, []).extend(o.to_dict() for o in res.outputs)
+        ids.setdefault(lead, []).append((e.message_id, e.timestamp_ms))
+    assert set(leads1) == set(states)  # only identified visitors become leads
+    assert per_lead(out1) == {k: v for k, v in folded.items() if v}
+    for lead, state in states.items():
+        stored = leads1[lead]
+        # The table keeps the dedup window beside the state (hashed), not in it.
+        assert {**stored["s"], "seen": None} == {**state.to_dict(), "seen": None}, lead
+        window = SeenWindow(stored["seen"], retention_ms=7 * 86_400_000)
+        assert all(window.add(mid, ts) is False for mid, ts in ids[lead]), lead
     moves = [o for o in out1 if isinstance(o, StageMove)]
     assert len(moves) > 50 and any(o.to_stage == "opportunity" for o in moves)
     assert any(isinstance(o, AlertTrigger) for o in out1)
-    assert set(leads1) == set(users.values())  # only identified visitors become leads
 
 
 def test_redelivered_batch_changes_nothing_and_emits_nothing() -> None:

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.deploy.test_prometheus_e2e import check_funnel, running_prometheus
-from tests.stream.workers import Isolated, WorkerProcess
+from tests.support.prometheus import check_funnel, running_prometheus
+from tests.support.workers import Isolated, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -32,9 +32,8 @@ from pipeline.models.events import parse_message
 from pipeline.simulator import Message, generate
 from pipeline.stream.codec import TICK_PREFIX, decode_event, unpack
 from pipeline.stream.leadview import lead_document
-from tests.stream.workers import Isolated, WorkerProcess
-
-TEAMS = ["sales", "enterprise", "smb", "emea"]
+from tests.support.workers import TEAMS, Isolated, WorkerProcess
+from tests.support.workers import make_isolated as _make_isolated
 
 # Worker environment for these tests. The generated events are from 2026-01 (in the past:
 # no future-skew rejection) and span one hour, far inside the 7-day dedup window. The decay
@@ -55,13 +54,9 @@ async def make_isolated(bootstrap: str, home: Path, *, partitions: int = 4,
                         replication_factor: int = 1,
                         extra_env: dict[str, str] | None = None) -> Isolated:
     """Isolated settings (unique app id and topics, created) with `WORKER_ENV`."""
-    from pipeline.kafka.topics import ensure_topics, topic_specs
-
-    iso = Isolated(bootstrap, home, partitions=partitions,
-                   replication_factor=replication_factor,
-                   extra_env={**WORKER_ENV, **(extra_env or {})})
-    await ensure_topics(bootstrap, topic_specs(iso.settings, teams=TEAMS))
-    return iso
+    return await _make_isolated(bootstrap, home, partitions=partitions,
+                                replication_factor=replication_factor,
+                                extra_env={**WORKER_ENV, **(extra_env or {})})
 
 
 def messages(visitors: int, seed: int) -> list[Message]:

@@ -1,0 +1,144 @@
+"""Isolated settings per test, real worker processes, reading their outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.kafka.broker import free_port
+from pipeline.settings import Settings, Topics
+
+REPO = Path(__file__).resolve().parents[2]
+#: The routing teams every isolated test gets topics for.
+TEAMS = ["sales", "enterprise", "smb", "emea"]
+
+
+class Isolated:
+    """Settings with a unique app id and topic names, as environment variables too."""
+
+    def __init__(self, bootstrap: str, home: Path, *, partitions: int = 4,
+                 replication_factor: int = 1,
+                 extra_env: dict[str, str] | None = None) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.bootstrap = bootstrap
+        self.prefix = f"t{tag}"
+        names = {f: f"{self.prefix}.{v}" for f, v in Topics().model_dump().items()}
+        self.env = {
+            "LEADFLOW_BOOTSTRAP_SERVERS": bootstrap,
+            "LEADFLOW_APP_ID": f"lf-{tag}",
+            "LEADFLOW_HOME": str(home),
+            "LEADFLOW_PARTITIONS": str(partitions),
+            "LEADFLOW_REPLICATION_FACTOR": str(replication_factor),
+            "LEADFLOW_STANDBY_REPLICAS": "0",
+            **{f"LEADFLOW_TOPIC_{k.upper()}": v for k, v in names.items()},
+            **(extra_env or {}),
+        }
+        self.settings = Settings(
+            bootstrap_servers=bootstrap, app_id=self.env["LEADFLOW_APP_ID"], home=home,
+            partitions=partitions, replication_factor=replication_factor, standby_replicas=0,
+            topics=Topics(**names),
+        )
+
+
+class WorkerProcess:
+    """A real `leadflow worker` process, as an operator would run it."""
+
+    def __init__(self, iso: Isolated, log: Path, *, web_port: int | None = None) -> None:
+        self.iso = iso
+        self.web_port = web_port or free_port()
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.iso.env, "LEADFLOW_WEB_PORT": str(self.web_port)}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "worker", "--loglevel", "info"],
+            env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(self.url(path)) as r:
+            body = await r.read()
+            return r.status, orjson.loads(body) if body else None
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                status, _ = await self.get("/readyz")
+                if status == 200:
+                    return
+            except Exception:
+                pass
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+async def make_isolated(bootstrap: str, home: Path, *, partitions: int = 4,
+                        replication_factor: int = 1,
+                        extra_env: dict[str, str] | None = None) -> Isolated:
+    """Isolated settings (unique app id and topics, created on the broker)."""
+    from pipeline.kafka.topics import ensure_topics, topic_specs
+
+    iso = Isolated(bootstrap, home, partitions=partitions,
+                   replication_factor=replication_factor, extra_env=extra_env)
+    await ensure_topics(bootstrap, topic_specs(iso.settings, teams=TEAMS))
+    return iso
+
+
+async def consume(bootstrap: str, topics: list[str], *, until: Callable[[list[Any]], bool],
+                  timeout: float = 90.0) -> list[tuple[str, bytes | None, dict[str, Any]]]:
+    """Read JSON messages from the start of `topics` until `until(messages)` or timeout."""
+    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False, isolation_level="read_committed")
+    await c.start()
+    out: list[tuple[str, bytes | None, dict[str, Any]]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until(out):
+            batch = await c.getmany(timeout_ms=500)
+            for tp, recs in batch.items():
+                out.extend((tp.topic, r.key, orjson.loads(r.value or b"null")) for r in recs)
+    finally:
+        await c.stop()
+    return out
