@@ -64,7 +64,8 @@ def test_topic_specs_cover_every_topic() -> None:
     assert [t.name for t in specs] == [
         "events.web", "events.email", "events.product", "events.crm",
         "leads.stage-changes", "routing.sales", "routing.emea",
-        "routing.nurture", "routing.recycle", "routing.escalations", "events.deadletter",
+        "routing.nurture", "routing.recycle", "routing.review", "routing.escalations",
+        "events.deadletter",
         "lf-identity", "lf-leads", "lf-assign",
         "lf-leads-changelog", "lf-identity-changelog", "lf-owners-changelog",
     ]
