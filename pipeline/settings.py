@@ -20,6 +20,7 @@ class Topics(BaseSettings):
     product: str = "events.product"
     crm: str = "events.crm"
     stage_changes: str = "leads.stage-changes"
+    assignments: str = "leads.assignments"
     routing_prefix: str = "routing."
     nurture: str = "routing.nurture"
     recycle: str = "routing.recycle"

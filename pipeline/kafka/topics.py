@@ -72,6 +72,7 @@ def topic_specs(
     names: list[tuple[str, Mapping[str, str]]] = [
         *((name, events) for name in t.inputs()),
         (t.stage_changes, events),
+        (t.assignments, events),
         *((t.routing(team), events) for team in teams),
         (t.nurture, events),
         (t.recycle, events),

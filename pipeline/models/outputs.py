@@ -239,6 +239,31 @@ class Escalation(_Message):
         return _utc(v)
 
 
+class LeadAssignment(_Message):
+    """Who owns a lead now: every placement of an alert by the assign step (and every
+    reassignment after an SLA breach), for a CRM sync. The owner is also on the lead.
+
+    Topic `leads.assignments`; key = lead_id.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "lead-assignment.json"
+
+    lead_id: str = Field(min_length=1, description="The lead.")
+    owner: str | None = Field(description="The rep who owns it; null: waiting in the team queue.")
+    team: str = Field(description="The owning team.")
+    alert_id: str = Field(min_length=1, description="The alert that was placed.")
+    kind: AlertKind = Field(description="The alert's kind.")
+    reassigned: bool = Field(description="True after an SLA breach moved it to another rep.")
+    reason: str = Field(description="Why this owner (or why none).")
+    at: AwareDatetime = Field(description="Time of the triggering event, UTC.")
+    due_at: AwareDatetime | None = Field(description="When its SLA lapses, UTC; null: none.")
+
+    @field_validator("at", "due_at")
+    @classmethod
+    def _in_utc(cls, v: datetime | None) -> datetime | None:
+        return _utc(v) if v is not None else None
+
+
 class DeadLetter(_Message):
     """An inbound message that could not be used, with its original bytes.
 
@@ -265,4 +290,5 @@ class DeadLetter(_Message):
 
 
 #: Every outbound model, by schema file name (for schemagen and the docs).
-OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, DeadLetter)
+OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, LeadAssignment,
+                                        DeadLetter)

@@ -37,14 +37,16 @@ from pipeline.core.stages import DECAYS_TO_RECYCLED
 from pipeline.core.state import LeadState
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.metrics.registry import Metrics
-from pipeline.models.outputs import Escalation, RoutingAlert
+from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.settings import Settings
 from pipeline.stream import emit, transactions
 from pipeline.stream.codec import (
+    OWNER_PREFIX,
     TICK_PREFIX,
     decode_event,
     dumps,
     encode_event,
+    owner_line,
     pack,
     tick_line,
     unpack,
@@ -521,10 +523,15 @@ class LeadflowApp:
         topics = self.settings.topics
         decoded = []
         ticks: dict[str, int] = {}
+        owners: dict[str, dict[str, Any]] = {}
         by_key: dict[bytes, Event] = {}
         for ev in events:
             for line in unpack(_value(ev)):
-                if line.startswith(TICK_PREFIX):
+                if line.startswith(OWNER_PREFIX):
+                    own = orjson.loads(line)
+                    owners[own["owner_of"]] = own
+                    by_key[own["owner_of"].encode()] = ev
+                elif line.startswith(TICK_PREFIX):
                     req = orjson.loads(line)
                     lead = req.get("l") or _key(ev).decode()  # keyed ticks of older versions
                     ticks[lead] = int(req["tick"])
@@ -540,6 +547,7 @@ class LeadflowApp:
             self.rules,
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
             ticks=ticks,
+            owners=owners,
         )
         p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
                              topics, free_mail=self.rules.free_email)
@@ -573,8 +581,15 @@ class LeadflowApp:
         owners = _BatchTable(self.owners, {_key(ev): ev for ev in events})
         res = assign_batch(cmds, owners.get, self.rules.routing)
         now = time.time()
-        sends: list[Send] = []
+        sends: list[Send] = self._envelopes(self.leads_topic_name, (
+            (o.key.encode(), owner_line(o.key, o.body)) for o in res.emitted if o.role == "owner"))
         for out in res.emitted:
+            if out.role == "owner":
+                continue
+            if out.role == "assignment":
+                sends.append((topics.assignments, out.key.encode(),
+                              LeadAssignment.model_validate(out.body).to_bytes(), None))
+                continue
             name = topics.escalations if out.role == "escalations" else \
                 topics.routing(out.team)
             if out.role == "team":

@@ -112,6 +112,15 @@ def unpack(value: bytes) -> list[bytes]:
     return value.split(b"\n") if value else []
 
 
+#: The assign step's word of a lead's owner, told apart the same way.
+OWNER_PREFIX = b'{"owner_of":'
+
+
+def owner_line(lead: str, owner: Mapping[str, Any]) -> bytes:
+    """The owner, team and alert the assign step chose for `lead`, for the lead's state."""
+    return orjson.dumps({"owner_of": lead, **owner})
+
+
 def tick_line(lead: str, at_ms: int) -> bytes:
     """A request to run the core's `tick` for `lead` at `at_ms` (decay without events)."""
     return orjson.dumps({"tick": at_ms, "l": lead})

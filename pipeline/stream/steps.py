@@ -23,7 +23,7 @@ from pipeline.core.identity import (
 )
 from pipeline.core.routing import RoutingRules, Team, TeamState, assign
 from pipeline.core.rules import CompiledRules
-from pipeline.core.state import LeadState
+from pipeline.core.state import LeadState, with_owner
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import parse_message
 from pipeline.stream.codec import encode_event, event_from_dict, event_to_dict
@@ -151,11 +151,13 @@ def score_batch(
     *,
     dedup_retention_ms: int,
     ticks: Mapping[str, int] | None = None,
+    owners: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ScoreResult:
     """Run the core over a batch, per lead in arrival order; one table write per lead.
 
     `ticks` maps a lead to a time (ms) to run `tick` at after its events: the decay
-    timer's request for time-driven moves of leads that send nothing.
+    timer's request for time-driven moves of leads that send nothing. `owners` maps a lead
+    to the owner, team and alert the assign step chose: written to the lead's state.
     """
     by_lead: dict[str, list[Event]] = {}
     for e in events:
@@ -194,6 +196,13 @@ def score_batch(
         if stored is not None and stored.get("route"):
             write["route"] = stored["route"]
         out.writes[lead] = write
+    for lead, own in (owners or {}).items():
+        rec = out.writes.get(lead) or get(lead)
+        if rec is None:
+            continue  # an owner for a lead this table never held: nothing to attach it to
+        state = with_owner(LeadState.from_dict(rec["s"]), own.get("owner"), own.get("team"))
+        out.writes[lead] = {**rec, "s": _stored_state(state),
+                            "route": {"team": own.get("team"), "alert_id": own.get("alert_id")}}
     return out
 
 
@@ -351,6 +360,23 @@ def assign_batch(
                 out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
         rec["state"] = st.to_dict()
     out.writes = records
+    out.emitted += _ownership([e for e in out.emitted if e.role == "team"])
+    return out
+
+
+def _ownership(placed: Sequence[Emitted]) -> list[Emitted]:
+    """For every placed alert: the owner written back to the lead (role 'owner', on the
+    leads topic) and the assignment a CRM sync consumes (role 'assignment')."""
+    out: list[Emitted] = []
+    for e in placed:
+        b = e.body
+        owner = {"owner": b["owner"], "team": b["team"], "alert_id": b["alert_id"]}
+        out.append(Emitted("owner", e.team, e.key, owner))
+        out.append(Emitted("assignment", e.team, e.key, {
+            "lead_id": b["lead_id"], **owner, "kind": b["kind"],
+            "reassigned": bool(b.get("reassigned")),
+            "reason": (b.get("assignment") or {}).get("reason") or "",
+            "at": _iso_ms(int(b["triggered_ms"])), "due_at": b.get("due_at")}))
     return out
 
 

@@ -63,7 +63,7 @@ def test_topic_specs_cover_every_topic() -> None:
     specs = topic_specs(s, teams=["sales", "emea"])
     assert [t.name for t in specs] == [
         "events.web", "events.email", "events.product", "events.crm",
-        "leads.stage-changes", "routing.sales", "routing.emea",
+        "leads.stage-changes", "leads.assignments", "routing.sales", "routing.emea",
         "routing.nurture", "routing.recycle", "routing.review", "routing.escalations",
         "events.deadletter",
         "lf-identity", "lf-leads", "lf-assign",

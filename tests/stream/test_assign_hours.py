@@ -38,9 +38,9 @@ def test_saturday_alert_waits_then_assigned_monday_and_escalates_in_business_hou
         assert (out.emitted, out.breaches) == ([], [])
     out = run({"op": "tick", "now_ms": ms("2026-12-07T09:00:00+00:00")})
     assert out.breaches == []
-    [body] = [e.body for e in out.emitted]
+    [body] = [e.body for e in out.emitted if e.role == "team"]
     assert (body["owner"], body["due_at"]) == ("a", "2026-12-07T10:00:00.000+00:00")
     assert run({"op": "tick", "now_ms": ms("2026-12-07T09:59:59+00:00")}).emitted == []
     out = run({"op": "tick", "now_ms": ms("2026-12-07T10:00:00+00:00")})
     assert out.breaches == [("sales", "hot_score")]
-    assert [e.body["owner"] for e in out.emitted if "owner" in e.body][-1] == "b"
+    assert [e.body["owner"] for e in out.emitted if e.role == "team"][-1] == "b"

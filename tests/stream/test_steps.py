@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.engine import apply
+from pipeline.core.event import Event
 from pipeline.core.outputs import AlertTrigger, StageMove
 from pipeline.core.routing import RoutingRules
 from pipeline.core.rules import load_default_rules
@@ -157,9 +158,10 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
     table: dict[str, Any] = {}
     res = assign_batch([("sales", _alert(i, 1000)) for i in range(6)], table.get, ROUTING)
     table.update(res.writes)
-    owners = [e.body["owner"] for e in res.emitted]
+    placed = [e for e in res.emitted if e.role == "team"]
+    owners = [e.body["owner"] for e in placed]
     assert owners.count("r1") == 4 and owners.count("r2") == 2
-    assert all(e.body["sla_seconds"] == 300 for e in res.emitted)
+    assert all(e.body["sla_seconds"] == 300 for e in placed)
     # a0 acknowledged, a1 contacted (no alert id: by lead), the rest lapse
     res = assign_batch([
         ("sales", {"op": "ack", "lead_id": "u0", "alert_id": "a0", "at_ms": 61_000}),
@@ -237,7 +239,7 @@ def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> No
     table: dict[str, Any] = {}
     res = assign_batch(p.assign, table.get, RULES.routing)
     table.update(res.writes)
-    (out,) = res.emitted
+    (out,) = [e for e in res.emitted if e.role == "team"]
     alert = RoutingAlert.model_validate(out.body)
     assert alert.team == "enterprise" and alert.owner == "rep-erin"
     assert alert.assignment is not None
@@ -306,3 +308,39 @@ def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
                          [ack], get, RULES.routing, Topics(),
                   free_mail=RULES.free_email)
     assert asked == [] and p.assign[0][0] == "emea"
+
+
+def test_the_owner_chosen_by_assign_is_written_to_the_lead_and_published() -> None:
+    from pipeline.models.outputs import LeadAssignment
+    from pipeline.stream.leadview import lead_document
+
+    leads: dict[str, Any] = {}
+    ident = Event("m1", "u0", "identify", 1000, traits={"email": "a@b.com"}, user_id="u0")
+    leads.update(score_batch([ident], leads.get, RULES, dedup_retention_ms=10**9).writes)
+    table: dict[str, Any] = {}
+
+    def owner_of(res: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        [own] = [e.body for e in res.emitted if e.role == "owner"]
+        [asg] = [e.body for e in res.emitted if e.role == "assignment"]
+        return own, asg
+
+    res = assign_batch([("sales", _alert(0, 1000))], table.get, ROUTING)
+    table.update(res.writes)
+    own, asg = owner_of(res)
+    assert own == {"owner": "r1", "team": "sales", "alert_id": "a0"}
+    assert LeadAssignment.model_validate(asg).reassigned is False
+    leads.update(score_batch([], leads.get, RULES, dedup_retention_ms=10**9,
+                             owners={"u0": own}).writes)
+    doc = lead_document("u0", leads["u0"], RULES)
+    assert (doc["owner"], doc["team"], doc["last_alert_id"]) == ("r1", "sales", "a0")
+    # the SLA lapses: the reassignment is written back too
+    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    own, asg = owner_of(res)
+    assert own["owner"] == "r2" and asg["reassigned"] is True
+    leads.update(score_batch([], leads.get, RULES, dedup_retention_ms=10**9,
+                             owners={"u0": own}).writes)
+    assert lead_document("u0", leads["u0"], RULES)["owner"] == "r2"
+    # later events keep the owner
+    page = Event("m2", "u0", "page", 2000, url="https://x.com/pricing", user_id="u0")
+    leads.update(score_batch([page], leads.get, RULES, dedup_retention_ms=10**9).writes)
+    assert LeadState.from_dict(leads["u0"]["s"]).owner == "r2"
