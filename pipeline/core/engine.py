@@ -560,7 +560,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
                     or prev_product < pql <= prod
                     or (prod >= pql and (stage == "lead" or stage == "mql"))
                     or (total >= hot_line and not w.hot and stage in ALERTABLE)
-                    or (w.hot and total < cool)):
+                    or (w.hot and prev_total >= cool > total)):
                 continue
         w.engagement, w.product = eng, prod
         _thresholds(w, r, e, trig, prev_total, prev_product, total)
@@ -608,7 +608,9 @@ def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | 
         if not w.hot and w.stage in ALERTABLE:
             w.hot = True
             alerted = _alert(w, r, "hot_score", "hot_threshold", t, mid) or alerted
-    elif w.hot and total < r.cool:
+    elif w.hot and prev_total >= r.cool > total:
+        # cooled by lost points; a hand-raise is hot whatever its score, until it drops
+        # below the line or goes idle (`_idle`)
         w.hot = False
     if to_mql and not alerted and not w.hot:
         w.outs.append(RoutingDecision(w.lead_id, "nurture", "warm", t, "crossed mql", mid,

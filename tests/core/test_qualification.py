@@ -93,6 +93,15 @@ def test_hot_has_hysteresis_and_a_cooled_lead_alerts_again() -> None:
     assert s.hot and [a.kind for a in alerts(outs)] == ["hot_score"]
 
 
+def test_a_hand_raiser_is_hot_whatever_its_score_until_it_goes_idle() -> None:
+    s, outs = run(None, [ev("identify", T0, traits=VP), ev("track", T0 + 1, "Demo Requested")])
+    assert scores(s, R)["total"] == 70.0 and s.hot  # 40 + 30, under cool_below (75)
+    s, _ = run(s, [ev("page", T0 + 2, url="https://x.com/blog/a")])  # 73: still hot
+    assert s.hot
+    # idle: after 14 days decay starts, and a quiet lead under the line cools
+    assert not tick(s, T0 + 15 * DAY, R).state.hot
+
+
 def test_competitor_is_disqualified_and_its_demo_request_goes_to_review() -> None:
     s, outs = run(None, [ev("identify", T0, traits={"email": "c@rivalcrm.example"})])
     assert s.stage == "disqualified"
