@@ -94,7 +94,7 @@ def test_hot_has_hysteresis_and_a_cooled_lead_alerts_again() -> None:
 
 
 def test_a_hand_raiser_is_hot_whatever_its_score_until_it_goes_idle() -> None:
-    s, outs = run(None, [ev("identify", T0, traits=VP), ev("track", T0 + 1, "Demo Requested")])
+    s, _ = run(None, [ev("identify", T0, traits=VP), ev("track", T0 + 1, "Demo Requested")])
     assert scores(s, R)["total"] == 70.0 and s.hot  # 40 + 30, under cool_below (75)
     s, _ = run(s, [ev("page", T0 + 2, url="https://x.com/blog/a")])  # 73: still hot
     assert s.hot
