@@ -116,6 +116,10 @@ def unpack(value: bytes) -> list[bytes]:
 OWNER_PREFIX = b'{"owner_of":'
 
 
+#: Lines of a leads-topic envelope that are requests to the score step, not events.
+CONTROL_PREFIXES = (TICK_PREFIX, OWNER_PREFIX)
+
+
 def owner_line(lead: str, owner: Mapping[str, Any]) -> bytes:
     """The owner, team and alert the assign step chose for `lead`, for the lead's state."""
     return orjson.dumps({"owner_of": lead, **owner})

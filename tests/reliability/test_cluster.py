@@ -82,7 +82,7 @@ from pipeline.simulator import Message
 from pipeline.stream.codec import decode_event, unpack
 from tests.conftest import KAFKA_VERSION
 from tests.support.reliability import (
-    TICK_PREFIX,
+    CONTROL_PREFIXES,
     _stitched,
     events_per_lead,
     judge,
@@ -192,7 +192,7 @@ async def _where_stuck(iso: Isolated, msgs: list[Message], leads: list[str]) -> 
         out = set()
         for r in await read_all(iso.bootstrap, [topic], idle_s=2.0):
             for line in unpack(r.value or b""):  # envelopes: many events per record
-                if not line.startswith(TICK_PREFIX):
+                if not line.startswith(CONTROL_PREFIXES):
                     out.add(decode_event(line).message_id)
         return out
 
@@ -225,7 +225,7 @@ async def _trace(iso: Isolated, msgs: list[Message], leads: list[str], limit: in
     for hop in ("identity", "leads"):
         for r in await read_all(iso.bootstrap, [f"{app_id}-{hop}"], idle_s=2.0):
             for line in unpack(r.value or b""):
-                if not line.startswith(TICK_PREFIX):
+                if not line.startswith(CONTROL_PREFIXES):
                     note(decode_event(line).message_id, hop, r)
     # An event still waiting in its visitor's identity buffer was stitched from a state
     # that did not know the user (yet).

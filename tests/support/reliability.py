@@ -30,7 +30,7 @@ from pipeline.core.rules import load_default_rules
 from pipeline.core.state import LeadState
 from pipeline.models.events import parse_message
 from pipeline.simulator import Message, generate
-from pipeline.stream.codec import TICK_PREFIX, decode_event, unpack
+from pipeline.stream.codec import CONTROL_PREFIXES, decode_event, unpack
 from pipeline.stream.leadview import lead_document
 from tests.support.workers import TEAMS, Isolated, WorkerProcess
 from tests.support.workers import make_isolated as _make_isolated
@@ -181,7 +181,7 @@ async def seen_order(iso: Isolated, *, read_committed: bool = False
     replayed = 0
     for r in recs:
         for line in unpack(r.value or b""):
-            if line.startswith(TICK_PREFIX):
+            if line.startswith(CONTROL_PREFIXES):
                 continue
             e = decode_event(line)
             replayed += (e.lead_id, e.message_id) in done
