@@ -4,10 +4,14 @@ Request flow: CORS preflight answered in middleware; the write key (HTTP Basic u
 `writeKey` in the body) picks the source and so the input topic; the body is read with a size
 limit (after gzip decoding, which aiohttp does incrementally so a zip bomb stops at the limit);
 every message is enriched (receivedAt, messageId when missing, type from the path, batch
-context), validated with the same models the stream processors use, and only when Kafka has
-acknowledged every message (acks=all, idempotent producer) the client gets 200
-`{"success": true}`. Anything wrong gets a 4xx JSON body naming the problem; Kafka unreachable
-or too slow gets 503, so the client keeps the messages and retries.
+context), validated with the same models the stream processors use. Each item of a batch has
+its own outcome, as with Segment: valid items go to their input topic, each invalid one to the
+dead-letter topic with its reason and bytes (origin `collector`, its batch index), and the
+answer is 200 with the rejected indexes (SDKs drop a batch answered 4xx: one bad item must not
+lose its neighbours). Only when Kafka has acknowledged every record (acks=all, idempotent
+producer) does the client get its 200. A request-level problem (write key, body not JSON or
+too large) gets a 4xx naming it; a single call that is invalid gets 400 and is dead-lettered
+too; Kafka unreachable or too slow gets 503, so the client keeps the messages and retries.
 
 Logs carry counts, the source and reason codes, never message contents (no e-mails, traits).
 """
@@ -15,6 +19,7 @@ Logs carry counts, the source and reason codes, never message contents (no e-mai
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -34,6 +39,7 @@ from pipeline.collector.limits import RateLimiter
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import to_event, validate
+from pipeline.models.outputs import DeadLetter
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.collector")
@@ -47,6 +53,7 @@ CALLS: dict[str, str] = {
     "identify": "identify", "i": "identify",
     "alias": "alias", "a": "alias",
     "group": "group", "g": "group",
+    "screen": "screen", "s": "screen",
 }
 BATCH = frozenset({"batch", "b", "import"})
 ALLOWED_HEADERS = "Authorization, Content-Type, Content-Encoding"
@@ -269,8 +276,8 @@ class Collector:
                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
 
     def check(self, items: list[Any], call: str | None, batch: dict[str, Any] | None,
-              now_ms: int) -> list[dict[str, Any]]:
-        """Enrich and validate every message; 400/413 naming each bad item."""
+              now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Enrich and validate every message: (valid messages, rejections naming each item)."""
         max_item = self.settings.collector_max_message_bytes
         skew_ms = int(self.settings.max_future_skew_s * 1000)
         errors: list[dict[str, Any]] = []
@@ -300,13 +307,24 @@ class Collector:
                                "detail": f"{where}.{exc.detail}"})
                 continue
             out.append(msg)
-        if errors:
+        if errors and batch is None:  # a single call: the client is told in the status too
             status, code = (413, "too_large") if too_big else (400, "invalid")
-            first = errors[0]["detail"]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            # Nothing of a partly bad batch is sent: the client fixes and resends it whole,
-            # and no message is both accepted and reported as an error.
-            raise Problem(status, code, f"{first}{more}", errors)
+            raise Problem(status, code, errors[0]["detail"], errors)
+        return out, errors
+
+    def dead_letters(self, items: list[Any], errors: list[dict[str, Any]], topic: str,
+                     now_ms: int, *, batched: bool) -> list[tuple[str, bytes, bytes]]:
+        """One dead letter per rejected item, with its bytes as the client sent them."""
+        out = []
+        for err in errors:
+            raw = orjson.dumps(items[err["index"]])
+            dl = DeadLetter(
+                reason=err["reason"], detail=err["detail"], source_topic=topic, partition=0,
+                offset=0, timestamp_ms=now_ms, key_b64=None,
+                value_b64=base64.b64encode(raw).decode(), value_size=len(raw),
+                received_at=datetime.fromtimestamp(now_ms / 1000, UTC), origin="collector",
+                batch_index=err["index"] if batched else None)
+            out.append((self.settings.topics.deadletter, b"collector", dl.to_bytes()))
         return out
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -337,19 +355,38 @@ class Collector:
         else:
             key = header_key
         now_ms = self.clock_ms()
+        topic = self.topic_of(source)
         if is_batch:
             items = body.get("batch")
             if not isinstance(items, list) or not items:
                 raise Problem(400, "invalid", "batch: a non-empty list of messages is required")
-            msgs = self.check(items, None, body, now_ms)
         else:
-            msgs = self.check([body], call, None, now_ms)
-        self.limiter.spend(key, len(msgs))
-        topic = self.topic_of(source)
+            items = [body]
+        try:
+            msgs, errors = self.check(items, call, body if is_batch else None, now_ms)
+        except Problem as p:  # an invalid single call: refused, and kept as a dead letter
+            await self._send(self.dead_letters(items, p.errors, topic, now_ms, batched=False),
+                             source)
+            raise
+        self.limiter.spend(key, len(items))
         records = [
             (topic, str(m.get("userId") or m.get("anonymousId")).encode(), orjson.dumps(m))
             for m in msgs
         ]
+        await self._send([*records, *self.dead_letters(items, errors, topic, now_ms,
+                                                        batched=is_batch)], source)
+        log.debug("accepted source=%s messages=%d rejected=%d", source, len(records),
+                  len(errors))
+        if errors:
+            return web.json_response({"success": True, "rejected": [
+                {"index": e["index"], "reason": e["reason"], "detail": e["detail"]}
+                for e in errors]})
+        return web.json_response({"success": True})
+
+    async def _send(self, records: list[tuple[str, bytes, bytes]], source: str) -> None:
+        """Produce and wait for the acks; 503 when Kafka does not acknowledge."""
+        if not records:
+            return
         try:
             await self.sender.send_all(records)
         except KafkaUnavailable as exc:
@@ -357,8 +394,6 @@ class Collector:
                         source, len(records), exc)
             raise Problem(503, "kafka_unavailable", "Kafka did not acknowledge the messages; "
                           "retry later", headers={"Retry-After": "5"}) from None
-        log.debug("accepted source=%s messages=%d", source, len(records))
-        return web.json_response({"success": True})
 
 
 #: The Collector of an app (for tests and embedding).
@@ -446,6 +481,7 @@ def create_app(
 
     app.router.add_post("/v1/{call}", collector.handle)
     app.router.add_get("/leadflow.js", leadflow_js)
-    app.router.add_get("/health", health)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/health", health)  # the earlier name, kept for existing probes
     app.on_cleanup.append(close_sender)
     return app

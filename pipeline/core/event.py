@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
-EventType = Literal["track", "page", "identify", "alias", "group"]
+EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 

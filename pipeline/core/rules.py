@@ -38,7 +38,7 @@ from pipeline.errors import RulesError
 
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
 Scalar = str | int | float | bool
-EventTypeName = Literal["track", "page", "identify", "group", "alias"]
+EventTypeName = Literal["track", "page", "screen", "identify", "group", "alias"]
 GroupName = Literal["fit", "engagement", "product"]
 
 

@@ -1,4 +1,4 @@
-"""Inbound messages: the Segment Spec calls (track, page, identify, alias, group).
+"""Inbound messages: the Segment Spec calls (track, page, screen, identify, alias, group).
 
 `parse_message` is the one door from raw Kafka bytes to a core `Event`: it decodes once
 with orjson, validates with pydantic and raises `InvalidEvent` with a short reason code
@@ -84,6 +84,14 @@ class Page(_Base):
     category: str | None = Field(default=None, max_length=500)
 
 
+class Screen(_Base):
+    """A screen view in a mobile app (the mobile and Node SDKs' page)."""
+
+    type: Literal["screen"]
+    name: str | None = Field(default=None, max_length=500)
+    category: str | None = Field(default=None, max_length=500)
+
+
 class Identify(_Base):
     """Ties a user to their traits (e-mail, title, company...)."""
 
@@ -104,11 +112,12 @@ class Group(_Base):
     group_id: _Id = Field(alias="groupId")
 
 
-SegmentMessage = Annotated[Track | Page | Identify | Alias | Group, Field(discriminator="type")]
-_ADAPTER: TypeAdapter[Track | Page | Identify | Alias | Group] = TypeAdapter(SegmentMessage)
+AnyCall = Track | Page | Screen | Identify | Alias | Group
+SegmentMessage = Annotated[AnyCall, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[AnyCall] = TypeAdapter(SegmentMessage)
 
 
-_TYPES = frozenset({"track", "page", "identify", "alias", "group"})
+_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -164,7 +173,7 @@ def decode(raw: bytes, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any]) -> Track | Page | Identify | Alias | Group:
+def validate(data: dict[str, Any]) -> AnyCall:
     """Validate a decoded message against the Segment Spec models."""
     try:
         return _ADAPTER.validate_python(data)
@@ -190,7 +199,7 @@ def lead_key(user_id: str | None, anonymous_id: str | None) -> str:
 
 
 def to_event(
-    msg: Track | Page | Identify | Alias | Group,
+    msg: AnyCall,
     *,
     source: str = "",
     now_ms: int | None = None,
@@ -224,7 +233,7 @@ def to_event(
     traits = msg.traits or (ctx.get("traits") if isinstance(ctx.get("traits"), dict) else None)
     if isinstance(msg, Track):
         name = msg.event
-    elif isinstance(msg, Page):
+    elif isinstance(msg, Page | Screen):
         name = msg.name or ""
     elif isinstance(msg, Alias):
         name = msg.previous_id

@@ -282,6 +282,12 @@ class DeadLetter(_Message):
     value_b64: str = Field(description="Original value bytes, base64 (may be personal data).")
     value_size: int = Field(ge=0, description="Length of the original value in bytes.")
     received_at: AwareDatetime = Field(description="When leadflow dead-lettered it, UTC.")
+    origin: Literal["stream", "collector"] = Field(
+        default="stream", description="Who refused it: the stream's ingest (read from "
+        "source_topic at partition/offset) or the HTTP collector (never on a topic: "
+        "source_topic is where it was meant to go, partition and offset are 0).")
+    batch_index: int | None = Field(
+        default=None, ge=0, description="For the collector: its index in the batch request.")
 
     @field_validator("received_at")
     @classmethod

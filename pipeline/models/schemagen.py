@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from pipeline.models.events import Alias, Group, Identify, Page, SegmentMessage, Track
+from pipeline.models.events import Alias, Group, Identify, Page, Screen, SegmentMessage, Track
 from pipeline.models.outputs import OUTBOUND
 
 #: The repository's schemas folder (next to the `pipeline` package).
@@ -29,6 +29,7 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 INBOUND: dict[str, type[BaseModel]] = {
     "segment-track.json": Track,
     "segment-page.json": Page,
+    "segment-screen.json": Screen,
     "segment-identify.json": Identify,
     "segment-alias.json": Alias,
     "segment-group.json": Group,

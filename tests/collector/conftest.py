@@ -19,7 +19,7 @@ async def make_server(
 
     async def make(bootstrap: str | None = None, **kw: Any) -> Server:
         names = {src: await new_topic(f"events-{src}") for src in ("web", "email", "product",
-                                                                     "crm")}
+                                                                     "crm", "deadletter")}
         settings = collector_settings(names, **kw)
         runner, url = await start_collector(settings, bootstrap or kafka_bootstrap)
         runners.append(runner)

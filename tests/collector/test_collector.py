@@ -47,8 +47,10 @@ CALLS = [
     ("t", {"event": "Pricing Viewed", "anonymousId": "a-2"}),
     ("p", {"anonymousId": "a-2"}),
     ("i", {"userId": "u-2", "traits": {}}),
+    ("screen", {"name": "Home", "userId": "u-3", "properties": {"variant": "b"}}),
+    ("s", {"name": "Settings", "anonymousId": "a-3"}),
 ]
-TYPES = {"t": "track", "p": "page", "i": "identify"}
+TYPES = {"t": "track", "p": "page", "i": "identify", "s": "screen"}
 
 
 @pytest.mark.parametrize(("path", "fields"), CALLS)
@@ -150,12 +152,14 @@ async def test_oversize_message_and_batch_are_413(server: Server) -> None:
     big = {"event": "X", "userId": "u", "messageId": "m", "properties": {"x": "y" * 40_000}}
     status, body, _ = await post(f"{server.url}/v1/track", big, headers=basic("web-key"))
     assert (status, body["error"]) == (413, "too_large")
-    # A batch under 500 KB whose one item is over 32 KB: named by index.
+    # A batch under 500 KB whose one item is over 32 KB: that item alone is refused, by index;
+    # its neighbour is produced.
     batch = {"batch": [{"type": "track", "event": "ok", "userId": "u", "messageId": "m1"},
                        {**big, "type": "track"}]}
     status, body, _ = await post(f"{server.url}/v1/batch", batch, headers=basic("web-key"))
-    assert status == 413
-    assert body["errors"][0]["index"] == 1 and "batch[1]" in body["message"]
+    assert status == 200
+    [rej] = body["rejected"]
+    assert (rej["index"], rej["reason"]) == (1, "oversize") and "batch[1]" in rej["detail"]
     huge = {"batch": [{**big, "type": "track", "properties": {"x": "y" * 30_000}}] * 20}
     status, body, _ = await post(f"{server.url}/v1/batch", huge, headers=basic("web-key"))
     assert status == 413
@@ -164,7 +168,14 @@ async def test_oversize_message_and_batch_are_413(server: Server) -> None:
     status, body, _ = await post(f"{server.url}/v1/batch", None, raw=bomb,
                                  headers={**basic("web-key"), "Content-Encoding": "gzip"})
     assert (status, body["error"]) == (413, "too_large")
-    assert await count(server.bootstrap, server.topics.web) == 0
+    assert [m["messageId"] for _k, m in await consume(
+        server.bootstrap, server.topics.web, 1)] == ["m1"]
+    # the refused item is a dead letter (bodies over the limit are refused unread: the
+    # client keeps them, as with any 4xx)
+    dls = [m for _k, m in await consume(server.bootstrap, server.topics.deadletter, 2,
+                                        timeout=5)]
+    assert [(d["reason"], d["origin"], d["batch_index"]) for d in dls] == [
+        ("oversize", "collector", 1)]
 
 
 async def test_bad_json_and_bad_items_are_400_naming_the_problem(server: Server) -> None:
@@ -183,21 +194,30 @@ async def test_bad_json_and_bad_items_are_400_naming_the_problem(server: Server)
         "nope",
     ]}
     status, body, _ = await post(url, batch, headers=basic("web-key"))
-    assert (status, body["error"]) == (400, "invalid")
-    errors = {e["index"]: e for e in body["errors"]}
+    assert status == 200 and body["success"] is True
+    errors = {e["index"]: e for e in body["rejected"]}
     assert sorted(errors) == [1, 2, 3]
     assert errors[1]["reason"] == "invalid" and "batch[1]" in errors[1]["detail"]
     assert "event" in errors[1]["detail"]
     assert errors[2]["reason"] == "missing_id"
     assert errors[3]["reason"] == "not_an_object"
-    assert body["message"].startswith("batch[1].") and "2 more" in body["message"]
     # type that contradicts the endpoint
     status, body, _ = await post(f"{server.url}/v1/page",
                                  {"type": "track", "event": "x", "userId": "u"},
                                  headers=basic("web-key"))
     assert status == 400 and "/v1/page" in body["message"]
-    # nothing of a partly bad batch was sent
-    assert await count(server.bootstrap, server.topics.web) == 0
+    # the valid item of the batch was produced, every refused item is a dead letter with
+    # the bytes the client sent
+    assert [m["messageId"] for _k, m in await consume(
+        server.bootstrap, server.topics.web, 1)] == ["m1"]
+    dls = [m for _k, m in await consume(server.bootstrap, server.topics.deadletter, 4)]
+    assert sorted((d["batch_index"] is None, d["batch_index"], d["reason"]) for d in dls) == [
+        (False, 1, "invalid"), (False, 2, "missing_id"), (False, 3, "not_an_object"),
+        (True, None, "invalid")]
+    by_index = {d["batch_index"]: d for d in dls}
+    assert orjson.loads(base64.b64decode(by_index[3]["value_b64"])) == "nope"
+    assert orjson.loads(base64.b64decode(by_index[1]["value_b64"]))["messageId"] == "m2"
+    assert all(d["source_topic"] == server.topics.web for d in dls)
 
 
 async def test_future_timestamp_is_refused(server: Server) -> None:
@@ -252,8 +272,31 @@ async def test_snippet_is_served(server: Server) -> None:
 
 
 async def test_unknown_endpoint_is_404_json(server: Server) -> None:
-    status, body, _ = await post(f"{server.url}/v1/screen", {}, headers=basic("web-key"))
+    status, body, _ = await post(f"{server.url}/v1/scrn", {}, headers=basic("web-key"))
     assert (status, body["error"]) == (404, "not_found")
+    async with aiohttp.ClientSession() as s:
+        for path in ("/healthz", "/health"):
+            async with s.get(f"{server.url}{path}") as r:
+                assert (r.status, await r.json()) == (200, {"ok": True})
+        async with s.get(f"{server.url}/nope") as r:
+            assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+async def test_screen_in_a_batch_with_a_bad_item_loses_nothing(server: Server) -> None:
+    # what the Node SDK queued when a screen call used to make the whole batch fail
+    batch = {"batch": [
+        {"type": "identify", "userId": "u-9", "messageId": "b1", "traits": {"email": "a@b.c"}},
+        {"type": "screen", "userId": "u-9", "messageId": "b2", "name": "Home"},
+        {"type": "track", "userId": "u-9", "messageId": "b3", "event": "Demo Requested"},
+        {"type": "track", "userId": "u-9", "messageId": "b4"},  # no event name
+    ]}
+    status, body, _ = await post(f"{server.url}/v1/batch", batch, headers=basic("web-key"))
+    assert status == 200 and [r["index"] for r in body["rejected"]] == [3]
+    got = [m for _k, m in await consume(server.bootstrap, server.topics.web, 3)]
+    assert [(m["messageId"], m["type"]) for m in got] == [
+        ("b1", "identify"), ("b2", "screen"), ("b3", "track")]
+    [dl] = [m for _k, m in await consume(server.bootstrap, server.topics.deadletter, 1)]
+    assert (dl["batch_index"], dl["reason"], dl["origin"]) == (3, "invalid", "collector")
 
 
 async def test_kafka_down_is_503_not_2xx(make_server: MakeServer) -> None:

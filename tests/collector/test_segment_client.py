@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import time
 from collections.abc import Iterator
@@ -101,3 +102,40 @@ async def test_analytics_python_with_a_bad_write_key_gets_an_error(
     errors = await asyncio.to_thread(send)
     assert len(errors) == 1
     assert "401" in str(errors[0]) and "unknown write key" in str(errors[0])
+
+
+def _send_mixed(url: str, write_key: str) -> list[Any]:
+    """A screen call and a message the collector refuses (a timestamp far in the future),
+    queued together by the library's batching consumer."""
+    from datetime import UTC, datetime
+
+    errors: list[Any] = []
+    analytics.default_client = None
+    analytics.write_key = write_key
+    analytics.host = url
+    analytics.sync_mode = False
+    analytics.max_retries = 0
+    analytics.on_error = lambda error, items: errors.append(error)
+    analytics.identify("kim@acme.example", {"email": "kim@acme.example"})
+    analytics.screen("kim@acme.example", name="Home", properties={"variant": "b"})
+    analytics.track("kim@acme.example", "Demo Requested",
+                    timestamp=datetime(2999, 1, 1, tzinfo=UTC))
+    analytics.track("kim@acme.example", "Demo Requested")
+    analytics.flush()
+    return errors
+
+
+async def test_analytics_python_mixed_batch_loses_nothing(
+    make_server: MakeServer, segment_globals: None
+) -> None:
+    srv = await make_server()
+    errors = await asyncio.to_thread(_send_mixed, srv.url, "web-key")
+    assert errors == []  # one refused item does not fail the batch the SDK sent
+    got = [v for _, v in await consume(srv.bootstrap, srv.topics.web, 3)]
+    assert sorted(v["type"] for v in got) == ["identify", "screen", "track"]
+    [screen] = [v for v in got if v["type"] == "screen"]
+    assert screen["name"] == "Home"
+    [dl] = [v for _, v in await consume(srv.bootstrap, srv.topics.deadletter, 1)]
+    assert (dl["reason"], dl["origin"]) == ("future_timestamp", "collector")
+    assert orjson.loads(base64.b64decode(dl["value_b64"]))["event"] == (
+        "Demo Requested")
