@@ -84,7 +84,7 @@ class Reference:
     stage: dict[str, str]  # the order the score agent saw
     moves: list[Move]  # the order the score agent saw
     stage_if_generator_order: dict[str, str]
-    #: Ids of the alerts (routing.<team>) and hand-offs (routing.nurture/recycle) the core
+    #: Ids of the alerts (routing.<team>) and hand-offs (routing.nurture/recycle/review) the core
     #: raises in the order the score agent saw; stable ids, so each must arrive once.
     alerts: list[str]
 
@@ -214,17 +214,18 @@ async def aborted_records(iso: Isolated) -> int:
     app = iso.env["LEADFLOW_APP_ID"]
     topics = [*(f"{app}-{name}" for name in ("identity", "leads", "assign")),
               *(f"{app}-{table}-changelog" for table in ("identity", "leads", "owners")),
-              t.stage_changes, *(t.routing(team) for team in TEAMS), t.nurture, t.recycle]
+              t.stage_changes, t.assignments, *(t.routing(team) for team in TEAMS),
+              t.nurture, t.recycle, t.review]
     everything = await read_all(iso.bootstrap, topics)
     committed = await read_all(iso.bootstrap, topics, read_committed=True)
     return len(everything) - len(committed)
 
 
 async def alert_ids(iso: Isolated, *, read_committed: bool = False) -> list[str]:
-    """The alert id of every record on the teams' and the nurture/recycle routing topics."""
+    """The alert id of every record on the teams' and the nurture/recycle/review topics."""
     t = iso.settings.topics
     recs = await read_all(iso.bootstrap, [*(t.routing(team) for team in TEAMS), t.nurture,
-                                          t.recycle], read_committed=read_committed)
+                                          t.recycle, t.review], read_committed=read_committed)
     return [str(orjson.loads(r.value)["alert_id"]) for r in recs]
 
 
