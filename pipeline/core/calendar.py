@@ -218,12 +218,6 @@ def _at(d: date, minutes: int, tz: ZoneInfo) -> int:
     return int(local.timestamp() * 1000)
 
 
-def iso(at_ms: int) -> str:
-    """UTC ISO-8601 with milliseconds, as the outputs write instants."""
-    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
 def rep_calendar(team: Team, rep: Rep) -> Calendar:
     """A rep's calendar: their own zone and hours, else the team's, plus their away dates."""
     return Calendar(tz=rep.timezone or team.timezone or "UTC",

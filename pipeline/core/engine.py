@@ -198,12 +198,12 @@ def _plain_traits(w: _Work) -> dict[str, Any]:
 
 def _gate(w: _Work, r: CompiledRules, own: CompiledRequirement | None) -> str | None:
     """Why this lead's alert may not reach a team (alerts.require, then the trigger's own)."""
-    for req in (r.alert_require, own):
-        if req is not None:
-            why = req.failure(w.fit, w.fit_hits, _plain_traits(w))
-            if why is not None:
-                return why
-    return None
+    reqs = [req for req in (r.alert_require, own) if req is not None]
+    if not reqs:
+        return None
+    traits = _plain_traits(w)
+    return next((why for req in reqs
+                 if (why := req.failure(w.fit, w.fit_hits, traits)) is not None), None)
 
 
 def _review(w: _Work, r: CompiledRules, rule: str, why: str, at: int, mid: str | None) -> None:

@@ -71,6 +71,10 @@ class Range(_Model):
         return self
 
 
+#: The tests a TraitCondition can make; it makes exactly one.
+_TRAIT_TESTS = ("contains_any", "any_of", "range", "free_email", "domain_in", "domain_endswith")
+
+
 class TraitCondition(_Model):
     """One condition on the lead's latest traits (identify and group calls); exactly one test.
 
@@ -97,8 +101,7 @@ class TraitCondition(_Model):
     def _exactly_one(self) -> TraitCondition:
         if isinstance(self.trait, list) and not self.trait:
             raise ValueError("trait: give a path or a non-empty list of paths")
-        given = [k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
-                             "domain_endswith") if getattr(self, k) is not None]
+        given = [k for k in _TRAIT_TESTS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of contains_any, any_of, range, free_email, "
                              f"domain_in, domain_endswith (got {', '.join(given) or 'none'})")
@@ -661,8 +664,7 @@ def _compile_trait(c: TraitCondition, free: frozenset[str]) -> Callable[[Mapping
 
 def _describe(c: TraitCondition) -> str:
     """A condition in a line, for review reasons (names the test, never a lead's value)."""
-    test = next(k for k in ("contains_any", "any_of", "range", "free_email", "domain_in",
-                            "domain_endswith") if getattr(c, k) is not None)
+    test = next(k for k in _TRAIT_TESTS if getattr(c, k) is not None)
     return f"{'|'.join(c.paths())} {test} {getattr(c, test)!s}"
 
 
