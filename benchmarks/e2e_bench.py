@@ -68,6 +68,12 @@ class Result:
     peak_rss_mb: float | None = None
     ratio_to_limit: float | None = None
     seconds: float | None = None
+    #: Every input offset of the throughput phase committed before `max_s`.
+    complete: bool = False
+    #: The latency phase committed within `drain_s` of its last send.
+    drained: bool = False
+    #: Throughput events the system decoded (systems that write their own record; else None).
+    decoded: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -438,6 +444,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         per_cpu, cpu = pr.rate_per_cpu_s(), pr.cpu_seconds()
         res.events_per_cpu_s = None if per_cpu is None else round(per_cpu, 1)
         res.cpu_s = None if cpu is None else round(cpu, 2)
+        res.complete = pr.complete
         if not pr.complete:
             res.notes.append("latency includes the wait behind the backlog")
             res.notes.append(f"throughput phase cut at {run.max_s:.0f} s: {pr.c_last:,} of "
@@ -456,6 +463,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         if took > run.latency_s * 1.1:
             res.notes.append(f"producer reached only {count / took:.0f}/s")
         drained = await offsets.wait_done(group, inputs, topics, run.drain_s, proc)
+        res.drained = drained.complete
         if not drained.complete:
             res.notes.append(f"latency phase not drained {run.drain_s:.0f} s after sending: "
                              "quantiles over the events done by then")
@@ -487,6 +495,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         res.p50_ms = None if p50 is None else round(p50, 1)
         res.p99_ms = None if p99 is None else round(p99, 1)
         consumed = sum(1 for ts in data["ts"] if ts < t_lat)
+        res.decoded = consumed
         if consumed != run.events and pr.complete:
             res.notes.append(f"processed {consumed} throughput events (at-least-once)")
     return res

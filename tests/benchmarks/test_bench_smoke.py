@@ -15,7 +15,9 @@ async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
                              rate=1000.0, latency_s=1.0, max_s=60.0, drain_s=30.0)
     r = report["systems"]["limit"]
     assert r["available"], r["reason"]
-    assert r["notes"] == []  # every offset committed, exactly the 20000 events decoded
+    # Correctness, not pace: the producer's reached rate depends on the machine's load.
+    assert r["complete"] and r["drained"], r["notes"]
+    assert r["decoded"] == 20000  # exactly the throughput events, none twice
     assert r["latency_events"] == 1000
     assert r["events_per_s"] is not None and r["events_per_s"] > 0
     assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["p50_ms"] <= r["p99_ms"]
