@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     sla_check_interval_s: float = Field(default=1.0, gt=0)
+    clock_start: AwareDatetime | None = Field(
+        default=None,
+        description="Run the worker's clock (SLA, routing and decay timers) from this instant "
+        "instead of wall time; for tests and demos. ISO 8601 with a zone.",
+    )
+    clock_rate: float = Field(
+        default=1.0, gt=0, description="Speed of that clock: 3600 lives an hour per second."
+    )
     decay_check_interval_s: float = Field(
         default=300.0, gt=0, description="How often quiet leads are checked for decay moves."
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.settings import Settings
 from pipeline.stream import emit, transactions
+from pipeline.stream.clock import Clock
 from pipeline.stream.codec import (
     OWNER_PREFIX,
     TICK_PREFIX,
@@ -277,6 +277,7 @@ class LeadflowApp:
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.tuning = tuning or Tuning()
+        self.clock = Clock.starting(settings.clock_start, settings.clock_rate)
         t = settings.topics
         self.sources = t.inputs()
         parts = settings.partitions
@@ -552,7 +553,7 @@ class LeadflowApp:
         p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
                              topics, free_mail=self.rules.free_email)
         sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
-        routed_ms = int(time.time() * 1000)
+        routed_ms = self.clock.now_ms()
         for team, cmd in p.assign:
             if cmd["op"] == "alert":
                 cmd["routed_ms"] = routed_ms  # the SLA clock starts here (see assign_batch)
@@ -567,9 +568,9 @@ class LeadflowApp:
         m = self.metrics
         for _ in range(res.duplicates):
             m.duplicate()
-        for frm, to, refused, cause in p.moves:
-            m.stage_move(frm, to, refused=refused, cause=cause)
-        now = time.time()
+        for frm, to, refused, cause, detail in p.moves:
+            m.stage_move(frm, to, refused=refused, cause=cause, detail=detail)
+        now = self.clock.now_s()
         m.processed(*(now - e.timestamp_ms / 1000 for e in decoded))
 
     async def _assign(self, stream: Any) -> None:
@@ -580,7 +581,7 @@ class LeadflowApp:
         cmds = [(_key(ev).decode(), orjson.loads(_value(ev))) for ev in events]
         owners = _BatchTable(self.owners, {_key(ev): ev for ev in events})
         res = assign_batch(cmds, owners.get, self.rules.routing)
-        now = time.time()
+        now = self.clock.now_s()
         sends: list[Send] = self._envelopes(self.leads_topic_name, (
             (o.key.encode(), owner_line(o.key, o.body)) for o in res.emitted if o.role == "owner"))
         for out in res.emitted:
@@ -615,7 +616,7 @@ class LeadflowApp:
         other stages are skipped before decoding: a million leads must not become a
         million dicts every few minutes.
         """
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock.now_ms()
         due: list[tuple[bytes, bytes]] = []
         n = 0
         for n, (key, raw) in enumerate(_raw_items(self.leads), start=1):
@@ -697,7 +698,7 @@ class LeadflowApp:
 
     async def _sla_timer(self) -> None:
         """Ask the assign agent to escalate lapsed alerts: tables change only in-stream."""
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock.now_ms()
         items = list(self.owners.items())
         self.metrics.set_table_keys("owners", len(items))
         for team, record in items:
