@@ -26,3 +26,7 @@ class InvalidEvent(LeadflowError):
 
 class BrokerError(LeadflowError):
     """The local Kafka broker could not be started, reached or stopped."""
+
+
+class WorkerUnreachable(LeadflowError):
+    """No worker answered a request for its web API (or it answered with an error)."""

@@ -1,4 +1,4 @@
-"""`leadflow alerts tail|ack|forward`: the account executive's side of routing."""
+"""`leadflow alerts tail|ack|queue|forward`: the account executive's side of routing."""
 
 from __future__ import annotations
 
@@ -215,6 +215,32 @@ def forward_cmd(
         f"{stats.attempts} attempts, {stats.abandoned} abandoned (not committed)",
         err=True,
     )
+
+
+@alerts_app.command("queue")
+def queue_cmd(
+    team: Annotated[str, typer.Option("--team", "-t", help="The team whose queue to show.")],
+    url: Annotated[str | None, typer.Option(
+        "--url", help="A worker's web address (default: this machine's worker, "
+        "LEADFLOW_WEB_PORT).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The queue as one JSON object.")] = False,
+) -> None:
+    """Show a team's open alerts: waiting for opening hours, unowned (and why), owned."""
+    import orjson
+
+    from pipeline.alerts.queue import fetch_queue, format_queue
+
+    settings = Settings()
+    host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::", "") else settings.web_host
+    try:
+        doc = fetch_queue(url or f"http://{host}:{settings.web_port}", team)
+    except LeadflowError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(orjson.dumps(doc).decode())
+    else:
+        for line in format_queue(doc):
+            typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -98,8 +98,8 @@ class Plan:
     sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     assign: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # team, command
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
-    # from, to, refused, cause rule (for metrics)
-    moves: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
+    # from, to, refused, cause rule, detail (for metrics)
+    moves: list[tuple[str, str, bool, str | None, str | None]] = field(default_factory=list)
 
 
 def plan(
@@ -111,11 +111,13 @@ def plan(
     topics: Topics,
     *,
     free_mail: frozenset[str],
+    owners_of: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Map one batch's core outputs (and acknowledgement events) to messages.
 
     `traits_of` is read for the leads with an alert or hand-off, `routes` for the leads with
-    an acknowledgement event (`plan_scored` looks up just those).
+    an acknowledgement event (`plan_scored` looks up just those); `owners_of` gives the
+    lead's current owner, for an alert that updates an earlier one.
     """
     p = Plan()
     for o in outputs:
@@ -127,7 +129,7 @@ def plan(
                 scores=_scores(o.score_total, o.scores_by_group),
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, False, o.cause_rule))
+            p.moves.append((o.from_stage, o.to_stage, False, o.cause_rule, o.detail))
         elif isinstance(o, MoveRefused):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
@@ -135,7 +137,7 @@ def plan(
                 cause={"rule": None, "message_id": o.cause_message_id}, scores=None,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, True, None))
+            p.moves.append((o.from_stage, o.to_stage, True, None, None))
         elif isinstance(o, AlertTrigger):
             traits = traits_of.get(o.lead_id, {})
             team, why = choose_team(routing, traits)
@@ -150,6 +152,7 @@ def plan(
                 "lead": _lead_summary(traits),
                 "domain": email_domain(traits, free_mail),
                 "team_reason": why,
+                "current_owner": (owners_of or {}).get(o.lead_id) if o.updates else None,
             }
             p.assign.append((team.name, {"op": "alert", "alert": body}))
             p.alerts.append((team.name, o.kind))
@@ -200,9 +203,11 @@ def plan_scored(
     """
     routed = {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
     traits = {lead: rec_traits(writes[lead]) for lead in routed if lead in writes}
+    owners = {lead: writes[lead]["s"].get("owner") for lead in routed if lead in writes}
     routes: dict[str, Mapping[str, Any]] = {}
     for lead in {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}:
         rec = writes.get(lead) or get(lead)
         if rec is not None and rec.get("route"):
             routes[lead] = rec["route"]
-    return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail)
+    return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail,
+                owners_of=owners)

@@ -247,22 +247,60 @@ def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+# Alert fields the score stage adds for the assign step only: never on the routing topic.
+_INTERNAL = ("domain", "team_reason", "current_owner")
+# Unowned alerts kept per team for the queue view; beyond this the oldest are dropped
+# (and counted in the record) so that a team with no reps cannot grow its record forever.
+QUEUE_CAP = 500
+
+
+def _body(team: Team, alert: Mapping[str, Any], owner: str | None, reason: str,
+          skipped: Sequence[str], excluded: frozenset[str], sla_s: int | None,
+          due_ms: int | None) -> dict[str, Any]:
+    body = {k: v for k, v in alert.items() if k not in _INTERNAL}
+    body["team"] = team.name
+    body["owner"] = owner
+    body["assignment"] = {"reason": reason, "skipped": list(skipped), "excluded": sorted(excluded)}
+    body["sla_seconds"] = sla_s
+    body["due_at"] = _iso_ms(due_ms) if due_ms is not None else None
+    return body
+
+
 def _place(
     team: Team, st: TeamState, alert: dict[str, Any], sla_s: int | None, at_ms: int,
-    exclude: frozenset[str], due_from_ms: int | None = None,
+    exclude: frozenset[str],
 ) -> tuple[TeamState, dict[str, Any]]:
+    """Pick an owner at routing time `at_ms`; the SLA runs from then."""
     st, a = assign(team, st, domain=alert.get("domain"), at_ms=at_ms, exclude=exclude)
-    due_from = at_ms if due_from_ms is None else due_from_ms
-    body = {k: v for k, v in alert.items() if k not in ("domain", "team_reason")}
-    body["team"] = team.name
-    body["owner"] = a.owner
     team_reason = alert.get("team_reason")
-    body["assignment"] = {
-        "reason": f"team {team.name} ({team_reason}); {a.reason}" if team_reason else a.reason,
-        "skipped": list(a.skipped), "excluded": sorted(exclude)}
-    body["sla_seconds"] = sla_s
-    body["due_at"] = _iso_ms(sla_due(team, due_from, sla_s * 1000)) if sla_s else None
-    return st, body
+    reason = f"team {team.name} ({team_reason}); {a.reason}" if team_reason else a.reason
+    due = sla_due(team, at_ms, sla_s * 1000) if sla_s else None
+    return st, _body(team, alert, a.owner, reason, a.skipped, exclude, sla_s, due)
+
+
+def _unowned_why(body: Mapping[str, Any]) -> str:
+    a = body["assignment"]
+    return f"{a['reason']} ({'; '.join(a['skipped'])})" if a["skipped"] else str(a["reason"])
+
+
+def _queue(rec: dict[str, Any], body: Mapping[str, Any], at_ms: int, why: str) -> None:
+    """Keep an alert that found no owner in the team's queue, with why, until acknowledged."""
+    queue: dict[str, Any] = rec.setdefault("queue", {})
+    queue[body["alert_id"]] = {
+        "alert_id": body["alert_id"], "lead_id": body["lead_id"], "kind": body["kind"],
+        "since": _iso_ms(at_ms), "reason": why}
+    while len(queue) > QUEUE_CAP:
+        del queue[next(iter(queue))]
+        rec["queue_dropped"] = int(rec.get("queue_dropped", 0)) + 1
+
+
+def _acks(key: str, entry: Mapping[str, Any], lead: str, alert_id: str | None) -> bool:
+    """Whether an acknowledgement (of `alert_id`, or of the lead's alerts when None) closes
+    a pending or queued entry; acknowledging an alert also closes the update that replaced it."""
+    if alert_id is None:
+        entry_lead = entry["lead_id"] if "lead_id" in entry else entry["alert"]["lead_id"]
+        return bool(entry_lead == lead)
+    return key == alert_id or alert_id in entry.get("supersedes", ())
 
 
 def assign_batch(
@@ -281,42 +319,71 @@ def assign_batch(
         rec = records.get(team.name)
         if rec is None:
             stored = get(team.name)
-            rec = {"state": dict(stored["state"]), "pending": dict(stored["pending"])} \
-                if stored is not None else {"state": TeamState().to_dict(), "pending": {}}
+            rec = {"state": TeamState().to_dict(), "pending": {}}
+            if stored is not None:
+                rec.update({k: dict(v) if isinstance(v, Mapping) else v
+                            for k, v in stored.items()})
             records[team.name] = rec
         st = TeamState.from_dict(rec["state"])
         pending: dict[str, Any] = rec["pending"]
+        queue: dict[str, Any] = rec.setdefault("queue", {})
         op = cmd.get("op")
         if op == "alert":
             alert = dict(cmd["alert"])
-            if alert["alert_id"] in pending:
+            aid = alert["alert_id"]
+            if aid in pending or aid in queue:
                 continue  # a replayed request: already assigned
             sla = routing.sla_seconds(alert["kind"])
             at = int(alert["triggered_ms"])
             # The SLA runs from when the rep could first see the alert: a replayed or late
             # trigger (event time long past) must not escalate the moment it is routed.
             due_from = max(at, int(cmd.get("routed_ms") or at))
+            prior_id = alert.get("updates")
+            prior = pending.pop(prior_id, None) if prior_id else None
+            if prior_id:
+                queue.pop(prior_id, None)
+            supersedes = [prior_id, *(prior or {}).get("supersedes", [])] if prior_id else []
+            owner = prior["owner"] if prior else alert.get("current_owner")
+            if prior_id and owner in {r.id for r in team.reps} and \
+                    not (prior or {}).get("waiting"):
+                # The stricter alert for a lead a rep already has: an update of the first
+                # one, to the same owner, due at the tighter of the two SLAs.
+                due = sla_due(team, due_from, sla * 1000) if sla else None
+                if prior is not None and due is not None:
+                    due = min(due, int(prior["due_ms"]))
+                body = _body(team, alert, owner, f"update of alert {prior_id}: same owner, "
+                             "the tighter SLA", (), frozenset(), sla, due)
+                out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+                if due is not None:
+                    pending[aid] = {"due_ms": due, "alert": alert, "owner": owner,
+                                    "excluded": (prior or {}).get("excluded", []),
+                                    "supersedes": supersedes}
+                continue
             opens = closed_until(team, due_from)
             if opens is not None:
                 # Nobody at work: wait unowned in the team queue; the timer assigns it (and
                 # starts its SLA) at the opening, so it never escalates to nobody.
-                pending[alert["alert_id"]] = {
+                pending[aid] = {
                     "due_ms": opens, "alert": alert, "owner": None, "excluded": [],
-                    "waiting": True, "reason": f"team closed until {_iso_ms(opens)}"}
+                    "waiting": True, "reason": f"team closed until {_iso_ms(opens)}",
+                    "since": _iso_ms(due_from), "supersedes": supersedes}
                 continue
-            st, body = _place(team, st, alert, sla, at, frozenset(), due_from)
+            st, body = _place(team, st, alert, sla, due_from, frozenset())
             out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+            if body["owner"] is None:
+                _queue(rec, body, due_from, _unowned_why(body))
             if sla:
-                pending[alert["alert_id"]] = {
+                pending[aid] = {
                     "due_ms": sla_due(team, due_from, sla * 1000), "alert": alert,
-                    "owner": body["owner"], "excluded": []}
+                    "owner": body["owner"], "excluded": [], "supersedes": supersedes}
         elif op == "ack":
             lead, aid, at = cmd["lead_id"], cmd.get("alert_id"), int(cmd["at_ms"])
-            for key in [k for k, p in pending.items()
-                        if k == aid or (aid is None and p["alert"]["lead_id"] == lead)]:
+            for key in [k for k, p in pending.items() if _acks(k, p, lead, aid)]:
                 p = pending.pop(key)
                 seconds = max(0.0, (at - int(p["alert"]["triggered_ms"])) / 1000)
                 out.speed_to_lead.append((team.name, p["alert"]["kind"], seconds))
+            for key in [k for k, q in queue.items() if _acks(k, q, lead, aid)]:
+                del queue[key]
         elif op == "tick":
             now = int(cmd["now_ms"])
             for key in [k for k, p in pending.items() if p["due_ms"] <= now]:
@@ -327,12 +394,16 @@ def assign_batch(
                 if opens is not None:  # lapsed at closing time: act when the team opens
                     pending[key] = {**p, "due_ms": opens}
                     continue
+                keep = {"supersedes": p.get("supersedes", [])}
                 if p.get("waiting"):
                     st, body = _place(team, st, alert, sla, now, frozenset())
                     out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+                    if body["owner"] is None:
+                        _queue(rec, body, now, _unowned_why(body))
                     if sla:
                         pending[key] = {"due_ms": sla_due(team, now, sla * 1000),
-                                        "alert": alert, "owner": body["owner"], "excluded": []}
+                                        "alert": alert, "owner": body["owner"], "excluded": [],
+                                        **keep}
                     else:
                         del pending[key]
                     continue
@@ -343,13 +414,17 @@ def assign_batch(
                 if body["owner"] is None:
                     # Every rep had it (or none is available): escalate once, unowned, and
                     # stop the timer; repeating it every SLA period would only be noise.
+                    # It stays in the team queue until someone acknowledges it.
                     reason += f"; no rep of team {team.name} left to reassign to"
                     body["sla_seconds"] = None
                     body["due_at"] = None
                     del pending[key]
+                    _queue(rec, body, now, reason)
                 else:
+                    queue.pop(key, None)
                     pending[key] = {"due_ms": sla_due(team, now, sla * 1000), "alert": alert,
-                                    "owner": body["owner"], "excluded": sorted(excluded)}
+                                    "owner": body["owner"], "excluded": sorted(excluded),
+                                    **keep}
                 out.breaches.append((team.name, alert["kind"]))
                 out.emitted.append(Emitted("escalations", team.name, alert["lead_id"], {
                     "alert_id": key, "lead_id": alert["lead_id"], "team": team.name,
@@ -362,6 +437,24 @@ def assign_batch(
     out.writes = records
     out.emitted += _ownership([e for e in out.emitted if e.role == "team"])
     return out
+
+
+def team_queue(team: str, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A team's open work, as the queue view shows it: alerts waiting for the team to open,
+    alerts no rep could take (and why), and owned alerts with their SLA due time."""
+    record = record or {}
+    waiting, owned = [], []
+    for aid, p in (record.get("pending") or {}).items():
+        a = p["alert"]
+        item = {"alert_id": aid, "lead_id": a["lead_id"], "kind": a["kind"],
+                "due_at": _iso_ms(int(p["due_ms"]))}
+        if p.get("waiting"):
+            waiting.append({**item, "since": p.get("since"), "reason": p.get("reason")})
+        elif p.get("owner"):
+            owned.append({**item, "owner": p["owner"]})
+    unowned = list((record.get("queue") or {}).values())
+    return {"team": team, "waiting": waiting, "unowned": unowned, "owned": owned,
+            "unowned_dropped": int(record.get("queue_dropped", 0))}
 
 
 def _ownership(placed: Sequence[Emitted]) -> list[Emitted]:

@@ -8,6 +8,7 @@ from faust import web
 from faust.exceptions import SameNode
 
 from pipeline.stream.leadview import lead_document
+from pipeline.stream.steps import team_queue
 
 if TYPE_CHECKING:
     from pipeline.stream.app import LeadflowApp
@@ -36,6 +37,22 @@ def install(lf: LeadflowApp) -> None:
             if stored is None:
                 return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
             return self.json(lead_document(lead_id, stored, lf.rules))
+
+    @app.page("/teams/{team}/queue")
+    class TeamQueueView(web.View):
+        """GET /teams/{team}/queue: alerts waiting for the team to open, unowned, and owned."""
+
+        async def get(self, request: web.Request, team: str) -> web.Response:
+            if team not in {t.name for t in lf.rules.routing.teams}:
+                return self.json({"error": f"no team {team!r} in the rules"}, status=404)
+            owners = lf.owners
+            changelog = owners.changelog_topic.get_topic_name()
+            await cast(Any, lf.app.producer)._ensure_producer().partitions_for(changelog)
+            try:
+                return await app.router.route_req(owners.name, team, self.web, request)
+            except SameNode:
+                pass
+            return self.json(team_queue(team, owners.get(team.encode())))
 
     @app.page("/healthz")
     class Health(web.View):
