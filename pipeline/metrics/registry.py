@@ -46,6 +46,7 @@ ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture
 # The cause of a CRM "Lead Rejected" move, as the core writes it in StageMove.cause_rule.
 LEAD_REJECTED_CAUSE = "crm:Lead Rejected"
 REJECTABLE_STAGES: tuple[str, ...] = ("mql", "pql", "sal")
+UNSPECIFIED_REASON = "unspecified"  # the engine's word for a rejection without a reason
 # Team names come from the rules file; without a known set they are only length-capped.
 MAX_LABEL_LEN = 64
 
@@ -96,11 +97,14 @@ class Metrics:
         *,
         sources: Iterable[str] = DEFAULT_SOURCES,
         teams: Iterable[str] | None = None,
+        rejection_reasons: Iterable[str] = (),
         version: str | None = None,
     ) -> None:
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self._sources = frozenset(sources)
         self._teams = None if teams is None else frozenset(teams)
+        # The rules file's reasons, plus one for a rejection that gave none.
+        self._reasons = frozenset([*rejection_reasons, UNSPECIFIED_REASON])
         r = self.registry
 
         # -- pipeline health ------------------------------------------------------------
@@ -166,6 +170,10 @@ class Metrics:
             "leadflow_leads_rejected",
             'Leads sales rejected ("Lead Rejected" moves to recycled), by the stage left.',
             ["from_stage"], registry=r)
+        self.rejection_reasons = Counter(
+            "leadflow_lead_rejection_reasons",
+            'Reasons sales gave with "Lead Rejected" (the rules file\'s list; "other" for any '
+            'other text, "unspecified" for none).', ["reason"], registry=r)
         self.alerts = Counter(
             "leadflow_alerts", "Alerts emitted to a team's routing topic.",
             ["team", "kind"], registry=r)
@@ -197,6 +205,8 @@ class Metrics:
             self.stage_moves.labels(from_stage=from_stage, to_stage=to_stage)
         for stage in REJECTABLE_STAGES:
             self.leads_rejected.labels(from_stage=stage)
+        for reason in self._reasons | {"other"}:
+            self.rejection_reasons.labels(reason=reason)
         for team in self._teams or ():
             for kind in ALERT_KINDS:
                 self.alerts.labels(team=team, kind=kind)
@@ -240,13 +250,14 @@ class Metrics:
             observe(max(0.0, latency))
 
     def stage_move(
-        self, from_stage: str, to_stage: str, refused: bool = False, cause: str | None = None
+        self, from_stage: str, to_stage: str, refused: bool = False, cause: str | None = None,
+        detail: str | None = None,
     ) -> None:
         """A lead moved (or was refused a move) from `from_stage` to `to_stage`.
 
         `cause` is the move's `cause_rule` (e.g. "crm:Lead Rejected", "decay"); it is not a
         label (rule ids are unbounded) but tells a sales rejection from an idle-time recycle,
-        which the acceptance rate needs.
+        which the acceptance rate needs. `detail` is the reason sales gave with a rejection.
         """
         frm, to = self._stage(from_stage), self._stage(to_stage)
         if refused:
@@ -255,6 +266,8 @@ class Metrics:
         self.stage_moves.labels(from_stage=frm, to_stage=to).inc()
         if cause == LEAD_REJECTED_CAUSE and to == "recycled":
             self.leads_rejected.labels(from_stage=frm).inc()
+            reason = bounded(detail or UNSPECIFIED_REASON, self._reasons)
+            self.rejection_reasons.labels(reason=reason).inc()
 
     def alert(self, team: str, kind: str, latency_s: float) -> None:
         """An alert of `kind` emitted to `team`, `latency_s` after its triggering event."""

@@ -35,7 +35,8 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
         metrics=Metrics(
             CollectorRegistry(),
             sources=settings.topics.inputs().values(),
-            teams=[*rules.teams(), "nurture", "recycle"],
+            teams=[*rules.teams(), "nurture", "recycle", "review"],
+            rejection_reasons=rules.rejection_reasons,
             version=__version__,
         ),
     )

@@ -192,3 +192,13 @@ def test_known_series_start_at_zero(m: Metrics, reg: CollectorRegistry) -> None:
     assert val(reg, "leadflow_sla_breaches_total", team="na", kind="pql") == 0
     # Moves the stage machine never allows are not pre-created.
     assert val(reg, "leadflow_stage_moves_total", from_stage="customer", to_stage="mql") is None
+
+
+def test_rejection_reasons_are_counted_within_the_rules_list(reg: CollectorRegistry) -> None:
+    m = Metrics(reg, rejection_reasons=["no_budget", "bad_timing"])
+    for detail in ("no_budget", "no_budget", "bad_timing", None, "my cousin's startup"):
+        m.stage_move("mql", "recycled", cause="crm:Lead Rejected", detail=detail)
+    m.stage_move("mql", "recycled", cause="decay", detail="no_budget")  # not a rejection
+    counts = {r: val(reg, "leadflow_lead_rejection_reasons_total", reason=r)
+              for r in ("no_budget", "bad_timing", "unspecified", "other")}
+    assert counts == {"no_budget": 2, "bad_timing": 1, "unspecified": 1, "other": 1}
