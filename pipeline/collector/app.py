@@ -35,7 +35,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from pipeline.collector.auth import basic_user, source_for
-from pipeline.collector.limits import RateLimiter
+from pipeline.collector.limits import (
+    IPNetwork,
+    RateLimiter,
+    client_ip,
+    parse_networks,
+    retry_after_s,
+)
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import to_event, validate
@@ -226,12 +232,22 @@ def enrich(
 
 @dataclass
 class Collector:
-    """The collector's state: settings, the Kafka sender and the rate limiter."""
+    """The collector's state: settings, the Kafka sender and the rate limiters."""
 
     settings: Settings
     sender: Sender
-    limiter: RateLimiter
+    limiter: RateLimiter  # per write key
+    ip_limiter: RateLimiter  # per client IP
     clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    trusted: tuple[IPNetwork, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        self.trusted = parse_networks(self.settings.collector_trusted_proxies)
+
+    def client_of(self, request: web.Request) -> str:
+        """The client IP: the peer, or X-Forwarded-For when the peer is a trusted proxy."""
+        return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []),
+                         self.trusted)
 
     def topic_of(self, source: str) -> str:
         """The input topic of a source."""
@@ -268,12 +284,19 @@ class Collector:
                           headers={"WWW-Authenticate": 'Basic realm="leadflow"'})
         return source
 
+    def admit_ip(self, ip: str) -> None:
+        """429 when the client IP's token bucket is empty."""
+        wait = self.ip_limiter.admit(ip)
+        if wait > 0:
+            raise Problem(429, "rate_limited", "too many messages from this client address",
+                          headers={"Retry-After": str(retry_after_s(wait))})
+
     def admit(self, key: str) -> None:
         """429 when the key's token bucket is empty."""
         wait = self.limiter.admit(key)
         if wait > 0:
             raise Problem(429, "rate_limited", "too many messages for this write key",
-                          headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+                          headers={"Retry-After": str(retry_after_s(wait))})
 
     def check(self, items: list[Any], call: str | None, batch: dict[str, Any] | None,
               now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -334,6 +357,8 @@ class Collector:
         if call is None and path not in BATCH:
             raise Problem(404, "not_found", f"unknown endpoint /v1/{path}")
         is_batch = call is None
+        ip = self.client_of(request)
+        self.admit_ip(ip)  # first: a flood from one client costs no key lookups
         header_key = basic_user(request.headers.get("Authorization"))
         if header_key is not None:  # refuse before reading the body
             source = self.authenticate(header_key)
@@ -369,6 +394,7 @@ class Collector:
                              source)
             raise
         self.limiter.spend(key, len(items))
+        self.ip_limiter.spend(ip, len(items))
         records = [
             (topic, str(m.get("userId") or m.get("anonymousId")).encode(), orjson.dumps(m))
             for m in msgs
@@ -460,8 +486,9 @@ def create_app(
             security=KafkaSecurity.from_settings(settings),
         )
     collector = Collector(
-        settings, sender, RateLimiter(settings.collector_rate_per_s, settings.collector_burst,
-                                      clock)
+        settings, sender,
+        RateLimiter(settings.collector_rate_per_s, settings.collector_burst, clock),
+        RateLimiter(settings.collector_ip_rate_per_s, settings.collector_ip_burst, clock),
     )
     # client_max_size is the raw (possibly gzipped) body; read_body limits the decoded size.
     app = web.Application(middlewares=_middlewares(settings),
