@@ -97,10 +97,29 @@ class Settings(BaseSettings):
     collector_cors_origins: list[str] = Field(
         default=["*"], description='Origins allowed to post from browsers; ["*"] allows any.'
     )
+    # Two token buckets (pipeline/collector/limits.py). A browser write key is public and
+    # shared by every visitor, so the per-key bucket is only a ceiling against a key flooded
+    # from many hosts: 20,000/s is ~15x a site with a million page views an hour at five
+    # events each. The per-IP bucket stops one client: a visitor sends a few events per page,
+    # an office NAT a few hundred people's; 300/s with a 3,000 burst (six full 500-message
+    # batches) also lets a server SDK's backlog through, and SDKs retry a 429 with backoff.
     collector_rate_per_s: float = Field(
-        default=200.0, gt=0, description="Messages per second per write key (token bucket)."
+        default=20_000.0, gt=0, description="Messages per second per write key (token bucket)."
     )
-    collector_burst: int = Field(default=1000, ge=1, description="Token bucket size per key.")
+    collector_burst: int = Field(
+        default=100_000, ge=1, description="Token bucket size per write key (messages)."
+    )
+    collector_ip_rate_per_s: float = Field(
+        default=300.0, gt=0, description="Messages per second per client IP (token bucket)."
+    )
+    collector_ip_burst: int = Field(
+        default=3_000, ge=1, description="Token bucket size per client IP (messages)."
+    )
+    collector_trusted_proxies: list[str] = Field(
+        default=[], description="Addresses or CIDRs of the load balancers in front of the "
+        "collector; X-Forwarded-For is honoured only from them. JSON in the environment: "
+        'LEADFLOW_COLLECTOR_TRUSTED_PROXIES=\'["10.0.0.0/8"]\'.',
+    )
     collector_max_message_bytes: int = Field(default=32 * 1024, ge=1024)  # Segment's limit
     collector_max_batch_bytes: int = Field(default=500 * 1024, ge=1024)  # Segment's limit
     collector_ack_timeout_s: float = Field(
@@ -152,6 +171,18 @@ class Settings(BaseSettings):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"LEADFLOW_{name.upper()}={path}: no such file")
         return self
+
+    @field_validator("collector_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        # Refuse a typo at start rather than silently trusting nobody (or everybody).
+        from pipeline.collector.limits import parse_networks
+
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"LEADFLOW_COLLECTOR_TRUSTED_PROXIES: {exc}") from None
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -22,7 +22,6 @@ Delivery policy (nothing is lost, see docs in `run_forwarder`):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -38,9 +37,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline.alerts import decode_alert, topic_partitions
+from pipeline.deadletters import dead_letter
 from pipeline.errors import ConfigError
 from pipeline.kafka.security import KafkaSecurity, start_client
-from pipeline.models.outputs import DeadLetter
 
 log = logging.getLogger("leadflow.alerts.forward")
 
@@ -190,17 +189,11 @@ class Forwarder:
     async def _park(self, record: ConsumerRecord, reason: str, detail: str) -> None:
         """Put the alert's original bytes on the dead-letter topic (acks=all, waited for)."""
         assert self._producer is not None
-        letter = DeadLetter(
-            reason=reason,
-            detail=detail,
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-            value_b64=base64.b64encode(record.value or b"").decode(),
-            value_size=len(record.value or b""),
-            received_at=datetime.now(UTC),
+        letter = dead_letter(
+            reason=reason, detail=detail, source_topic=record.topic,
+            partition=record.partition, offset=record.offset, timestamp_ms=record.timestamp,
+            key=record.key, value=record.value or b"", received_ms=int(time.time() * 1000),
+            headers=record.headers,
         )
         await self._producer.send_and_wait(
             self.cfg.deadletter_topic, letter.to_bytes(), key=record.key

@@ -19,7 +19,6 @@ Logs carry counts, the source and reason codes, never message contents (no e-mai
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -35,11 +34,17 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from pipeline.collector.auth import basic_user, source_for
-from pipeline.collector.limits import RateLimiter
+from pipeline.collector.limits import (
+    IPNetwork,
+    RateLimiter,
+    client_ip,
+    parse_networks,
+    retry_after_s,
+)
+from pipeline.deadletters import dead_letter
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import to_event, validate
-from pipeline.models.outputs import DeadLetter
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.collector")
@@ -157,12 +162,18 @@ class Problem(Exception):
     def response(self) -> web.Response:
         """The JSON error response."""
         body: dict[str, Any] = {"success": False, "error": self.code, "message": self.message}
-        if self.errors:
-            body["errors"] = self.errors
+        if self.errors:  # the enriched message is kept for the dead letter, not echoed
+            body["errors"] = [{k: v for k, v in e.items() if k != "message"}
+                              for e in self.errors]
         return web.Response(
             status=self.status, body=orjson.dumps(body), content_type="application/json",
             headers=self.headers,
         )
+
+
+def _record_key(msg: dict[str, Any]) -> bytes:
+    """The Kafka key of a message on its input topic: the user, else the visitor."""
+    return str(msg.get("userId") or msg.get("anonymousId")).encode()
 
 
 def _iso(ms: int) -> str:
@@ -226,12 +237,22 @@ def enrich(
 
 @dataclass
 class Collector:
-    """The collector's state: settings, the Kafka sender and the rate limiter."""
+    """The collector's state: settings, the Kafka sender and the rate limiters."""
 
     settings: Settings
     sender: Sender
-    limiter: RateLimiter
+    limiter: RateLimiter  # per write key
+    ip_limiter: RateLimiter  # per client IP
     clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    trusted: tuple[IPNetwork, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        self.trusted = parse_networks(self.settings.collector_trusted_proxies)
+
+    def client_of(self, request: web.Request) -> str:
+        """The client IP: the peer, or X-Forwarded-For when the peer is a trusted proxy."""
+        return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []),
+                         self.trusted)
 
     def topic_of(self, source: str) -> str:
         """The input topic of a source."""
@@ -268,12 +289,19 @@ class Collector:
                           headers={"WWW-Authenticate": 'Basic realm="leadflow"'})
         return source
 
+    def admit_ip(self, ip: str) -> None:
+        """429 when the client IP's token bucket is empty."""
+        wait = self.ip_limiter.admit(ip)
+        if wait > 0:
+            raise Problem(429, "rate_limited", "too many messages from this client address",
+                          headers={"Retry-After": str(retry_after_s(wait))})
+
     def admit(self, key: str) -> None:
         """429 when the key's token bucket is empty."""
         wait = self.limiter.admit(key)
         if wait > 0:
             raise Problem(429, "rate_limited", "too many messages for this write key",
-                          headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+                          headers={"Retry-After": str(retry_after_s(wait))})
 
     def check(self, items: list[Any], call: str | None, batch: dict[str, Any] | None,
               now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -291,19 +319,19 @@ class Collector:
                 continue
             msg = enrich(item, call=call, received_ms=now_ms, batch=batch)
             if call is not None and msg.get("type") != call:
-                errors.append({"index": i, "item": where, "reason": "invalid",
+                errors.append({"index": i, "item": where, "reason": "invalid", "message": msg,
                                "detail": f"type: {msg.get('type')!r} posted to /v1/{call}"})
                 continue
             size = len(orjson.dumps(msg))
             if size > max_item:
                 too_big = True
-                errors.append({"index": i, "item": where, "reason": "oversize",
+                errors.append({"index": i, "item": where, "reason": "oversize", "message": msg,
                                "detail": f"{where} is {size} bytes, the limit is {max_item}"})
                 continue
             try:
                 to_event(validate(msg), now_ms=now_ms, max_future_skew_ms=skew_ms)
             except InvalidEvent as exc:
-                errors.append({"index": i, "item": where, "reason": exc.reason,
+                errors.append({"index": i, "item": where, "reason": exc.reason, "message": msg,
                                "detail": f"{where}.{exc.detail}"})
                 continue
             out.append(msg)
@@ -314,15 +342,19 @@ class Collector:
 
     def dead_letters(self, items: list[Any], errors: list[dict[str, Any]], topic: str,
                      now_ms: int, *, batched: bool) -> list[tuple[str, bytes, bytes]]:
-        """One dead letter per rejected item, with its bytes as the client sent them."""
+        """One dead letter per rejected item: the message as it would have gone on `topic`
+        (enriched, write key removed) and its record key, so that a replay produces it as the
+        collector would have; an item that is not an object, as the client sent it."""
         out = []
         for err in errors:
-            raw = orjson.dumps(items[err["index"]])
-            dl = DeadLetter(
+            msg = err.get("message")
+            raw = orjson.dumps(msg if msg is not None else items[err["index"]])
+            dl = dead_letter(
                 reason=err["reason"], detail=err["detail"], source_topic=topic, partition=0,
-                offset=0, timestamp_ms=now_ms, key_b64=None,
-                value_b64=base64.b64encode(raw).decode(), value_size=len(raw),
-                received_at=datetime.fromtimestamp(now_ms / 1000, UTC), origin="collector",
+                offset=0, timestamp_ms=now_ms,
+                key=_record_key(msg) if msg and (msg.get("userId") or msg.get("anonymousId"))
+                else None,
+                value=raw, received_ms=now_ms, origin="collector",
                 batch_index=err["index"] if batched else None)
             out.append((self.settings.topics.deadletter, b"collector", dl.to_bytes()))
         return out
@@ -334,6 +366,8 @@ class Collector:
         if call is None and path not in BATCH:
             raise Problem(404, "not_found", f"unknown endpoint /v1/{path}")
         is_batch = call is None
+        ip = self.client_of(request)
+        self.admit_ip(ip)  # first: a flood from one client costs no key lookups
         header_key = basic_user(request.headers.get("Authorization"))
         if header_key is not None:  # refuse before reading the body
             source = self.authenticate(header_key)
@@ -369,10 +403,8 @@ class Collector:
                              source)
             raise
         self.limiter.spend(key, len(items))
-        records = [
-            (topic, str(m.get("userId") or m.get("anonymousId")).encode(), orjson.dumps(m))
-            for m in msgs
-        ]
+        self.ip_limiter.spend(ip, len(items))
+        records = [(topic, _record_key(m), orjson.dumps(m)) for m in msgs]
         await self._send([*records, *self.dead_letters(items, errors, topic, now_ms,
                                                         batched=is_batch)], source)
         log.debug("accepted source=%s messages=%d rejected=%d", source, len(records),
@@ -460,8 +492,9 @@ def create_app(
             security=KafkaSecurity.from_settings(settings),
         )
     collector = Collector(
-        settings, sender, RateLimiter(settings.collector_rate_per_s, settings.collector_burst,
-                                      clock)
+        settings, sender,
+        RateLimiter(settings.collector_rate_per_s, settings.collector_burst, clock),
+        RateLimiter(settings.collector_ip_rate_per_s, settings.collector_ip_burst, clock),
     )
     # client_max_size is the raw (possibly gzipped) body; read_body limits the decoded size.
     app = web.Application(middlewares=_middlewares(settings),

@@ -285,9 +285,14 @@ class DeadLetter(_Message):
     origin: Literal["stream", "collector"] = Field(
         default="stream", description="Who refused it: the stream's ingest (read from "
         "source_topic at partition/offset) or the HTTP collector (never on a topic: "
-        "source_topic is where it was meant to go, partition and offset are 0).")
+        "source_topic is where it was meant to go, partition and offset are 0, and the "
+        "value is the message as it would have gone on that topic, write key removed).")
     batch_index: int | None = Field(
         default=None, ge=0, description="For the collector: its index in the batch request.")
+    replay_id: str | None = Field(
+        default=None, description="The `leadflow deadletters replay` that produced the "
+        "message (its `leadflow-replay` Kafka header): it failed again after a replay, and "
+        "later replays skip it unless forced. Null: it failed on first delivery.")
 
     @field_validator("received_at")
     @classmethod

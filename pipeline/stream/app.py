@@ -112,7 +112,16 @@ def _raw(ev: Event) -> RawMessage:
         timestamp_ms=int(m.timestamp * 1000),
         key=m.key,
         value=m.value,
+        headers=tuple((str(k), bytes(v)) for k, v in _header_items(m.headers)),
     )
+
+
+def _header_items(headers: Any) -> Iterable[tuple[Any, Any]]:
+    # Faust gives a message's headers as a list of pairs or a mapping.
+    if not headers:
+        return ()
+    return cast(Iterable[tuple[Any, Any]],
+                headers.items() if hasattr(headers, "items") else headers)
 
 
 # orjson writes `"stage":"mql"` with no spaces: a cheap test before decoding a record.

@@ -6,18 +6,18 @@ gets back the messages to send plus the assignment requests for the assign agent
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import deadletters
 from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
 from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import first_trait
-from pipeline.models.outputs import DeadLetter, RoutingAlert, StageChange, TopReason
+from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
 
@@ -37,19 +37,10 @@ def identity_key_bytes(e: Event) -> bytes:
 def dead_letter(rej: Rejected, *, now_ms: int | None = None) -> bytes:
     """The dead-letter message: reason, detail, the original bytes and where they came from."""
     m = rej.message
-    value = m.value or b""
-    return DeadLetter(
-        reason=rej.reason,
-        detail=rej.detail,
-        source_topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        timestamp_ms=m.timestamp_ms,
-        key_b64=base64.b64encode(m.key).decode() if m.key is not None else None,
-        value_b64=base64.b64encode(value).decode(),
-        value_size=len(value),
-        received_at=datetime.fromtimestamp(
-            (now_ms if now_ms is not None else m.timestamp_ms) / 1000, UTC),
+    return deadletters.dead_letter(
+        reason=rej.reason, detail=rej.detail, source_topic=m.topic, partition=m.partition,
+        offset=m.offset, timestamp_ms=m.timestamp_ms, key=m.key, value=m.value or b"",
+        received_ms=now_ms if now_ms is not None else m.timestamp_ms, headers=m.headers,
     ).to_bytes()
 
 

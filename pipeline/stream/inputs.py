@@ -36,6 +36,7 @@ def raw_message(r: ConsumerRecord[bytes, bytes]) -> RawMessage:
     return RawMessage(
         topic=r.topic, partition=r.partition, offset=r.offset,
         timestamp_ms=r.timestamp, key=r.key, value=r.value,
+        headers=tuple((k, bytes(v)) for k, v in r.headers or ()),
     )
 
 

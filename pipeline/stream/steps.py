@@ -40,6 +40,8 @@ class RawMessage:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    # Kafka headers: a dead letter names the replay (REPLAY_HEADER) that produced it.
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

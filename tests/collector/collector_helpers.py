@@ -51,7 +51,8 @@ def collector_settings(names: dict[str, str], **kw: Any) -> Settings:
     """Settings with test topics and write keys; `kw` overrides collector settings."""
     base: dict[str, Any] = dict(
         topics=Topics(**names), write_keys=WRITE_KEYS, collector_rate_per_s=1000.0,
-        collector_burst=10_000, collector_ack_timeout_s=15.0,
+        collector_burst=10_000, collector_ip_rate_per_s=1000.0, collector_ip_burst=10_000,
+        collector_ack_timeout_s=15.0,
     )
     return Settings(**{**base, **kw})
 

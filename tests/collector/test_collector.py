@@ -309,3 +309,74 @@ async def test_kafka_down_is_503_not_2xx(make_server: MakeServer) -> None:
     assert body["success"] is False
     assert "Retry-After" in headers
     assert time.monotonic() - started < 10
+
+
+async def post_from(url: str, body: Any, source_ip: str, *,
+                    headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any],
+                                                                    dict[str, str]]:
+    """POST from a given loopback address (Linux routes all of 127/8 to lo)."""
+    conn = aiohttp.TCPConnector(local_addr=(source_ip, 0))
+    async with aiohttp.ClientSession(connector=conn) as s, s.post(
+        url, data=orjson.dumps(body), headers={"Content-Type": "application/json",
+                                               **(headers or {})}) as r:
+        text = await r.read()
+        return r.status, orjson.loads(text) if text else {}, dict(r.headers)
+
+
+def _batch(n: int, tag: str) -> dict[str, Any]:
+    return {"batch": [{"type": "track", "event": "Pricing Viewed", "anonymousId": f"a-{tag}",
+                       "messageId": f"{tag}-{i}"} for i in range(n)]}
+
+
+async def test_an_abusive_ip_is_limited_alone_with_a_shared_write_key(
+    make_server: MakeServer,
+) -> None:
+    # per-IP: 10 messages of burst, refilled at 1 per 100 s; the key's bucket is far larger
+    srv = await make_server(collector_ip_burst=10, collector_ip_rate_per_s=0.01,
+                            collector_burst=10_000, collector_rate_per_s=1000.0)
+    url = f"{srv.url}/v1/batch"
+    auth = basic("web-key")
+    status, _, _ = await post_from(url, _batch(10, "abuse"), "127.0.0.1", headers=auth)
+    assert status == 200
+    status, body, headers = await post_from(url, _batch(1, "abuse-more"), "127.0.0.1",
+                                            headers=auth)
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert "client address" in body["message"]
+    # the bucket is at 0 tokens: one token at 0.01/s is 100 s away
+    assert 99 <= int(headers["Retry-After"]) <= 100
+    # another visitor with the same (public) write key is not affected
+    status, body, _ = await post_from(url, _batch(5, "visitor"), "127.0.0.2", headers=auth)
+    assert (status, body) == (200, {"success": True})
+    got = [m["messageId"] for _k, m in await consume(srv.bootstrap, srv.topics.web, 15)]
+    assert sorted(got) == sorted([f"abuse-{i}" for i in range(10)] +
+                                 [f"visitor-{i}" for i in range(5)])
+
+
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(make_server: MakeServer) -> None:
+    limits = dict(collector_ip_burst=3, collector_ip_rate_per_s=0.01)
+    auth = basic("web-key")
+    msg = {"event": "X", "userId": "u", "messageId": "m"}
+
+    # No trusted proxies: a client that rotates X-Forwarded-For is still one client.
+    srv = await make_server(**limits)
+    statuses = [(await post_from(f"{srv.url}/v1/track", msg, "127.0.0.3", headers={
+        **auth, "X-Forwarded-For": f"198.51.100.{i}"}))[0] for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+
+    # The peer is a trusted proxy: each forwarded client has its own bucket, and one of
+    # them that goes over is refused while the others are not.
+    srv = await make_server(collector_trusted_proxies=["127.0.0.0/29"], **limits)
+    statuses = [(await post_from(f"{srv.url}/v1/track", msg, "127.0.0.3", headers={
+        **auth, "X-Forwarded-For": f"198.51.100.{i}"}))[0] for i in range(5)]
+    assert statuses == [200] * 5
+    over = [(await post_from(f"{srv.url}/v1/track", msg, "127.0.0.3", headers={
+        **auth, "X-Forwarded-For": "6.6.6.6, 203.0.113.9"}))[0] for _ in range(4)]
+    assert over == [200, 200, 200, 429]  # the forged first hop does not make a new client
+    status, _, _ = await post_from(f"{srv.url}/v1/track", msg, "127.0.0.3", headers={
+        **auth, "X-Forwarded-For": "203.0.113.10"})
+    assert status == 200
+    # a proxy outside the trusted range forwarding for the limited client is not believed:
+    # its requests count against its own (fresh) address
+    status, _, _ = await post_from(f"{srv.url}/v1/track", msg, "127.0.0.9", headers={
+        **auth, "X-Forwarded-For": "203.0.113.9"})
+    assert status == 200

@@ -1,0 +1,53 @@
+"""Dead letters: the one place that decides what a dead-letter record says.
+
+The stream's ingest, the collector and the alert forwarder all build their dead letters
+here, so a field (such as the replay that produced a message) is filled the same way by all.
+`leadflow deadletters` (pipeline/deadletters/replay.py) reads them back and replays them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+from pipeline.models.outputs import DeadLetter
+
+#: Kafka header a replay puts on every message it produces: the replay's id. A message that
+#: fails again carries it into its new dead letter, so a later replay can leave it alone.
+REPLAY_HEADER = "leadflow-replay"
+
+Headers = Iterable[tuple[str, bytes | None]]
+
+
+def replay_id_of(headers: Headers | None) -> str | None:
+    """The replay id a message's Kafka headers name, if any."""
+    for name, value in headers or ():
+        if name == REPLAY_HEADER and value:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def dead_letter(
+    *, reason: str, detail: str, source_topic: str, partition: int, offset: int,
+    timestamp_ms: int | None, key: bytes | None, value: bytes, received_ms: int,
+    headers: Headers | None = None, origin: Literal["stream", "collector"] = "stream",
+    batch_index: int | None = None,
+) -> DeadLetter:
+    """The dead letter of one message: why, its bytes, where it came from, and its replay."""
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        key_b64=base64.b64encode(key).decode() if key is not None else None,
+        value_b64=base64.b64encode(value).decode(),
+        value_size=len(value),
+        received_at=datetime.fromtimestamp(received_ms / 1000, UTC),
+        origin=origin,
+        batch_index=batch_index,
+        replay_id=replay_id_of(headers),
+    )
