@@ -40,8 +40,11 @@ from tests.support.workers import make_isolated as _make_isolated
 # and SLA timers run on the wall clock, so they would recycle every lead and escalate every
 # alert of January at once: they are pushed out of the test's reach (the reference is the
 # event-driven core). A SIGKILLed member leaves the group only when its session expires, so
-# the session is short (faust reads these BROKER_* variables itself).
+# the session is short (faust reads these BROKER_* variables itself). The worker's clock is
+# fixed on a weekday morning after those events: the shipped emea team keeps Berlin office
+# hours, and at night its alerts would wait for the opening instead of being placed.
 WORKER_ENV = {
+    "LEADFLOW_CLOCK_START": "2026-01-07T10:00:00+00:00",
     "LEADFLOW_DECAY_CHECK_INTERVAL_S": "36000",
     "LEADFLOW_SLA_CHECK_INTERVAL_S": "36000",
     "BROKER_SESSION_TIMEOUT": "6",
