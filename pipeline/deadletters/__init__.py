@@ -17,14 +17,17 @@ from pipeline.models.outputs import DeadLetter
 #: Kafka header a replay puts on every message it produces: the replay's id. A message that
 #: fails again carries it into its new dead letter, so a later replay can leave it alone.
 REPLAY_HEADER = "leadflow-replay"
+#: And the position (partition:offset) of the dead letter it replays, so a later replay knows
+#: that letter was tried and failed again.
+REPLAY_OF_HEADER = "leadflow-replay-of"
 
 Headers = Iterable[tuple[str, bytes | None]]
 
 
-def replay_id_of(headers: Headers | None) -> str | None:
-    """The replay id a message's Kafka headers name, if any."""
-    for name, value in headers or ():
-        if name == REPLAY_HEADER and value:
+def header(headers: Headers | None, name: str) -> str | None:
+    """The value of one Kafka header, if present."""
+    for key, value in headers or ():
+        if key == name and value:
             return value.decode("utf-8", "replace")
     return None
 
@@ -49,5 +52,6 @@ def dead_letter(
         received_at=datetime.fromtimestamp(received_ms / 1000, UTC),
         origin=origin,
         batch_index=batch_index,
-        replay_id=replay_id_of(headers),
+        replay_id=header(headers, REPLAY_HEADER),
+        replay_of=header(headers, REPLAY_OF_HEADER),
     )

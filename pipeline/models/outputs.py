@@ -293,6 +293,9 @@ class DeadLetter(_Message):
         default=None, description="The `leadflow deadletters replay` that produced the "
         "message (its `leadflow-replay` Kafka header): it failed again after a replay, and "
         "later replays skip it unless forced. Null: it failed on first delivery.")
+    replay_of: str | None = Field(
+        default=None, description="With replay_id: the dead letter that replay produced "
+        "again, as partition:offset on the dead-letter topic (later replays skip it too).")
 
     @field_validator("received_at")
     @classmethod
