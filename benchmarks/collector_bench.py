@@ -84,7 +84,7 @@ def make_batches(events: int, batch: int, leads: int, seed: int) -> list[Batch]:
     """`events` generated messages in batches of `batch`, each batch from a single source."""
     now_ms = int(time.time() * 1000)
     # Event times in the last hour: in the past, so the collector's future-skew check passes.
-    msgs = generate(events, min(leads, events), seed=seed, start_ms=now_ms - 3_600_000,
+    msgs = generate(events, max(1, min(leads, events)), seed=seed, start_ms=now_ms - 3_600_000,
                     end_ms=now_ms - 1000)
     pending: dict[str, list[bytes]] = {s: [] for s in SOURCES}
     out: list[Batch] = []
@@ -261,9 +261,14 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
+    """The short commit, with "-dirty" when tracked files differ from it (figures quoted from
+    such a run came from code that commit does not hold)."""
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                        text=True)
-    return r.stdout.strip() if r.returncode == 0 else "unknown"
+    if r.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def summarize(load: Load, cpu_s: float | None, added: int, dead_letters: int,
@@ -338,7 +343,7 @@ async def measure(url: str, proc: subprocess.Popen[bytes], batches: list[Batch],
 
 async def collector_bench(bootstrap: str, *, events: int = 200_000, clients: int = 8,
                           batch: int = 100, duration_s: float | None = None,
-                          leads: int = 20_000, partitions: int = 4,
+                          leads: int | None = None, partitions: int = 4,
                           seed: int = 7) -> dict[str, Any]:
     """Run the bench against `bootstrap`; the report as a JSON-ready dict."""
     prefix = f"cbench-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -347,7 +352,9 @@ async def collector_bench(bootstrap: str, *, events: int = 200_000, clients: int
     topics = topic_names(prefix)
     await ensure_topics(bootstrap, [TopicSpec(t, partitions, 1, {}) for t in topics.values()])
     t0 = time.monotonic()
-    batches = make_batches(events, batch, leads, seed)
+    # One user in ten new by default: each user's first message is an identify, the rest
+    # its page and track calls, whatever the run's size.
+    batches = make_batches(events, batch, leads or events // 10, seed)
     _say(f"generated {events:,} messages in {len(batches):,} batches in "
          f"{time.monotonic() - t0:.1f} s; topics {prefix}.*")
     load_start = os.getloadavg()
@@ -424,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cycling over the --events generated messages")
     ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     ap.add_argument("--batch", type=int, default=100, help="messages per /v1/batch request")
-    ap.add_argument("--leads", type=int, default=20_000, help="distinct users in the traffic")
+    ap.add_argument("--leads", type=int, help="distinct users in the traffic "
+                    "(default: a tenth of --events)")
     ap.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
