@@ -146,15 +146,16 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str,
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> int:
     """Sum of the end offsets of every partition of `topics`."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
+    from pipeline.alerts import topic_partitions
+
+    tps, missing = await topic_partitions(bootstrap, topics)  # fresh topics: ask the cluster
+    if missing:
+        raise SystemExit(f"topics missing on {bootstrap}: {', '.join(missing)}")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        tps = []
-        for t in topics:
-            parts = await consumer._client._wait_on_metadata(t)  # fresh topics: ask the broker
-            tps += [TopicPartition(t, p) for p in parts]
         return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
