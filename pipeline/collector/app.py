@@ -125,15 +125,25 @@ class KafkaSender:
         return self._producer
 
     async def send_all(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """Send every record and wait for all acks; KafkaUnavailable on any failure."""
+        """Send every record and wait for all acks; KafkaUnavailable on any failure.
+
+        Records go as one record batch per partition (the partition Kafka's default
+        partitioner gives their key): a future per message cost more than the rest of a
+        request's work."""
         from aiokafka.errors import KafkaError
+
+        from pipeline.stream.keys import partition_for
+        from pipeline.stream.produce import send_records
 
         try:
             p = await self._started()
 
             async def send() -> None:
-                futures = [await p.send(topic, value, key=key) for topic, key, value in records]
-                await asyncio.gather(*futures)
+                counts: dict[str, int] = {}
+                for topic in {t for t, _, _ in records}:
+                    counts[topic] = len(await p.partitions_for(topic))
+                await send_records(p, [(t, k, v, partition_for(k, counts[t]))
+                                       for t, k, v in records])
 
             await asyncio.wait_for(send(), self.ack_timeout_s)
         except (KafkaError, TimeoutError, OSError) as exc:
@@ -206,7 +216,8 @@ def _skew_corrected(msg: dict[str, Any], received: datetime) -> str | None:
 
 
 def enrich(
-    msg: dict[str, Any], *, call: str | None, received_ms: int, batch: dict[str, Any] | None
+    msg: dict[str, Any], *, call: str | None, received_ms: int, batch: dict[str, Any] | None,
+    received_iso: str | None = None,
 ) -> dict[str, Any]:
     """The message as it goes on Kafka: type from the path, batch-level fields merged in,
     receivedAt set by us, a messageId generated when missing, the write key removed."""
@@ -222,14 +233,13 @@ def enrich(
         if "sentAt" not in out and isinstance(batch.get("sentAt"), str):
             out["sentAt"] = batch["sentAt"]
     out.pop("writeKey", None)  # a credential: never written to a topic
-    received = datetime.fromtimestamp(received_ms / 1000, UTC)
-    out["receivedAt"] = _iso(received_ms)
+    out["receivedAt"] = received_iso or _iso(received_ms)
     if not out.get("messageId"):
         # Segment libraries always send one; for hand-written calls (curl) we make one up.
         # Retries of such calls cannot be deduplicated: clients should send their own.
         out["messageId"] = f"lf-{uuid.uuid4()}"
     if "timestamp" not in out:
-        fixed = _skew_corrected(out, received)
+        fixed = _skew_corrected(out, datetime.fromtimestamp(received_ms / 1000, UTC))
         if fixed is not None:
             out["timestamp"] = fixed
     return out
@@ -304,25 +314,29 @@ class Collector:
                           headers={"Retry-After": str(retry_after_s(wait))})
 
     def check(self, items: list[Any], call: str | None, batch: dict[str, Any] | None,
-              now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Enrich and validate every message: (valid messages, rejections naming each item)."""
+              now_ms: int) -> tuple[list[tuple[dict[str, Any], bytes]], list[dict[str, Any]]]:
+        """Enrich and validate every message: (valid messages with their encoding,
+        rejections naming each item)."""
         max_item = self.settings.collector_max_message_bytes
         skew_ms = int(self.settings.max_future_skew_s * 1000)
         errors: list[dict[str, Any]] = []
-        out: list[dict[str, Any]] = []
+        out: list[tuple[dict[str, Any], bytes]] = []
         too_big = False
+        received_iso = _iso(now_ms)
         for i, item in enumerate(items):
             where = f"batch[{i}]" if batch is not None else "body"
             if not isinstance(item, dict):
                 errors.append({"index": i, "item": where, "reason": "not_an_object",
                                "detail": f"{where} is not a JSON object"})
                 continue
-            msg = enrich(item, call=call, received_ms=now_ms, batch=batch)
+            msg = enrich(item, call=call, received_ms=now_ms, batch=batch,
+                         received_iso=received_iso)
             if call is not None and msg.get("type") != call:
                 errors.append({"index": i, "item": where, "reason": "invalid", "message": msg,
                                "detail": f"type: {msg.get('type')!r} posted to /v1/{call}"})
                 continue
-            size = len(orjson.dumps(msg))
+            encoded = orjson.dumps(msg)
+            size = len(encoded)
             if size > max_item:
                 too_big = True
                 errors.append({"index": i, "item": where, "reason": "oversize", "message": msg,
@@ -334,7 +348,7 @@ class Collector:
                 errors.append({"index": i, "item": where, "reason": exc.reason, "message": msg,
                                "detail": f"{where}.{exc.detail}"})
                 continue
-            out.append(msg)
+            out.append((msg, encoded))
         if errors and batch is None:  # a single call: the client is told in the status too
             status, code = (413, "too_large") if too_big else (400, "invalid")
             raise Problem(status, code, errors[0]["detail"], errors)
@@ -404,7 +418,7 @@ class Collector:
             raise
         self.limiter.spend(key, len(items))
         self.ip_limiter.spend(ip, len(items))
-        records = [(topic, _record_key(m), orjson.dumps(m)) for m in msgs]
+        records = [(topic, _record_key(m), encoded) for m, encoded in msgs]
         await self._send([*records, *self.dead_letters(items, errors, topic, now_ms,
                                                         batched=is_batch)], source)
         log.debug("accepted source=%s messages=%d rejected=%d", source, len(records),
