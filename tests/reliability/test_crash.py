@@ -1,13 +1,20 @@
 """SIGKILL the worker again and again while it processes; the end result is still exact.
 
 A fixed event set from the simulator is split into K + 1 shares, one per worker lifetime.
-Each worker is awaited on /readyz, its share starts trickling in (small steps, ~6 s), and
-at a random moment 0.5-3 s later, i.e. while traffic arrives and it works, it is killed
-(SIGKILL to its process group); the rest of the share waits for the next worker, which
-restarts from its RocksDB state and the changelogs. (Traffic paced per lifetime, not over
-a fixed time: under exactly-once a restart can wait 6-15 s in Faust's recovery for aborted
-transactions, and later kills then fell on idle workers.) The last one is left to finish.
-Then, per identified lead (see harness.py):
+Each worker is awaited on /readyz; the first half of its share trickles in (small steps),
+then the second half comes as one burst, and the worker is killed (SIGKILL to its process
+group) while it works on it: under at-least-once 0-100 ms after it started scoring it
+(`leadflow_events_scored_total` moved), under exactly-once 20-250 ms after the burst was
+acknowledged (a batch counts as scored only once its transaction committed). The next worker
+restarts from its RocksDB state and the changelogs. The test asserts that kills landed
+inside batches: under at-least-once some inputs were read again after a restart (events
+processed whose offsets were not yet committed: a successor drops them as already scored,
+`leadflow_duplicates_total`, read from each worker before its kill; the traffic itself
+repeats no messageId), under exactly-once some transactions were aborted. (Traffic paced per
+lifetime, not over a fixed time: under exactly-once a restart can wait 6-15 s in Faust's
+recovery for aborted transactions, and later kills then fell on idle workers.) The last one
+is left to finish.
+Then, per identified lead (see tests/support/reliability.py):
 - scores and events_seen equal the pure core's over the generator's events (exact);
 - the stage equals the core's over the order the score agent saw (exact);
 - every stage change the core makes in that order was emitted: lost == 0, nothing
@@ -41,6 +48,7 @@ from tests.support.reliability import (
     produce,
     reference,
     report,
+    reread_inputs,
     seen_order,
     settled,
     stage_changes,
@@ -83,24 +91,41 @@ async def test_sigkill_is_exact_and_loses_nothing(
             await produce(producer, iso, step)
             await asyncio.sleep(STEP_SECONDS)
 
+    async def burst(share: list[list[Message]]) -> None:
+        await produce(producer, iso, [m for step in share for m in step])
+
     kills = 0
+    repeats = 0.0  # events a worker dropped as already scored: read again after a kill
     for life in range(KILLS):
         w = worker_factory(iso)
         await w.wait_ready()
-        feeding = asyncio.create_task(trickle(lives[life]))
-        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        half = len(lives[life]) // 2
+        await trickle(lives[life][:half])
+        scored = await w.metric("leadflow_events_scored_total")
+        await burst(lives[life][half:])
+        # Aim at a busy moment. At-least-once: once the score step has started on the burst
+        # (its offsets are committed every few seconds, so what it just scored is not yet).
+        # Exactly-once counts a batch scored only after its transaction committed, so there
+        # the kill comes while the burst is in flight, before that.
+        deadline = time.monotonic() + 30
+        while (not eos and await w.metric("leadflow_events_scored_total") <= scored
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(rng.uniform(0.02, 0.25) if eos else rng.uniform(0.0, 0.1))
+        repeats += await w.metric("leadflow_duplicates_total")
         w.stop(signal.SIGKILL)
         kills += 1
         timeline.append(round(time.monotonic() - t0, 1))
-        await feeding
     w = worker_factory(iso)
     await w.wait_ready()
     for share in lives[KILLS:]:
         await trickle(share)
     timeline.append(round(time.monotonic() - t0, 1))
     docs = await settled(w, events_per_lead(msgs))
+    repeats += await w.metric("leadflow_duplicates_total")
     timeline.append(round(time.monotonic() - t0, 1))
     order, replayed = await seen_order(iso, read_committed=eos)
+    reread = await reread_inputs(iso)
     ref = reference(msgs, order)
     got = await stage_changes(iso, read_committed=eos)
     v = judge(ref, docs, got, await alert_ids(iso, read_committed=eos))
@@ -110,7 +135,7 @@ async def test_sigkill_is_exact_and_loses_nothing(
     report(capsys, " ".join([
         f"crash-test: events={len(msgs)} kills={kills} lost={lost} duplicated={duplicated}",
         f"guarantee={guarantee} leads={len(ref.events)} replayed-inputs={replayed}",
-        f"aborted-records={aborted}",
+        f"aborted-records={aborted} forwarded-again={reread} repeats-dropped={repeats:.0f}",
         f"stage-changes: lost={len(v.lost)} duplicated={v.duplicated} of {v.emitted}",
         f"({len(ref.moves)} expected) unexpected={len(v.unexpected)}",
         f"alerts: lost={len(v.alerts_lost)} duplicated={v.alerts_duplicated} of",
@@ -125,6 +150,13 @@ async def test_sigkill_is_exact_and_loses_nothing(
     assert not v.unexpected, v.unexpected[:10]
     assert not v.alerts_lost, v.alerts_lost[:10]
     assert not v.alerts_unexpected, v.alerts_unexpected[:10]
+    # some kill landed inside a batch, else this was only a restart test
+    if eos:
+        assert aborted > 0, ("no transaction was aborted: no kill landed inside one", timeline)
+    else:  # the traffic has no repeated messageId: each repeat is an input read again
+        assert repeats + sum(reread.values()) > 0, (
+            "no input was read again: no kill landed between processing and committing",
+            timeline)
     if eos:
         assert v.duplicated == 0
         assert v.alerts_duplicated == 0

@@ -194,6 +194,27 @@ async def seen_order(iso: Isolated, *, read_committed: bool = False
     return order, replayed
 
 
+async def reread_inputs(iso: Isolated, *, read_committed: bool = False) -> dict[str, int]:
+    """Per internal hop (`identity`: ingest -> stitch, `leads`: stitch -> score), how many
+    events were forwarded again after a first time: a worker killed between forwarding a
+    batch and committing its input offsets reads those inputs again and forwards them once
+    more. More than zero proves that a kill landed inside a batch."""
+    app = iso.env["LEADFLOW_APP_ID"]
+    out = {}
+    for hop in ("identity", "leads"):
+        seen: set[str] = set()
+        again = 0
+        for r in await read_all(iso.bootstrap, [f"{app}-{hop}"], read_committed=read_committed):
+            for line in unpack(r.value or b""):
+                if line.startswith(CONTROL_PREFIXES):
+                    continue
+                mid = decode_event(line).message_id
+                again += mid in seen
+                seen.add(mid)
+        out[hop] = again
+    return out
+
+
 async def stage_changes(iso: Isolated, *, read_committed: bool = False) -> list[Move]:
     recs = await read_all(iso.bootstrap, [iso.settings.topics.stage_changes],
                           read_committed=read_committed)

@@ -79,6 +79,17 @@ class WorkerProcess:
             body = await r.read()
             return r.status, orjson.loads(body) if body else None
 
+    async def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the worker's /metrics (0 when it has none)."""
+        import aiohttp
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with aiohttp.ClientSession() as s, s.get(self.url("/metrics")) as r:
+            assert r.status == 200, r.status
+            text = await r.text()
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
+
     async def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
