@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from collector_helpers import MakeServer, Server, consume, count, free_port
 
+from pipeline.kafka.broker import free_port
 from pipeline.models.events import parse_message
+from tests.support.collector import MakeServer, Server, consume, count
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

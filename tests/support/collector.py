@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,16 +12,10 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.collector.app import create_app
+from pipeline.kafka.broker import free_port
 from pipeline.settings import Settings, Topics
 
 WRITE_KEYS = {"web-key": "web", "email-key": "email", "product-key": "product", "crm-key": "crm"}
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
