@@ -6,7 +6,6 @@ Needs the Debian `chromium` package (/usr/bin/chromium) and the `playwright` Pyt
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from pipeline.models.events import parse_message
 from tests.support.browser import CHROMIUM, FLAGS, QUEUE_EMPTY, serve_site
-from tests.support.collector import MakeServer, Server, consume, count
+from tests.support.collector import MakeServer, Server, consume, count, post_sentinel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.asyncio(loop_scope="session")]
@@ -59,8 +58,12 @@ async def test_page_view_and_form_submit_reach_kafka(
         finally:
             await context.close()
 
-    got = await consume(srv.bootstrap, srv.topics.web, 3, timeout=30)
-    values: list[dict[str, Any]] = [v for _, v in got]
+    # The browser is closed: a sentinel sent now is the topic's last record, so a late
+    # duplicate of the browser's calls (a retried request) would show up before it.
+    sentinel = await post_sentinel(srv)
+    got = await consume(srv.bootstrap, srv.topics.web, 4, timeout=30)
+    assert [v.get("messageId") for _, v in got][3:] == [sentinel], got
+    values: list[dict[str, Any]] = [v for _, v in got[:3]]
     assert sorted(v["type"] for v in values) == ["identify", "page", "track"], console
     by_type = {v["type"]: v for v in values}
     pv = by_type["page"]
@@ -82,5 +85,4 @@ async def test_page_view_and_form_submit_reach_kafka(
     events = [parse_message(orjson.dumps(v), source="web", now_ms=now) for v in values]
     assert len({e.message_id for e in events}) == 3
     assert all(abs(e.timestamp_ms - now) < 60_000 for e in events)
-    await asyncio.sleep(2)  # let any late duplicate arrive before counting
-    assert await count(srv.bootstrap, srv.topics.web) == 3
+    assert await count(srv.bootstrap, srv.topics.web) == 4  # the three and the sentinel

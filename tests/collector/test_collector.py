@@ -15,13 +15,9 @@ import pytest
 
 from pipeline.kafka.broker import free_port
 from pipeline.models.events import parse_message
-from tests.support.collector import MakeServer, Server, consume, count
+from tests.support.collector import MakeServer, Server, basic, consume, count
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
 def now_iso() -> str:
