@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from traffic import generate, live_events
 
+from pipeline.kafka.broker import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 HERE = Path(__file__).resolve().parent
@@ -252,12 +252,6 @@ class Progress:
 
 # -- systems ----------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _status_mb(pid: int, field: str) -> float | None:
     """A memory field of /proc/<pid>/status (kB there) in MB, None if the process is gone."""
     with contextlib.suppress(OSError):
@@ -392,7 +386,7 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
                "--state-dir", str(run.workdir / "quix-state")]
         env = dict(os.environ)
     else:
-        port = _free_port()
+        port = free_port()
         extras["web_port"] = port
         env = leadflow_env(run, group, port, run.workdir / "home")
         cmd = LEADFLOW_CMD

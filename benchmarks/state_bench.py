@@ -40,7 +40,6 @@ from e2e_bench import (
     SOURCES,
     Offsets,
     Run,
-    _free_port,
     _peak_rss_mb,
     _produce_all,
     _rss_mb,
@@ -49,6 +48,7 @@ from e2e_bench import (
 )
 from traffic import generate, lead_id
 
+from pipeline.kafka.broker import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 INTERNAL = ("identity", "leads", "assign")
@@ -109,7 +109,7 @@ async def state_bench(bootstrap: str, *, leads: int, partitions: int = 4, sample
     _say(f"produced {leads:,} identify events in {took:.1f} s")
     result: dict[str, Any] = {"leads": leads, "partitions": partitions, "prefix": prefix}
 
-    port = _free_port()
+    port = free_port()
     home1 = workdir / "home-1"
     proc = _spawn(leadflow_env(run, group, port, home1), workdir / "worker-1.log")
     t0 = time.monotonic()
@@ -142,7 +142,7 @@ async def state_bench(bootstrap: str, *, leads: int, partitions: int = 4, sample
     _say(f"worker 1: {leads:,} leads in {result['processing_s']} s, RSS {result['rss_mb']} MB "
          f"(peak {result['peak_rss_mb']} MB), state on disk {result['rocksdb_mb']} MB")
 
-    port = _free_port()
+    port = free_port()
     home2 = workdir / "home-2"
     proc = _spawn(leadflow_env(run, group, port, home2), workdir / "worker-2.log")
     try:

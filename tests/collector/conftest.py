@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from collector_helpers import MakeServer, Server, collector_settings, start_collector
+
+from tests.support.collector import MakeServer, Server, collector_settings, start_collector
 
 
 @pytest.fixture

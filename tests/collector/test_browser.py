@@ -1,13 +1,11 @@
 """A real headless Chromium runs leadflow.js from the collector; its calls reach Kafka.
 
 Needs the Debian `chromium` package (/usr/bin/chromium) and the `playwright` Python package
-(its own browser download is not used).
+(its own browser download is not used); tests/support/browser.py has the page it loads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,61 +13,20 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from collector_helpers import MakeServer, Server, consume, count, free_port
 
 from pipeline.models.events import parse_message
+from tests.support.browser import CHROMIUM, FLAGS, QUEUE_EMPTY, serve_site
+from tests.support.collector import MakeServer, Server, consume, count, post_sentinel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.asyncio(loop_scope="session")]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-PAGE = """<!doctype html>
-<html><head><title>Pricing - Acme</title>
-<script src="{collector}/leadflow.js"></script>
-<script>leadflow.init({{host: "{collector}", writeKey: "web-key"}});</script>
-</head><body>
-<h1>Talk to sales</h1>
-<form id="demo" action="/thanks" method="get" data-leadflow-identify
-      data-leadflow-track="Demo Requested">
-  <input type="email" name="email">
-  <input type="text" name="title">
-  <input type="password" name="secret">
-  <button type="submit">Send</button>
-</form>
-</body></html>
-"""
-THANKS = """<!doctype html><html><head><title>Thanks</title>
-<script src="{collector}/leadflow.js"></script>
-<script>leadflow.init({{host: "{collector}", writeKey: "web-key", page: false}});</script>
-</head><body>Thanks!</body></html>"""
-
 
 @pytest.fixture
 async def site(make_server: MakeServer) -> AsyncIterator[tuple[Server, str]]:
     """The collector, and a web site on another 127.0.0.1 port that embeds the snippet."""
     srv = await make_server()
-
-    async def page(_r: web.Request) -> web.Response:
-        return web.Response(text=PAGE.format(collector=srv.url), content_type="text/html")
-
-    async def thanks(_r: web.Request) -> web.Response:
-        return web.Response(text=THANKS.format(collector=srv.url), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/pricing", page)
-    app.router.add_get("/thanks", thanks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield srv, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_site(srv.url) as origin:
+        yield srv, origin
 
 
 async def test_page_view_and_form_submit_reach_kafka(
@@ -90,21 +47,23 @@ async def test_page_view_and_form_submit_reach_kafka(
             page.on("console", lambda m: console.append(m.text))
             await page.goto(f"{origin}/pricing?utm_source=newsletter&utm_campaign=spring")
             # the page view is sent on load: wait until the queue is empty
-            await page.wait_for_function(
-                "() => (localStorage.getItem('leadflow:queue') || '[]') === '[]'", timeout=15_000)
+            await page.wait_for_function(QUEUE_EMPTY, timeout=15_000)
             anon = await page.evaluate("() => localStorage.getItem('leadflow:anonymousId')")
             await page.fill("input[name=email]", "ada@acme.example")
             await page.fill("input[name=title]", "VP Engineering")
             await page.fill("input[name=secret]", "hunter2")
             async with page.expect_navigation():
                 await page.click("button[type=submit]")
-            await page.wait_for_function(
-                "() => (localStorage.getItem('leadflow:queue') || '[]') === '[]'", timeout=15_000)
+            await page.wait_for_function(QUEUE_EMPTY, timeout=15_000)
         finally:
             await context.close()
 
-    got = await consume(srv.bootstrap, srv.topics.web, 3, timeout=30)
-    values: list[dict[str, Any]] = [v for _, v in got]
+    # The browser is closed: a sentinel sent now is the topic's last record, so a late
+    # duplicate of the browser's calls (a retried request) would show up before it.
+    sentinel = await post_sentinel(srv)
+    got = await consume(srv.bootstrap, srv.topics.web, 4, timeout=30)
+    assert [v.get("messageId") for _, v in got][3:] == [sentinel], got
+    values: list[dict[str, Any]] = [v for _, v in got[:3]]
     assert sorted(v["type"] for v in values) == ["identify", "page", "track"], console
     by_type = {v["type"]: v for v in values}
     pv = by_type["page"]
@@ -126,5 +85,4 @@ async def test_page_view_and_form_submit_reach_kafka(
     events = [parse_message(orjson.dumps(v), source="web", now_ms=now) for v in values]
     assert len({e.message_id for e in events}) == 3
     assert all(abs(e.timestamp_ms - now) < 60_000 for e in events)
-    await asyncio.sleep(2)  # let any late duplicate arrive before counting
-    assert await count(srv.bootstrap, srv.topics.web) == 3
+    assert await count(srv.bootstrap, srv.topics.web) == 4  # the three and the sentinel

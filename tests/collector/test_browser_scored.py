@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from collector_helpers import MakeServer, Server, consume, free_port
-from test_browser import CHROMIUM, FLAGS, PAGE, THANKS
 
-from pipeline.kafka.topics import ensure_topics, topic_specs
-from tests.stream.workers import Isolated, WorkerProcess
+from tests.support.browser import CHROMIUM, FLAGS, QUEUE_EMPTY, serve_site
+from tests.support.collector import MakeServer, Server, consume
+from tests.support.workers import Isolated, WorkerProcess, make_isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300),
               pytest.mark.asyncio(loop_scope="session")]
@@ -29,10 +27,7 @@ EMAIL = "grace@acme.example"
 @pytest.fixture
 async def iso(kafka_bootstrap: str, tmp_path: Path) -> Isolated:
     """Isolated worker settings; their topics (created) are the collector's too."""
-    iso = Isolated(kafka_bootstrap, tmp_path / "home")
-    await ensure_topics(kafka_bootstrap, topic_specs(iso.settings, teams=[
-        "sales", "enterprise", "smb", "emea"]))
-    return iso
+    return await make_isolated(kafka_bootstrap, tmp_path / "home")
 
 
 @pytest.fixture
@@ -41,31 +36,14 @@ async def scored_site(
 ) -> AsyncIterator[tuple[Server, str]]:
     """A collector writing to the isolated topics, and a site embedding the snippet."""
     srv = await make_server(topics=iso.settings.topics)
-
-    async def page(_r: web.Request) -> web.Response:
-        return web.Response(text=PAGE.format(collector=srv.url), content_type="text/html")
-
-    async def thanks(_r: web.Request) -> web.Response:
-        return web.Response(text=THANKS.format(collector=srv.url), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/pricing", page)
-    app.router.add_get("/thanks", thanks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield srv, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_site(srv.url) as origin:
+        yield srv, origin
 
 
 async def _browse(origin: str, profile: Path) -> None:
     """Page view, then the demo form submitted with an e-mail (identify + track)."""
     import playwright.async_api as playwright_api
 
-    empty = "() => (localStorage.getItem('leadflow:queue') || '[]') === '[]'"
     async with playwright_api.async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
@@ -73,12 +51,12 @@ async def _browse(origin: str, profile: Path) -> None:
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             await page.goto(f"{origin}/pricing?utm_source=newsletter")
-            await page.wait_for_function(empty, timeout=15_000)
+            await page.wait_for_function(QUEUE_EMPTY, timeout=15_000)
             await page.fill("input[name=email]", EMAIL)
             await page.fill("input[name=title]", "VP Engineering")
             async with page.expect_navigation():
                 await page.click("button[type=submit]")
-            await page.wait_for_function(empty, timeout=15_000)
+            await page.wait_for_function(QUEUE_EMPTY, timeout=15_000)
         finally:
             await context.close()
 

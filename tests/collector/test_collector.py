@@ -12,15 +12,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from collector_helpers import MakeServer, Server, consume, count, free_port
 
+from pipeline.kafka.broker import free_port
 from pipeline.models.events import parse_message
+from tests.support.collector import MakeServer, Server, basic, consume, count
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
 def now_iso() -> str:

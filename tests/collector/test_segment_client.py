@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 import segment.analytics as analytics
-from collector_helpers import MakeServer, consume
 
 from pipeline.models.events import parse_message
+from tests.support.collector import MakeServer, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

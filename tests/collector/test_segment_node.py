@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from collector_helpers import MakeServer, consume, count
 
 from pipeline.models.events import parse_message
+from tests.support.collector import MakeServer, consume, count
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

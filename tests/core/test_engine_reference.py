@@ -1,6 +1,6 @@
 """The optimised engine gives exactly the results of the straightforward reference engine.
 
-`tests/core/_reference_engine.py` is the engine as it was before its hot loop was rewritten
+`tests/support/reference_engine.py` is the engine as it was before its hot loop was rewritten
 (one event at a time through a mutable copy of the state). Here both score the same random
 event mixes, in random chunks, from states read back from `to_dict`, with ticks in between:
 states and outputs must be equal, floats included (same operations in the same order).
@@ -27,7 +27,7 @@ from pipeline.core.rules import (
     parse_rules,
 )
 from pipeline.core.state import LeadState, make_state
-from tests.core import _reference_engine as ref
+from tests.support import reference_engine as ref
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from pipeline.core.routing import (
     DAY_MS,
+    Assignment,
     RoutingRules,
     TeamState,
     assign,
@@ -96,3 +97,30 @@ def test_free_mail_is_not_an_account() -> None:
 def test_invalid_routing_rules_say_what_is_wrong(teams: list[dict[str, object]], msg: str) -> None:
     with pytest.raises(ValidationError, match=msg):
         RoutingRules.model_validate({"teams": teams})
+
+
+def test_an_ineligible_account_owner_falls_back_to_round_robin_and_keeps_the_account() -> None:
+    emea = RULES.teams[1]  # m1 (daily cap 2), m2 (unavailable), m3
+    # m1 owns initech.com but already took its 2 leads today (day 0)
+    st = TeamState(day=0, today={"m1": 2}, accounts={"initech.com": "m1"})
+    st, a = assign(emea, st, domain="initech.com", at_ms=1_000)
+    # m1 is skipped as owner and as candidate, m2 is off: m3 is the only one left
+    assert a == Assignment("m3", "weighted round robin by capacity", (
+        "m1: account owner but daily cap 2 reached", "m1: daily cap 2 reached",
+        "m2: unavailable"))
+    assert st.today == {"m1": 2, "m3": 1}
+    # the account stays m1's: the next day (counts reset) m1 gets the company's leads again
+    assert st.accounts == {"initech.com": "m1"}
+    _, a = assign(emea, st, domain="initech.com", at_ms=DAY_MS + 1_000)
+    assert (a.owner, a.reason) == ("m1", "account owner of initech.com")
+
+
+def test_company_size_for_team_choice_reads_the_spec_trait_company_employee_count() -> None:
+    # Segment's spec trait alone: 5000 >= 1000 employees, the enterprise team
+    team, why = choose_team(RULES, {"company": {"employee_count": 5000}, "country": "US"})
+    assert (team.name, why) == ("enterprise", "territory/segment match: 5000 employees")
+    # a flat `employees` trait is read first: 10 employees is not enterprise, US not emea
+    assert choose_team(RULES, {"employees": 10, "company": {"employee_count": 5000},
+                               "country": "US"})[0].name == "sales"
+    # true is no head count (bool is an int in Python): no size, so the catch-all
+    assert choose_team(RULES, {"company": {"employee_count": True}})[0].name == "sales"

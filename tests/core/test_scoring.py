@@ -12,7 +12,7 @@ from pipeline.core.engine import apply, apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.outputs import AlertTrigger, RoutingDecision, StageMove
 from pipeline.core.rules import CompiledRules, parse_rules
-from pipeline.core.state import MAX_SEEN, LeadState
+from pipeline.core.state import MAX_CAP_WINDOWS, MAX_SEEN, LeadState
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01, a Thursday; window boundaries are epoch-aligned
@@ -291,3 +291,48 @@ fit:
     assert back == s
     nxt = ev("page", t=T0 + 3, url="https://a.com/pricing")
     assert apply(back, nxt, r) == apply(s, nxt, r)
+
+
+COOLDOWN = rules("""\
+alerts: {cooldown: 24h}
+engagement:
+  - {id: demo, match: {name: Demo Requested}, points: 30, trigger: {stage: mql, hot: true}}
+""")
+
+
+def test_alert_cooldown_holds_for_an_event_older_than_the_last_alert() -> None:
+    s = run(COOLDOWN, [ev("identify", traits={"email": "a@b.com"}),
+                       ev(name="Demo Requested", t=T0 + DAY)])
+    assert s.last_alert_ms == T0 + DAY
+    # a late demo request 1 day - 1 ms before the alert: inside the 24 h cooldown, no alert
+    late = apply(s, ev(name="Demo Requested", t=T0 + 1), COOLDOWN)
+    assert [o for o in late.outputs if isinstance(o, AlertTrigger)] == []
+    assert late.state.engagement == 60  # it still scores: 30 + 30
+    # one 1 day + 10 ms before it: outside the cooldown, an alert of its own at its time
+    older = apply(s, ev(name="Demo Requested", t=T0 - 10), COOLDOWN)
+    assert [(o.kind, o.rule, o.at_ms, o.updates) for o in older.outputs
+            if isinstance(o, AlertTrigger)] == [("instant", "demo", T0 - 10, None)]
+
+
+CAPPED = rules("""\
+engagement:
+  - {id: pricing, match: {type: page, url: "*/pricing*"}, points: 10, cap: {points: 30, window: 7d}}
+""")
+
+
+def test_a_late_event_older_than_the_remembered_cap_windows_scores_nothing() -> None:
+    week = 7 * DAY
+    start = (T0 // week + 1) * week  # a window boundary
+    # one pricing view in each of 8 weeks: 8 x 10, the 8 windows the state remembers
+    s = run(CAPPED, [ev("page", t=start + i * week + 1, url="https://a.com/pricing")
+                     for i in range(MAX_CAP_WINDOWS)])
+    assert s.engagement == 80
+    assert [w for w, _ in s.caps["pricing"]] == [start // week + i for i in range(8)]
+    # the week before the oldest remembered one: its total is unknown, so 0 (never over cap)
+    lost = apply(s, ev("page", t=start - week + 1, url="https://a.com/pricing"), CAPPED).state
+    assert lost.engagement == 80
+    assert lost.caps == s.caps
+    # a late view in the oldest remembered week (10 of 30 used) still earns its 10
+    kept = apply(s, ev("page", t=start + 5, url="https://a.com/pricing"), CAPPED).state
+    assert kept.engagement == 90
+    assert kept.caps["pricing"][0] == (start // week, 20)

@@ -1,13 +1,16 @@
 """Acceptance of routing against a real worker: territory teams, weighted owners, SLA escalation.
 
 A rules file with two teams (`emea` for DE/FR with reps weighted 2:1, `sales` catch-all
-weighted 1:1) and a 4 s SLA; hot leads (identify + "Demo Requested") from a plain producer;
+weighted 1:1) and a 1 h SLA; hot leads (identify + "Demo Requested") from a plain producer;
 alerts and escalations read with a plain consumer from the topics alert consumers use.
+
+The worker's clock runs RATE times wall speed, so an SLA period lasts SLA_S / RATE = 30 wall
+seconds: an ack sent within a few seconds of its alert has a wide margin before the deadline
+even on a busy machine, and escalations still come within a minute.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +27,12 @@ from tests.support.workers import REPO, Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SLA_S = 4
+SLA_S = 3600
+RATE = 120  # worker clock speed: one SLA period is SLA_S / RATE = 30 wall seconds
+SLA_WALL_S = SLA_S / RATE
+#: An ack must go out at least this long (wall time) before its alert's deadline, so that
+#: the worker has applied it by then; the test fails (rather than lies) if it went out later.
+ACK_MARGIN_S = 15.0
 ROUTING = f"""routing:
   sla: {{instant: {SLA_S}s, hot_score: {SLA_S}s, pql: {SLA_S}s}}
   teams:
@@ -45,6 +53,11 @@ COUNTRIES = {**{f"eu-{i}": ("DE" if i % 2 else "FR") for i in range(6)},
              **{f"us-{i}": "US" for i in range(4)}}
 EXPECTED_TEAM = {lead: "emea" if c in ("DE", "FR") else "sales" for lead, c in COUNTRIES.items()}
 ACKED = {"eu-0", "eu-2", "eu-4", "us-0", "us-2"}  # acknowledged right away; the rest are not
+# Hot leads sent once the worker's clock is past every acked alert's deadline, never
+# acknowledged: their escalations come from a timer tick a whole SLA period later, which
+# proves the acked alerts stayed quiet that long past their deadline (one per team: the
+# timer ticks each team on its own).
+SENTINELS = {"eu-sentinel": "DE", "us-sentinel": "US"}
 
 
 def rules_file(tmp_path: Path) -> Path:
@@ -72,6 +85,10 @@ def hot_lead(lead: str, country: str) -> list[dict[str, Any]]:
     ]
 
 
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
     kafka_bootstrap: str, tmp_path: Path, worker_factory: Callable[..., WorkerProcess],
     producer: AIOKafkaProducer,
@@ -79,6 +96,9 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
     iso = Isolated(kafka_bootstrap, tmp_path / "home", extra_env={
         "LEADFLOW_RULES_FILE": str(rules_file(tmp_path)),
         "LEADFLOW_SLA_CHECK_INTERVAL_S": "0.5",
+        # from now, fast: the teams have no working hours, so only the speed matters
+        "LEADFLOW_CLOCK_START": datetime.now(UTC).isoformat(),
+        "LEADFLOW_CLOCK_RATE": str(RATE),
     })
     await ensure_topics(kafka_bootstrap, topic_specs(iso.settings, teams=["emea", "sales"]))
     t = iso.settings.topics
@@ -91,6 +111,7 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     alerts: dict[str, dict[str, Any]] = {}  # lead -> its first (not reassigned) alert
+    produced_at: dict[str, float] = {}  # lead -> wall time its events were sent
     acked_at: dict[str, float] = {}
     try:
         for _ in range(3):  # wait for the assignment so that nothing is missed
@@ -98,6 +119,7 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
                 break
             await consumer.getmany(timeout_ms=500)
         for lead, country in COUNTRIES.items():
+            produced_at[lead] = time.time()
             for body in hot_lead(lead, country):
                 await producer.send_and_wait(t.web, orjson.dumps(body), key=lead.encode())
         deadline = time.monotonic() + 60
@@ -122,9 +144,11 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
         await consumer.stop()
 
     assert set(alerts) == set(COUNTRIES), worker.tail()
-    # every ack went out well before its alert's SLA ran out (else the test proves nothing)
+    # Every ack went out well before its alert's deadline (else the test proves nothing).
+    # The worker routed the alert after we produced its lead, so at the ack the worker's
+    # clock had run at most (ack - produced) * RATE past the routing, and due = routed + SLA.
     for lead, at in acked_at.items():
-        assert at < alerts[lead]["triggered_ms"] / 1000 + SLA_S - 1, (lead, at, alerts[lead])
+        assert at - produced_at[lead] < SLA_WALL_S - ACK_MARGIN_S, (lead, at, alerts[lead])
 
     # right team, exact lead sets
     by_team: dict[str, set[str]] = {"emea": set(), "sales": set()}
@@ -146,22 +170,43 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
                if a["team"] == "emea" else "catch-all team")
         assert a["assignment"]["reason"] == \
             f"team {a['team']} ({why}); weighted round robin by capacity"
-        # the SLA runs from when the alert was routed: just after its (live) trigger
-        due = datetime.fromisoformat(a["due_at"]).timestamp()
-        assert a["triggered_ms"] / 1000 + SLA_S <= due <= a["triggered_ms"] / 1000 + SLA_S + 30
+        # The SLA runs from when the alert was routed on the worker's (fast) clock, which is
+        # past the (wall-clock) trigger, not from the trigger itself.
+        assert _ms(a["due_at"]) > a["triggered_ms"] + SLA_S * 1000, a
 
     # after the SLA: escalations exactly for the unacknowledged alerts, none for the others
     unacked = {a["alert_id"]: lead for lead, a in alerts.items() if lead not in ACKED}
     assert len(unacked) == len(COUNTRIES) - len(ACKED)
+    last_acked_due = max(_ms(alerts[lead]["due_at"]) for lead in ACKED)
+
+    def past_acked_deadlines(o: list[Any]) -> bool:
+        # breached_at is the worker's clock at a tick: one past every acked alert's deadline
+        # (a second escalation of an unacked one, if the first ones came earlier)
+        return {d["alert_id"] for _, _, d in o} >= set(unacked) and \
+            max(_ms(d["breached_at"]) for _, _, d in o) >= last_acked_due
+
+    got = await consume(kafka_bootstrap, [t.escalations], until=past_acked_deadlines,
+                        timeout=SLA_WALL_S * 4)
+    assert past_acked_deadlines(got), (got, worker.tail())
+    # Leads sent now are routed after every acked alert's deadline and escalate a whole SLA
+    # period later: by then an acked alert that was going to escalate would have.
+    for lead, country in SENTINELS.items():
+        for body in hot_lead(lead, country):
+            await producer.send_and_wait(t.web, orjson.dumps(body), key=lead.encode())
     got = await consume(kafka_bootstrap, [t.escalations],
-                        until=lambda o: {d["alert_id"] for _, _, d in o} >= set(unacked),
-                        timeout=SLA_S * 5)
-    await asyncio.sleep(SLA_S * 2)  # a few more SLA periods: an acked alert must stay quiet
-    got = await consume(kafka_bootstrap, [t.escalations], until=lambda o: False, timeout=3)
+                        until=lambda o: {d["lead_id"] for _, _, d in o} >= set(SENTINELS),
+                        timeout=SLA_WALL_S * 4)
+    sentinel_breach = {d["team"]: _ms(d["breached_at"]) for _, _, d in got
+                       if d["lead_id"] in SENTINELS}
+    assert set(sentinel_breach) == {"emea", "sales"}, (got, worker.tail())
+    for lead in ACKED:  # each team ticked a whole SLA period after every acked deadline
+        a = alerts[lead]
+        assert sentinel_breach[a["team"]] >= _ms(a["due_at"]) + SLA_S * 1000, (a, got)
+    got = [g for g in got if g[2]["lead_id"] not in SENTINELS]
     assert {d["alert_id"] for _, _, d in got} == set(unacked), worker.tail()
 
     first: dict[str, dict[str, Any]] = {}
-    for _, key, d in got:
+    for _, key, d in got:  # keyed by lead: one lead's escalations are read in order
         first.setdefault(d["alert_id"], d)
         assert key == d["lead_id"].encode()
     for aid, lead in unacked.items():
@@ -171,12 +216,17 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
         assert e["to_owner"] in REPS[a["team"]] - {a["owner"]}  # the other rep of the team
         assert e["sla_seconds"] == SLA_S
         assert e["reason"] == f"not acknowledged within {SLA_S}s"
-        breached = datetime.fromisoformat(e["breached_at"]).timestamp()
-        assert breached >= a["triggered_ms"] / 1000 + SLA_S
+        assert _ms(e["breached_at"]) >= _ms(a["due_at"])
 
-    # ... and the alert re-sent to the team with the new owner, marked reassigned
-    resent = await consume(kafka_bootstrap, list(team_topics), until=lambda o: False, timeout=3)
-    again = [d for _, _, d in resent if d.get("reassigned")]
+    # ... and the alert re-sent to the team with the new owner, marked reassigned (in the
+    # same batch as its escalation; the sentinels' re-sends come last)
+    def resent_all(o: list[Any]) -> bool:
+        again = {d["lead_id"] for _, _, d in o if d.get("reassigned")}
+        return again >= set(unacked.values()) | set(SENTINELS)
+
+    resent = await consume(kafka_bootstrap, list(team_topics), until=resent_all, timeout=60)
+    assert resent_all(resent), worker.tail()
+    again = [d for _, _, d in resent if d.get("reassigned") and d["lead_id"] not in SENTINELS]
     assert {d["alert_id"] for d in again} == set(unacked)
     for aid, lead in unacked.items():
         r = next(d for d in again if d["alert_id"] == aid)  # the first re-send
@@ -186,4 +236,4 @@ async def test_hot_leads_routed_by_territory_weighted_and_escalated_after_sla(
         assert r["sla_seconds"] == SLA_S
     # the original alerts were sent exactly once each
     assert sorted(d["lead_id"] for d in (x for _, _, x in resent) if not d.get("reassigned")) \
-        == sorted(COUNTRIES)
+        == sorted([*COUNTRIES, *SENTINELS])

@@ -344,3 +344,18 @@ def test_the_owner_chosen_by_assign_is_written_to_the_lead_and_published() -> No
     page = Event("m2", "u0", "page", 2000, url="https://x.com/pricing", user_id="u0")
     leads.update(score_batch([page], leads.get, RULES, dedup_retention_ms=10**9).writes)
     assert LeadState.from_dict(leads["u0"]["s"]).owner == "r2"
+
+
+def test_a_command_for_a_team_the_rules_no_longer_have_goes_to_the_catch_all_team() -> None:
+    routing = RoutingRules.model_validate({"sla": {"instant": "5m"}, "teams": [
+        {"name": "emea", "match": {"countries": ["DE"]}, "reps": [{"id": "m1"}]},
+        {"name": "sales", "reps": [{"id": "s1"}]},
+    ]})
+    # "apac" was a team when the alert was planned; the rules changed since. The alert
+    # must stay visible: the catch-all team (the last one, sales) takes it, not the first.
+    res = assign_batch([("apac", _alert(0, 1000))], {}.get, routing)
+    [placed] = [e for e in res.emitted if e.role == "team"]
+    assert (placed.team, placed.body["team"], placed.body["owner"]) == ("sales", "sales", "s1")
+    assert set(res.writes) == {"sales"}
+    # 1000 ms + the 5 min SLA of an instant alert
+    assert res.writes["sales"]["pending"]["a0"]["due_ms"] == 301_000

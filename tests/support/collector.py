@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import base64
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.collector.app import create_app
+from pipeline.kafka.broker import free_port
 from pipeline.settings import Settings, Topics
 
 WRITE_KEYS = {"web-key": "web", "email-key": "email", "product-key": "product", "crm-key": "crm"}
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def basic(key: str) -> dict[str, str]:
+    """The HTTP Basic header Segment libraries send: the write key as user, no password."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
 @dataclass
@@ -93,3 +94,15 @@ async def count(bootstrap: str, topic: str) -> int:
         return int(sum(ends.values()))
     finally:
         await consumer.stop()
+
+
+async def post_sentinel(srv: Server, key: str = "web-key") -> str:
+    """Send one valid track call through the collector (answered 200, so it is on Kafka) and
+    return its messageId. Sent after everything else, it is the last record of its topic
+    (one partition): a test reads up to it instead of waiting a while for stragglers."""
+    mid = f"sentinel-{uuid.uuid4().hex[:12]}"
+    body = {"type": "track", "event": "Sentinel", "userId": "sentinel", "messageId": mid}
+    async with aiohttp.ClientSession() as s, \
+            s.post(f"{srv.url}/v1/track", json=body, headers=basic(key)) as r:
+        assert r.status == 200, await r.text()
+    return mid
