@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from hypothesis import settings as hypothesis_settings
 
 from pipeline.kafka.broker import JARS_ENV, LocalBroker, resolve_jars
 from pipeline.kafka.topics import TopicSpec, ensure_topics
@@ -25,6 +26,12 @@ from tests.support.workers import Isolated, WorkerProcess, make_isolated
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_VERSION = Settings.model_fields["kafka_version"].default
+
+
+# Property tests share two cores with brokers and workers: Hypothesis' 200 ms per-example
+# deadline would fail them on a slow moment, not on a wrong answer.
+hypothesis_settings.register_profile("leadflow", deadline=None)
+hypothesis_settings.load_profile("leadflow")
 
 
 # --- Markers ----------------------------------------------------------------------------------
