@@ -46,9 +46,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_bench import ROOT, SOURCES, _cpu_s, _env, _free_port, _stop
+from e2e_bench import ROOT, SOURCES, _cpu_s, _env, _stop
 from traffic import _iso, generate
 
+from pipeline.kafka.broker import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 #: Far above any load one machine offers: the bench measures the collector, not its limiter.
@@ -359,7 +360,7 @@ async def collector_bench(bootstrap: str, *, events: int = 200_000, clients: int
     _say(f"generated {events:,} messages in {len(batches):,} batches in "
          f"{time.monotonic() - t0:.1f} s; topics {prefix}.*")
     load_start = os.getloadavg()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "collector.log"
     proc = start_collector(collector_env(bootstrap, topics, workdir / "home"), port, log)
