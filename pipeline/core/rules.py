@@ -17,6 +17,7 @@ it is accepted as a raw mapping here until that model is plugged in.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -442,6 +443,8 @@ class CompiledRules:
     sql_requires: tuple[str, ...] = ()
     framework: str = "BANT"
     rejection_reasons: frozenset[str] = frozenset()
+    #: What every decision names as the rules that made it (`rules_version`).
+    version: str = ""
     # (type, name, url) -> (rules decided by the key and URL alone, (rule, its check) for the
     # rules to check per event). A cache only: bounded, never changes a result. The engine's
     # hot loop reads it directly and calls `match` on a miss or when a check holds.
@@ -694,6 +697,25 @@ def _event_rule(rid: str, group: int, m: EventMatch, points: int, cap: Cap | Non
     )
 
 
+
+def rules_version(model: RulesFile) -> str:
+    """`<format version>-<12 hex digits>`: a SHA-256 of the validated rules in canonical JSON,
+    so that comments, layout and key order do not change it and any rule or setting does."""
+    import orjson
+
+    def canon(v: Any) -> Any:  # sets come out in hash order, which differs per process
+        if isinstance(v, set | frozenset):
+            return sorted((canon(x) for x in v), key=repr)
+        if isinstance(v, dict):
+            return {k: canon(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [canon(x) for x in v]
+        return v
+
+    canonical = orjson.dumps(canon(model.model_dump()), option=orjson.OPT_SORT_KEYS)
+    return f"{model.version}-{hashlib.sha256(canonical).hexdigest()[:12]}"
+
+
 def compile_rules(model: RulesFile) -> CompiledRules:
     """Index and precompile a validated rules model."""
     free = frozenset(d.lower() for d in model.free_email_domains)
@@ -754,6 +776,7 @@ def compile_rules(model: RulesFile) -> CompiledRules:
         sql_requires=tuple(model.qualification.sql_requires),
         framework=model.qualification.framework,
         rejection_reasons=frozenset(model.qualification.rejection_reasons),
+        version=rules_version(model),
         rule_groups={**{r.id: GROUP_NAMES[r.group] for _, r in items},
                      **{t.id: "fit" for t in traits}},
     )

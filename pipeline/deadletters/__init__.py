@@ -36,7 +36,7 @@ def dead_letter(
     *, reason: str, detail: str, source_topic: str, partition: int, offset: int,
     timestamp_ms: int | None, key: bytes | None, value: bytes, received_ms: int,
     headers: Headers | None = None, origin: Literal["stream", "collector"] = "stream",
-    batch_index: int | None = None,
+    batch_index: int | None = None, rules_version: str | None = None,
 ) -> DeadLetter:
     """The dead letter of one message: why, its bytes, where it came from, and its replay."""
     return DeadLetter(
@@ -52,6 +52,7 @@ def dead_letter(
         received_at=datetime.fromtimestamp(received_ms / 1000, UTC),
         origin=origin,
         batch_index=batch_index,
+        rules_version=rules_version,
         replay_id=header(headers, REPLAY_HEADER),
         replay_of=header(headers, REPLAY_OF_HEADER),
     )

@@ -99,6 +99,7 @@ class Metrics:
         teams: Iterable[str] | None = None,
         rejection_reasons: Iterable[str] = (),
         version: str | None = None,
+        rules_version: str | None = None,
     ) -> None:
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self._sources = frozenset(sources)
@@ -157,6 +158,11 @@ class Metrics:
             "leadflow_worker_info", "Always 1; the version label says what is running.",
             ["version"], registry=r)
         self.worker_info.labels(version=version or _version()).set(1)
+        self.rules_info = Gauge(
+            "leadflow_rules_info", "Always 1; the version label names the rules this worker "
+            "decides with (`rules_version` on its outputs).", ["version"], registry=r)
+        if rules_version:
+            self.rules_info.labels(version=rules_version).set(1)
 
         # -- funnel ---------------------------------------------------------------------
         self.stage_moves = Counter(

@@ -63,6 +63,11 @@ class _Message(_Wire):
     schema_version: Literal[1] = Field(
         default=1, description="Version of this message's schema; bumped on breaking changes."
     )
+    rules_version: str | None = Field(
+        default=None, description="The rules that made this decision: `<format version>-<12 "
+        "hex digits of a SHA-256 of the rules' content>` (`leadflow rules check` prints it). "
+        "For an alert, its reassignments and escalations: the rules it was raised under. "
+        "Null where no rules were involved (a dead letter from the collector).")
 
 
 class Scores(_Wire):

@@ -471,7 +471,8 @@ class LeadflowApp:
             self.metrics.dead_letter("internal")
         await self._send_all(
             (self.settings.topics.deadletter, m.key,
-             emit.dead_letter(Rejected(m, "internal", detail)), None)
+             emit.dead_letter(Rejected(m, "internal", detail),
+                              rules_version=self.rules.version), None)
             for m in msgs
         )
 
@@ -492,7 +493,7 @@ class LeadflowApp:
         for rej in res.rejected:
             self.metrics.dead_letter(rej.reason)
             sends.append((self.settings.topics.deadletter, rej.message.key,
-                          emit.dead_letter(rej), None))
+                          emit.dead_letter(rej, rules_version=self.rules.version), None))
         for (source, kind), n in Counter((e.source, e.type) for e in res.events).items():
             self.metrics.event_in(source, kind, n)
         sends += self._envelopes(
@@ -560,7 +561,8 @@ class LeadflowApp:
             owners=owners,
         )
         p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
-                             topics, free_mail=self.rules.free_email)
+                             topics, free_mail=self.rules.free_email,
+                             rules_version=self.rules.version)
         sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
         routed_ms = self.clock.now_ms()
         for team, cmd in p.assign:

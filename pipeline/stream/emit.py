@@ -34,13 +34,15 @@ def identity_key_bytes(e: Event) -> bytes:
     return identity_key(e).encode()
 
 
-def dead_letter(rej: Rejected, *, now_ms: int | None = None) -> bytes:
+def dead_letter(rej: Rejected, *, now_ms: int | None = None,
+                rules_version: str | None = None) -> bytes:
     """The dead-letter message: reason, detail, the original bytes and where they came from."""
     m = rej.message
     return deadletters.dead_letter(
         reason=rej.reason, detail=rej.detail, source_topic=m.topic, partition=m.partition,
         offset=m.offset, timestamp_ms=m.timestamp_ms, key=m.key, value=m.value or b"",
         received_ms=now_ms if now_ms is not None else m.timestamp_ms, headers=m.headers,
+        rules_version=rules_version,
     ).to_bytes()
 
 
@@ -103,6 +105,7 @@ def plan(
     *,
     free_mail: frozenset[str],
     owners_of: Mapping[str, str | None] | None = None,
+    rules_version: str | None = None,
 ) -> Plan:
     """Map one batch's core outputs (and acknowledgement events) to messages.
 
@@ -117,7 +120,7 @@ def plan(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
                 status="applied", reason=None, at=iso(o.at_ms), at_ms=o.at_ms,
                 cause={"rule": o.cause_rule, "message_id": o.cause_message_id},
-                scores=_scores(o.score_total, o.scores_by_group),
+                scores=_scores(o.score_total, o.scores_by_group), rules_version=rules_version,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
             p.moves.append((o.from_stage, o.to_stage, False, o.cause_rule, o.detail))
@@ -126,6 +129,7 @@ def plan(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
                 status="refused", reason=o.reason, at=iso(o.at_ms), at_ms=o.at_ms,
                 cause={"rule": None, "message_id": o.cause_message_id}, scores=None,
+                rules_version=rules_version,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
             p.moves.append((o.from_stage, o.to_stage, True, None, None))
@@ -144,6 +148,7 @@ def plan(
                 "domain": email_domain(traits, free_mail),
                 "team_reason": why,
                 "current_owner": (owners_of or {}).get(o.lead_id) if o.updates else None,
+                "rules_version": rules_version,
             }
             p.assign.append((team.name, {"op": "alert", "alert": body}))
             p.alerts.append((team.name, o.kind))
@@ -160,7 +165,7 @@ def plan(
                 trigger={"rule": o.rule if review else o.reason, "message_id": o.message_id},
                 scores=_scores(o.score_total, o.scores_by_group),
                 lead=_lead_summary(traits),
-                reason=o.reason if review else None,
+                reason=o.reason if review else None, rules_version=rules_version,
             )
             p.sends.append((topic, o.lead_id.encode(), handoff.to_bytes()))
             p.alerts.append((o.route, o.route))
@@ -185,6 +190,7 @@ def plan_scored(
     topics: Topics,
     *,
     free_mail: frozenset[str],
+    rules_version: str | None = None,
 ) -> Plan:
     """`plan` for a score batch: traits and routes read from its lead records.
 
@@ -201,4 +207,4 @@ def plan_scored(
         if rec is not None and rec.get("route"):
             routes[lead] = rec["route"]
     return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail,
-                owners_of=owners)
+                owners_of=owners, rules_version=rules_version)

@@ -34,4 +34,5 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "traits": {k: traits[k] for k in ("title", "company", "country", "industry",
                                           "employees") if k in traits},
         "events_seen": dedup.count(record.get("seen")),
+        "rules_version": rules.version,
     }

@@ -433,6 +433,7 @@ def assign_batch(
                     "kind": alert["kind"], "from_owner": p["owner"], "to_owner": body["owner"],
                     "sla_seconds": sla, "triggered_at": _iso_ms(int(alert["triggered_ms"])),
                     "breached_at": _iso_ms(now), "reason": reason,
+                    "rules_version": alert.get("rules_version"),
                 }))
                 out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
         rec["state"] = st.to_dict()
@@ -471,7 +472,8 @@ def _ownership(placed: Sequence[Emitted]) -> list[Emitted]:
             "lead_id": b["lead_id"], **owner, "kind": b["kind"],
             "reassigned": bool(b.get("reassigned")),
             "reason": (b.get("assignment") or {}).get("reason") or "",
-            "at": _iso_ms(int(b["triggered_ms"])), "due_at": b.get("due_at")}))
+            "at": _iso_ms(int(b["triggered_ms"])), "due_at": b.get("due_at"),
+            "rules_version": b.get("rules_version")}))
     return out
 
 

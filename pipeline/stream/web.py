@@ -91,4 +91,5 @@ def readiness(lf: LeadflowApp) -> dict[str, Any]:
         "assigned_partitions": assigned,
         "recovering": recovering,
         "rebalancing": rebalancing,
+        "rules_version": lf.rules.version,
     }

@@ -37,6 +37,7 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
             sources=settings.topics.inputs().values(),
             teams=[*rules.teams(), "nurture", "recycle", "review"],
             rejection_reasons=rules.rejection_reasons,
+            rules_version=rules.version,
             version=__version__,
         ),
     )
@@ -80,5 +81,13 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
         loglevel=loglevel,
         redirect_stdouts=False,
     )
+
+    async def announce_rules() -> None:  # a task: Faust has set logging up by then
+        logging.getLogger(__name__).info(
+            "deciding with rules version %s (%s)", lf.rules.version,
+            settings.rules_file or "the shipped rules")
+
+    lf.app.task(announce_rules)
+
     tune_gc()
     worker.execute_from_commandline()

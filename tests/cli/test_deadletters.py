@@ -98,6 +98,7 @@ async def test_replay_after_relaxing_a_limit_scores_as_if_never_refused(
         await producer.send_and_wait(t.web, orjson.dumps(m), key=LEAD.encode())
     dls = await _letters(iso, 2)
     assert [d["reason"] for d in dls] == ["oversize", "oversize"]
+    assert {d["rules_version"] for d in dls} == {load_default_rules().version}
     before = await _lead(worker, lambda d: d["events_seen"] == 3)
 
     listed = _cli(iso, "list", "--json")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.core.rules import default_rules_text
+from pipeline.core.rules import default_rules_text, load_default_rules
 
 
 def test_check_ok(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_check_ok(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["rules", "check", str(p)])
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[:3] == [
-        f"{p}: ok",
+        f"{p}: ok, rules version {load_default_rules().version}",
         "  rules: engagement 20, fit 8, product 3, negative 7",
         "  thresholds: mql 60, hot 90, recycle 20, pql 40",
     ]

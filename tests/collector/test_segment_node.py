@@ -77,6 +77,7 @@ async def test_analytics_node_mixed_batch_loses_nothing(make_server: MakeServer)
     [dl] = [v for _, v in await consume(srv.bootstrap, srv.topics.deadletter, 1)]
     assert await count(srv.bootstrap, srv.topics.deadletter) == 1
     assert (dl["origin"], dl["batch_index"], dl["reason"]) == ("collector", bad_index, "oversize")
+    assert dl["rules_version"] is None  # the collector validates; it holds no rules
     assert str(MAX_MESSAGE_BYTES) in dl["detail"]
     kept = orjson.loads(base64.b64decode(dl["value_b64"]))
     assert kept["event"] == "Form Submitted" and len(kept["properties"]["blob"]) == OVERSIZE

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ from pipeline.core.event import Event
 from pipeline.core.rules import (
     ENGAGEMENT,
     PRODUCT,
+    default_rules_text,
     load_default_rules,
     load_rules,
     parse_duration,
@@ -193,3 +198,25 @@ product:
                                            source="product"))] == [PRODUCT]
     assert r.match(Event("m", "l", "track", 0, name="Trial Started", source="web")) == ()
     assert r.match(Event("m", "l", "track", 0, name="Other")) == ()
+
+
+def test_rules_version_names_the_content_not_the_layout() -> None:
+    text = default_rules_text()
+    v = parse_rules(text, "a.yaml").version
+    assert re.fullmatch(r"1-[0-9a-f]{12}", v), v
+    # comments, blank lines and another file name: the same rules, the same version
+    assert parse_rules("# tuned with sales, Q4\n\n" + text, "b.yaml").version == v
+    # one point value changed: another version
+    changed = text.replace("    points: 35\n", "    points: 36\n", 1)
+    assert changed != text
+    assert parse_rules(changed, "a.yaml").version != v
+    assert load_default_rules().version == v
+
+
+def test_rules_version_is_the_same_in_every_process() -> None:
+    # sets (free-mail domains...) iterate in a per-process hash order: it must not leak in
+    code = "from pipeline.core.rules import load_default_rules as l; print(l().version)"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed},
+                           check=True).stdout.strip() for seed in ("1", "2", "3")}
+    assert seen == {load_default_rules().version}

@@ -17,7 +17,7 @@ def reg() -> CollectorRegistry:
 
 @pytest.fixture
 def m(reg: CollectorRegistry) -> Metrics:
-    return Metrics(reg, teams={"emea", "na"}, version="9.9.9")
+    return Metrics(reg, teams={"emea", "na"}, version="9.9.9", rules_version="1-0123456789ab")
 
 
 def val(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -51,6 +51,7 @@ def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
     assert val(reg, "leadflow_visitor_overflow_total") == 5
     assert val(reg, "leadflow_rebalances_total") == 1
     assert val(reg, "leadflow_worker_info", version="9.9.9") == 1
+    assert val(reg, "leadflow_rules_info", version="1-0123456789ab") == 1
 
 
 def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> None:

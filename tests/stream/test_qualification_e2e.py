@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from pipeline.core.rules import load_default_rules
 from tests.support.workers import Isolated, WorkerProcess, consume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,3 +82,15 @@ async def test_hand_raisers_go_to_their_team_or_to_review_and_owners_are_on_the_
     assert doc is not None and (doc["owner"], doc["team"]) == (alert["owner"], "sales"), doc
     status, rival = await worker.get("/leads/q-rival")
     assert status == 200 and rival["stage"] == "disqualified" and rival["owner"] is None
+
+    # every decision names the rules that made it, and so do the worker's lead API, /readyz
+    # and /metrics
+    version = load_default_rules().version
+    assert {alert["rules_version"], review["rules_version"], assignment["rules_version"],
+            doc["rules_version"]} == {version}
+    moves = await consume(isolated.bootstrap, [t.stage_changes],
+                          until=lambda m: any(d["to_stage"] == "disqualified" for *_, d in m))
+    assert moves and {d["rules_version"] for *_, d in moves} == {version}
+    assert (await worker.get("/readyz"))[1]["rules_version"] == version
+    assert await worker.metric("leadflow_rules_info") == 1
+

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.core.rules import default_rules_text
+from pipeline.core.rules import default_rules_text, parse_rules
 from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -114,6 +114,9 @@ async def test_a_saturday_alert_waits_for_monday_then_escalates_and_the_owner_fo
     escalations = [m for topic, _k, m in msgs if topic == t.escalations]
     first_breach = min(escalations, key=lambda e: _ms(e["breached_at"]))
     assert first_breach["from_owner"] == first_owner
+    # raised under the test's rules: the escalation names them, as the alert did
+    assert first_breach["rules_version"] == first["rules_version"] == parse_rules(
+        _rules(tmp_path).read_text(), "rules.yaml").version
     assert first_breach["to_owner"] in EMEA_REPS - {first_owner}
     assert _ms(first_breach["breached_at"]) >= _ms(first["due_at"])
     assert all(_ms(e["breached_at"]) >= _ms(MONDAY_OPENING.isoformat()) for e in escalations)
