@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import settings as hypothesis_settings
 
-from pipeline.kafka.broker import JARS_ENV, LocalBroker, resolve_jars
+from pipeline.devkafka.broker import JARS_ENV, LocalBroker, resolve_jars
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 from pipeline.settings import Settings
 from tests.support.workers import Isolated, WorkerProcess, make_isolated

@@ -30,7 +30,7 @@ def _fail(exc: LeadflowError) -> typer.Exit:
 
 
 def _bootstrap(settings: Settings) -> str:
-    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.devkafka.broker import resolve_bootstrap
 
     return resolve_bootstrap(settings)
 

@@ -23,7 +23,7 @@ def collector(
     from aiohttp import web
 
     from pipeline.collector.app import create_app
-    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.devkafka.broker import resolve_bootstrap
 
     settings = Settings()
     logging.basicConfig(level=loglevel.upper(),

@@ -28,7 +28,7 @@ def up(
         min=0, max=65535)] = None,
 ) -> None:
     """Start the local broker (downloads its jars on the first run); reuse a running one."""
-    from pipeline.kafka.broker import BrokerAlreadyRunning, start_local_broker
+    from pipeline.devkafka.broker import BrokerAlreadyRunning, start_local_broker
 
     try:
         state = start_local_broker(Settings(), port=port)
@@ -45,7 +45,7 @@ def up(
 @kafka_app.command("down")
 def down() -> None:
     """Stop the local broker (its data stays for the next `up`)."""
-    from pipeline.kafka.broker import stop_local_broker
+    from pipeline.devkafka.broker import stop_local_broker
 
     try:
         was_running = stop_local_broker(Settings())
@@ -57,7 +57,7 @@ def down() -> None:
 @kafka_app.command("status")
 def status() -> None:
     """Say whether the local broker runs; exit code 0 if it does, 1 if not."""
-    from pipeline.kafka.broker import broker_answers, local_status
+    from pipeline.devkafka.broker import broker_answers, local_status
 
     try:
         state = local_status(Settings())
@@ -80,7 +80,7 @@ def create(
         "(default: the teams of the configured rules file).")] = None,
 ) -> None:
     """Create every missing leadflow topic (inputs, outputs, routing, internal, changelogs)."""
-    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.devkafka.broker import resolve_bootstrap
     from pipeline.kafka.security import KafkaSecurity
     from pipeline.kafka.topics import ensure_topics, topic_specs
 

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(7, help="Random seed: the same seed gives the same traffic."),
     ) -> None:
         """Produce realistic synthetic Segment traffic to the input topics."""
-        from pipeline.kafka.broker import resolve_bootstrap
+        from pipeline.devkafka.broker import resolve_bootstrap
         from pipeline.kafka.security import KafkaSecurity
         from pipeline.simulator import run as sim_run
 

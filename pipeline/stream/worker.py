@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline import __version__
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
-from pipeline.kafka.broker import resolve_bootstrap
+from pipeline.devkafka.broker import resolve_bootstrap
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.kafka.topics import ensure_topics, topic_specs
 from pipeline.metrics.registry import Metrics

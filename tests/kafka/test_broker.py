@@ -17,8 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.errors import BrokerError
-from pipeline.kafka.broker import (
+from pipeline.devkafka.broker import (
     JARS_ENV,
     STATE_FILE,
     LocalBroker,
@@ -27,6 +26,7 @@ from pipeline.kafka.broker import (
     resolve_bootstrap,
     resolve_jars,
 )
+from pipeline.errors import BrokerError
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

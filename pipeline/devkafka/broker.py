@@ -32,7 +32,7 @@ from pipeline.errors import BrokerError, ConfigError
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
-    from pipeline.kafka.secure_listener import ListenerSecurity
+    from pipeline.devkafka.secure_listener import ListenerSecurity
 
 HOST = "127.0.0.1"
 #: The port ``leadflow kafka up`` prefers when none is asked for (Kafka's usual port).
@@ -321,7 +321,7 @@ class LocalBroker:
         self.heap_mb = heap_mb
         self.port = port
         self.controller_port = controller_port
-        #: An extra SASL_SSL listener (pipeline.kafka.secure_listener), e.g. for security tests.
+        #: An extra SASL_SSL listener (pipeline.devkafka.secure_listener), e.g. for security tests.
         self.security = security
         self.secure_port = secure_port
         self._proc: subprocess.Popen[bytes] | None = None
@@ -371,7 +371,7 @@ class LocalBroker:
         if not _lib_complete(self.jars_dir, self.version):
             raise BrokerError(
                 f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
-                "(pipeline.kafka.broker.resolve_jars)"
+                "(pipeline.devkafka.broker.resolve_jars)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.data_dir / ".lock"):
@@ -459,7 +459,7 @@ class LocalBroker:
             props = self.security.listener_properties(props, self.secure_port, HOST)
         path = self.data_dir / "server.properties"
         path.write_text(
-            "# Written by leadflow (pipeline/kafka/broker.py) at every start.\n"
+            "# Written by leadflow (pipeline/devkafka/broker.py) at every start.\n"
             + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         return path

@@ -30,8 +30,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.errors import BrokerError
-from pipeline.kafka.broker import (
+from pipeline.devkafka.broker import (
     HOST,
     LocalBroker,
     Progress,
@@ -42,6 +41,7 @@ from pipeline.kafka.broker import (
     new_cluster_id,
     require_java,
 )
+from pipeline.errors import BrokerError
 
 #: Broker settings that make a small test cluster react within seconds on a loaded machine:
 #: a dead broker is fenced after 6 s (default 9 s), a replica that stops fetching leaves the
@@ -124,7 +124,7 @@ class ClusterNode(LocalBroker):
         props = _read_properties(path)
         props.update(self.cluster.node_properties(self))
         path.write_text(
-            f"# Written by leadflow (pipeline/kafka/cluster.py): node {self.node_id} of "
+            f"# Written by leadflow (pipeline/devkafka/cluster.py): node {self.node_id} of "
             f"{len(self.cluster.nodes)}.\n" + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         return path
@@ -268,7 +268,7 @@ class LocalCluster:
         if not _lib_complete(self.jars_dir, self.version):
             raise BrokerError(
                 f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
-                "(pipeline.kafka.broker.resolve_jars)"
+                "(pipeline.devkafka.broker.resolve_jars)"
             )
 
     def start(self, timeout_s: float = 120.0, progress: Progress | None = None) -> str:
