@@ -80,7 +80,7 @@ def create(
         "(default: the teams of the configured rules file).")] = None,
 ) -> None:
     """Create every missing leadflow topic (inputs, outputs, routing, internal, changelogs)."""
-    from pipeline.devkafka.broker import resolve_bootstrap
+    from pipeline.cli.bootstrap import command_bootstrap
     from pipeline.kafka.security import KafkaSecurity
     from pipeline.kafka.topics import ensure_topics, topic_specs
 
@@ -92,7 +92,7 @@ def create(
             names = load_configured_rules(settings).teams()
         else:
             names = [t.strip() for t in teams.split(",") if t.strip()]
-        bootstrap = resolve_bootstrap(settings)
+        bootstrap = command_bootstrap(settings)
         report = asyncio.run(ensure_topics(
             bootstrap, topic_specs(settings, teams=names),
             security=KafkaSecurity.from_settings(settings)))

@@ -611,7 +611,7 @@ def read_state(data_dir: Path) -> BrokerState | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Settings-level entry points (CLI, worker, demo)
+# Settings-level entry points (leadflow kafka/demo/bench and the CLI's fallback, tests)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -658,7 +658,7 @@ def stop_local_broker(settings: Settings) -> bool:
 
 
 def resolve_bootstrap(settings: Settings) -> str:
-    """The bootstrap servers to use: the configured ones, else the running local broker."""
+    """The configured bootstrap servers, else the running local broker's (never starts one)."""
     if settings.bootstrap_servers:
         return settings.bootstrap_servers
     state = local_status(settings)
