@@ -15,6 +15,6 @@ def command_bootstrap(settings: Settings) -> str:
     if settings.bootstrap_servers:
         return configured_bootstrap(settings)
     # Lazily: a configured production run never loads the development broker code.
-    from pipeline.devkafka.broker import resolve_bootstrap
+    from pipeline.devkafka.local import resolve_bootstrap
 
     return resolve_bootstrap(settings)

@@ -28,7 +28,8 @@ def up(
         min=0, max=65535)] = None,
 ) -> None:
     """Start the local broker (downloads its jars on the first run); reuse a running one."""
-    from pipeline.devkafka.broker import BrokerAlreadyRunning, start_local_broker
+    from pipeline.devkafka.broker import BrokerAlreadyRunning
+    from pipeline.devkafka.local import start_local_broker
 
     try:
         state = start_local_broker(Settings(), port=port)
@@ -45,7 +46,7 @@ def up(
 @kafka_app.command("down")
 def down() -> None:
     """Stop the local broker (its data stays for the next `up`)."""
-    from pipeline.devkafka.broker import stop_local_broker
+    from pipeline.devkafka.local import stop_local_broker
 
     try:
         was_running = stop_local_broker(Settings())
@@ -57,7 +58,8 @@ def down() -> None:
 @kafka_app.command("status")
 def status() -> None:
     """Say whether the local broker runs; exit code 0 if it does, 1 if not."""
-    from pipeline.devkafka.broker import broker_answers, local_status
+    from pipeline.devkafka.broker import broker_answers
+    from pipeline.devkafka.local import local_status
 
     try:
         state = local_status(Settings())

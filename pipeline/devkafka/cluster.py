@@ -31,16 +31,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pipeline.devkafka.broker import (
-    HOST,
     LocalBroker,
-    Progress,
-    _check_version,
     _in_thread,
-    _lib_complete,
     _tail_file,
     new_cluster_id,
     require_java,
 )
+from pipeline.devkafka.jars import Progress, _check_version, _lib_complete
+from pipeline.devkafka.ports import HOST
 from pipeline.errors import BrokerError
 
 #: Broker settings that make a small test cluster react within seconds on a loaded machine:
@@ -268,7 +266,7 @@ class LocalCluster:
         if not _lib_complete(self.jars_dir, self.version):
             raise BrokerError(
                 f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
-                "(pipeline.devkafka.broker.resolve_jars)"
+                "(pipeline.devkafka.jars.resolve_jars)"
             )
 
     def start(self, timeout_s: float = 120.0, progress: Progress | None = None) -> str:
