@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_bench import ROOT, SOURCES, _cpu_s, _env, _stop
 from traffic import _iso, generate
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 #: Far above any load one machine offers: the bench measures the collector, not its limiter.
@@ -463,7 +463,7 @@ def _bootstrap(given: str | None) -> tuple[str, Callable[[], object] | None]:
     """The bootstrap servers, and how to stop the local broker if this run started it."""
     if given:
         return given, None
-    from pipeline.kafka.broker import ensure_local_broker, local_status, stop_local_broker
+    from pipeline.devkafka.local import ensure_local_broker, local_status, stop_local_broker
     from pipeline.settings import Settings
 
     settings = Settings()

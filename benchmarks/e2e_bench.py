@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from traffic import generate, live_events
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 HERE = Path(__file__).resolve().parent

@@ -48,7 +48,7 @@ from e2e_bench import (
 )
 from traffic import generate, lead_id
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 INTERNAL = ("identity", "leads", "assign")
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=200)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
-    from pipeline.kafka.broker import ensure_local_broker
+    from pipeline.devkafka.local import ensure_local_broker
     from pipeline.settings import Settings
 
     settings = Settings()

@@ -71,7 +71,7 @@ async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
 
 
 async def _main(settings: Settings, rate: float, visitors: int) -> None:
-    from pipeline.kafka.broker import ensure_local_broker, resolve_bootstrap
+    from pipeline.devkafka.local import ensure_local_broker, resolve_bootstrap
     from pipeline.kafka.topics import ensure_topics, topic_specs
     from pipeline.simulator import run as simulate
     from pipeline.stream.worker import load_configured_rules
@@ -142,7 +142,7 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
             except subprocess.TimeoutExpired:
                 worker.kill()
         if started_broker:
-            from pipeline.kafka.broker import stop_local_broker
+            from pipeline.devkafka.local import stop_local_broker
 
             stop_local_broker(settings)
         console.print(f"stopped. messages seen per topic: {counts}")

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LEADFLOW_", frozen=True, extra="ignore")
 
-    # None means: use (and if needed start) the local development broker.
+    # None means: no cluster configured. The worker then refuses to start on its own; the
+    # CLI commands use the local development broker (the demo and bench start one).
     bootstrap_servers: str | None = Field(
         default=None,
         description="Kafka brokers, host:port, comma separated (several for a cluster); "

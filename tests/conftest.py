@@ -19,7 +19,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import settings as hypothesis_settings
 
-from pipeline.kafka.broker import JARS_ENV, LocalBroker, resolve_jars
+from pipeline.devkafka.broker import LocalBroker
+from pipeline.devkafka.jars import JARS_ENV, resolve_jars
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 from pipeline.settings import Settings
 from tests.support.workers import Isolated, WorkerProcess, make_isolated

@@ -30,9 +30,9 @@ def _fail(exc: LeadflowError) -> typer.Exit:
 
 
 def _bootstrap(settings: Settings) -> str:
-    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.cli.bootstrap import command_bootstrap
 
-    return resolve_bootstrap(settings)
+    return command_bootstrap(settings)
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:

@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Measure leadflow end to end against the raw client, naive Faust and Quix Streams."""
-        from pipeline.kafka.broker import ensure_local_broker, local_status, stop_local_broker
+        from pipeline.devkafka.local import ensure_local_broker, local_status, stop_local_broker
 
         names = [s.strip() for s in systems.split(",") if s.strip()]
         mod = _load()

@@ -22,14 +22,14 @@ def collector(
     """Serve the Segment HTTP tracking API (/v1/track, /v1/batch...) and /leadflow.js."""
     from aiohttp import web
 
+    from pipeline.cli.bootstrap import command_bootstrap
     from pipeline.collector.app import create_app
-    from pipeline.kafka.broker import resolve_bootstrap
 
     settings = Settings()
     logging.basicConfig(level=loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        bootstrap = resolve_bootstrap(settings)
+        bootstrap = command_bootstrap(settings)
     except LeadflowError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

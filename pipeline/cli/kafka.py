@@ -28,7 +28,8 @@ def up(
         min=0, max=65535)] = None,
 ) -> None:
     """Start the local broker (downloads its jars on the first run); reuse a running one."""
-    from pipeline.kafka.broker import BrokerAlreadyRunning, start_local_broker
+    from pipeline.devkafka.broker import BrokerAlreadyRunning
+    from pipeline.devkafka.local import start_local_broker
 
     try:
         state = start_local_broker(Settings(), port=port)
@@ -45,7 +46,7 @@ def up(
 @kafka_app.command("down")
 def down() -> None:
     """Stop the local broker (its data stays for the next `up`)."""
-    from pipeline.kafka.broker import stop_local_broker
+    from pipeline.devkafka.local import stop_local_broker
 
     try:
         was_running = stop_local_broker(Settings())
@@ -57,7 +58,8 @@ def down() -> None:
 @kafka_app.command("status")
 def status() -> None:
     """Say whether the local broker runs; exit code 0 if it does, 1 if not."""
-    from pipeline.kafka.broker import broker_answers, local_status
+    from pipeline.devkafka.broker import broker_answers
+    from pipeline.devkafka.local import local_status
 
     try:
         state = local_status(Settings())
@@ -80,7 +82,7 @@ def create(
         "(default: the teams of the configured rules file).")] = None,
 ) -> None:
     """Create every missing leadflow topic (inputs, outputs, routing, internal, changelogs)."""
-    from pipeline.kafka.broker import resolve_bootstrap
+    from pipeline.cli.bootstrap import command_bootstrap
     from pipeline.kafka.security import KafkaSecurity
     from pipeline.kafka.topics import ensure_topics, topic_specs
 
@@ -92,7 +94,7 @@ def create(
             names = load_configured_rules(settings).teams()
         else:
             names = [t.strip() for t in teams.split(",") if t.strip()]
-        bootstrap = resolve_bootstrap(settings)
+        bootstrap = command_bootstrap(settings)
         report = asyncio.run(ensure_topics(
             bootstrap, topic_specs(settings, teams=names),
             security=KafkaSecurity.from_settings(settings)))

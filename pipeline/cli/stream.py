@@ -24,11 +24,13 @@ def register(app: typer.Typer) -> None:
         web_port: int | None = typer.Option(None, help="Web port (lead API, /metrics)."),
     ) -> None:
         """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
+        from pipeline.cli.bootstrap import command_bootstrap
         from pipeline.stream.worker import run
 
         try:
             settings = Settings(web_port=web_port) if web_port is not None else Settings()
-            run(settings, loglevel=loglevel)
+            # Resolved here, not in the worker: only the CLI may fall back to the local broker.
+            run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
         except LeadflowError as exc:
             raise _fail(exc) from None
 
@@ -39,14 +41,14 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(7, help="Random seed: the same seed gives the same traffic."),
     ) -> None:
         """Produce realistic synthetic Segment traffic to the input topics."""
-        from pipeline.kafka.broker import resolve_bootstrap
+        from pipeline.cli.bootstrap import command_bootstrap
         from pipeline.kafka.security import KafkaSecurity
         from pipeline.simulator import run as sim_run
 
         settings = Settings()
         t = settings.topics
         try:
-            bootstrap = resolve_bootstrap(settings)
+            bootstrap = command_bootstrap(settings)
         except LeadflowError as exc:
             raise _fail(exc) from None
         topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}

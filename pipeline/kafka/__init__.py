@@ -1,1 +1,1 @@
-"""Kafka plumbing: the local development broker (Maven Central jars, KRaft) and topic setup."""
+"""Kafka client plumbing production code uses: security (TLS/SASL) and topic setup."""

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline import __version__
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
-from pipeline.kafka.broker import resolve_bootstrap
+from pipeline.kafka.bootstrap import configured_bootstrap
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.kafka.topics import ensure_topics, topic_specs
 from pipeline.metrics.registry import Metrics
@@ -26,12 +26,16 @@ def load_configured_rules(settings: Settings) -> CompiledRules:
 
 
 def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
-    """Everything a worker needs, read once: settings, rules, broker address, metrics."""
+    """Everything a worker needs, read once: settings, rules, broker address, metrics.
+
+    ``bootstrap`` defaults to the configured servers (NoClusterConfigured if none): the worker
+    never starts or looks for a development broker; ``leadflow worker`` passes that one in.
+    """
     rules = load_configured_rules(settings)
     return LeadflowApp(
         settings,
         rules,
-        bootstrap=bootstrap or resolve_bootstrap(settings),
+        bootstrap=bootstrap or configured_bootstrap(settings),
         metrics=Metrics(
             CollectorRegistry(),
             sources=settings.topics.inputs().values(),
@@ -69,11 +73,11 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
 
-def run(settings: Settings, *, loglevel: str = "info") -> None:
-    """Run a worker until SIGINT/SIGTERM (blocks)."""
+def run(settings: Settings, *, bootstrap: str | None = None, loglevel: str = "info") -> None:
+    """Run a worker until SIGINT/SIGTERM (blocks); ``bootstrap`` as in ``build``."""
     import faust
 
-    lf = build(settings)
+    lf = build(settings, bootstrap=bootstrap)
     ensure_all_topics(settings, lf.bootstrap, lf.rules)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     worker = faust.Worker(

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.models.events import parse_message
 from tests.support.collector import MakeServer, Server, basic, consume, count
 

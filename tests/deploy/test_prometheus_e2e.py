@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.metrics import Metrics, metrics_handler
 from tests.support.prometheus import check_funnel, running_prometheus
 

@@ -17,16 +17,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.devkafka.broker import STATE_FILE, LocalBroker, new_cluster_id, read_state
+from pipeline.devkafka.jars import JARS_ENV, resolve_jars
+from pipeline.devkafka.local import resolve_bootstrap
 from pipeline.errors import BrokerError
-from pipeline.kafka.broker import (
-    JARS_ENV,
-    STATE_FILE,
-    LocalBroker,
-    new_cluster_id,
-    read_state,
-    resolve_bootstrap,
-    resolve_jars,
-)
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

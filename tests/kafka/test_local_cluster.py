@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.devkafka.cluster import LocalCluster
 from pipeline.errors import BrokerError
-from pipeline.kafka.cluster import LocalCluster
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 from tests.conftest import KAFKA_VERSION
 

@@ -31,9 +31,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
 from pipeline.cli.main import app as cli
+from pipeline.devkafka.broker import LocalBroker
+from pipeline.devkafka.secure_listener import ListenerSecurity, make_certificates
 from pipeline.errors import BrokerError
-from pipeline.kafka.broker import LocalBroker
-from pipeline.kafka.secure_listener import ListenerSecurity, make_certificates
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.kafka.topics import TopicSpec, ensure_topics, topic_specs
 from pipeline.settings import Settings, Topics
@@ -237,7 +237,7 @@ async def test_collector_writes_over_sasl_ssl(secured: Secured, tmp_path: Path) 
     from aiohttp import web
 
     from pipeline.collector.app import create_app
-    from pipeline.kafka.broker import free_port
+    from pipeline.devkafka.ports import free_port
 
     names = {src: await _topic(secured, f"events-{src}") for src in ("web", "email", "product",
                                                                      "crm")}
@@ -303,7 +303,7 @@ async def test_forwarder_over_sasl_ssl(secured: Secured) -> None:
     from aiohttp import web
 
     from pipeline.alerts.forward import ForwardConfig, Forwarder
-    from pipeline.kafka.broker import free_port
+    from pipeline.devkafka.ports import free_port
 
     routing = await _topic(secured, "fw.routing.emea")
     deadletter = await _topic(secured, "fw.deadletter")

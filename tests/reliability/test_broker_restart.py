@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.kafka.broker import LocalBroker
+from pipeline.devkafka.broker import LocalBroker
 from tests.conftest import KAFKA_VERSION
 from tests.support.reliability import (
     events_per_lead,

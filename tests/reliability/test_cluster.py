@@ -76,7 +76,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.core.identity import identity_key
-from pipeline.kafka.cluster import LocalCluster
+from pipeline.devkafka.cluster import LocalCluster
 from pipeline.kafka.topics import changelog_topic
 from pipeline.simulator import Message
 from pipeline.stream.codec import decode_event, unpack

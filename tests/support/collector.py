@@ -15,7 +15,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.collector.app import create_app
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.settings import Settings, Topics
 
 WRITE_KEYS = {"web-key": "web", "email-key": "email", "product-key": "product", "crm-key": "crm"}

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "recording_rules.yml"

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.kafka.broker import free_port
+from pipeline.devkafka.ports import free_port
 from pipeline.settings import Settings, Topics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,9 +1,8 @@
 """A real local Apache Kafka broker for development and tests: Maven Central jars, no Docker.
 
-The broker's runtime jars are resolved once from Maven Central (``mvn`` with the pom next to
-this file) into a cache folder shared by every broker; each broker is then a single-node KRaft
-broker+controller JVM (``kafka.Kafka``) with its own data folder, free or chosen ports, and a
-JSON state file so that other processes (``leadflow worker``, ``leadflow kafka down``) find it.
+Each broker is a single-node KRaft broker+controller JVM (``kafka.Kafka``) run from the shared
+jar cache (``pipeline.devkafka.jars``), with its own data folder, free or chosen ports, and a
+JSON state file so that other processes find it (``pipeline.devkafka.local``).
 """
 
 from __future__ import annotations
@@ -12,152 +11,39 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.devkafka.jars import (
+    Progress,
+    _check_version,
+    _file_lock,
+    _lib_complete,
+    _tail_text,
+)
+from pipeline.devkafka.ports import HOST, port_free
 from pipeline.errors import BrokerError, ConfigError
-from pipeline.settings import Settings
 
 if TYPE_CHECKING:
-    from pipeline.kafka.secure_listener import ListenerSecurity
+    from pipeline.devkafka.secure_listener import ListenerSecurity
 
-HOST = "127.0.0.1"
-#: The port ``leadflow kafka up`` prefers when none is asked for (Kafka's usual port).
-PREFERRED_PORT = 9092
 STATE_FILE = "broker.json"
 LOG_FILE = "kafka.log"
-JARS_ENV = "LEADFLOW_KAFKA_JARS"
-COMPLETE_MARKER = ".leadflow-complete"
-MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 #: Largest message the local broker accepts; a few MB so that big batches never hit the limit.
 MESSAGE_MAX_BYTES = 5 * 1024 * 1024
 
 _HERE = Path(__file__).resolve().parent
-POM = _HERE / "pom.xml"
 LOG4J = _HERE / "log4j.properties"
-
-Progress = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Jars
-# ---------------------------------------------------------------------------------------------
-
-
-def jars_dir_for(settings: Settings) -> Path:
-    """The jar cache folder: $LEADFLOW_KAFKA_JARS, else ``<home>/kafka/lib-<version>``."""
-    override = os.environ.get(JARS_ENV)
-    if override:
-        return Path(override).expanduser().resolve()
-    return (settings.kafka_dir / f"lib-{settings.kafka_version}").resolve()
-
-
-def _check_version(version: str) -> None:
-    # The pom pins the reload4j logging backend, which only Kafka 3.x uses (4.x moved to log4j2).
-    if not version.startswith("3."):
-        raise ConfigError(
-            f"Kafka {version} is not supported by the local broker (use a 3.x version, e.g. 3.9.1)"
-        )
-
-
-def _lib_complete(lib: Path, version: str) -> bool:
-    marker = lib / COMPLETE_MARKER
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    jars = info.get("jars", [])
-    return (
-        info.get("version") == version
-        and bool(jars)
-        and all((lib / name).is_file() for name in jars)
-    )
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, so two processes never resolve or start the same thing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def resolve_jars(lib: Path, version: str, progress: Progress | None = _stderr) -> Path:
-    """Make sure ``lib`` holds Kafka ``version``'s runtime jars (Maven Central, first run only)."""
-    _check_version(version)
-    lib = lib.resolve()
-    if _lib_complete(lib, version):
-        return lib
-    with _file_lock(lib.parent / f".{lib.name}.lock"):
-        if _lib_complete(lib, version):  # another process finished while we waited
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerError(
-                "Maven (mvn) not found: install Maven 3 (e.g. `apt-get install maven`) so the "
-                f"Kafka jars can be downloaded, or set {JARS_ENV} to a folder that has them"
-            )
-        if progress:
-            progress(f"resolving Kafka {version} jars from Maven Central (first run only)…")
-        started = time.monotonic()
-        # Resolve into a scratch folder and move it into place, so a half-done download
-        # (Ctrl-C, network error) never looks like a usable lib folder.
-        work = lib.parent / f".{lib.name}.partial-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "lib").mkdir(parents=True)
-        shutil.copyfile(POM, work / "pom.xml")
-        cmd = [
-            mvn, "-B", "-q", f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={work / 'lib'}",
-            f"-Dkafka.version={version}",
-        ]
-        try:
-            proc = subprocess.run(
-                cmd, cwd=work, capture_output=True, text=True, timeout=900, check=False
-            )
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(work, ignore_errors=True)
-            raise BrokerError("resolving the Kafka jars with Maven took over 15 minutes") from None
-        if proc.returncode != 0:
-            shutil.rmtree(work, ignore_errors=True)
-            tail = _tail_text(proc.stdout + proc.stderr, 15)
-            raise BrokerError(
-                f"Maven could not resolve Kafka {version} jars (exit {proc.returncode}):\n{tail}"
-            )
-        jars = sorted(p.name for p in (work / "lib").glob("*.jar"))
-        if not any(name.startswith(f"kafka_2.13-{version}") for name in jars):
-            shutil.rmtree(work, ignore_errors=True)
-            raise BrokerError(f"Maven finished but kafka_2.13-{version}.jar is missing")
-        (work / "lib" / COMPLETE_MARKER).write_text(
-            json.dumps({"version": version, "jars": jars}, indent=1)
-        )
-        shutil.rmtree(lib, ignore_errors=True)
-        os.replace(work / "lib", lib)
-        shutil.rmtree(work, ignore_errors=True)
-        if progress:
-            progress(f"{len(jars)} jars in {lib} ({time.monotonic() - started:.1f} s)")
-    return lib
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,36 +59,11 @@ def new_cluster_id() -> str:
             return cid
 
 
-def _tail_text(text: str, n: int) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-n:]) if lines else "(no output)"
-
-
 def _tail_file(path: Path, n: int = 20) -> str:
     try:
         return _tail_text(path.read_text(errors="replace"), n)
     except OSError:
         return "(no log)"
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def port_free(port: int) -> bool:
-    """Whether ``port`` on 127.0.0.1 can be bound (SO_REUSEADDR: TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
 
 
 def require_java() -> None:
@@ -321,7 +182,7 @@ class LocalBroker:
         self.heap_mb = heap_mb
         self.port = port
         self.controller_port = controller_port
-        #: An extra SASL_SSL listener (pipeline.kafka.secure_listener), e.g. for security tests.
+        #: An extra SASL_SSL listener (pipeline.devkafka.secure_listener), e.g. for security tests.
         self.security = security
         self.secure_port = secure_port
         self._proc: subprocess.Popen[bytes] | None = None
@@ -371,7 +232,7 @@ class LocalBroker:
         if not _lib_complete(self.jars_dir, self.version):
             raise BrokerError(
                 f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
-                "(pipeline.kafka.broker.resolve_jars)"
+                "(pipeline.devkafka.jars.resolve_jars)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.data_dir / ".lock"):
@@ -459,7 +320,7 @@ class LocalBroker:
             props = self.security.listener_properties(props, self.secure_port, HOST)
         path = self.data_dir / "server.properties"
         path.write_text(
-            "# Written by leadflow (pipeline/kafka/broker.py) at every start.\n"
+            "# Written by leadflow (pipeline/devkafka/broker.py) at every start.\n"
             + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         return path
@@ -610,70 +471,3 @@ def read_state(data_dir: Path) -> BrokerState | None:
     return state
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings-level entry points (CLI, worker, demo)
-# ---------------------------------------------------------------------------------------------
-
-
-def local_broker(settings: Settings, port: int = 0) -> LocalBroker:
-    """The local development broker of ``settings`` (data in ``settings.kafka_dir``)."""
-    return LocalBroker(
-        settings.kafka_dir, jars_dir_for(settings), settings.kafka_version,
-        settings.kafka_heap_mb, port=port,
-    )
-
-
-def local_status(settings: Settings) -> BrokerState | None:
-    """The running local broker of ``settings``, or None."""
-    return read_state(settings.kafka_dir)
-
-
-def start_local_broker(
-    settings: Settings, port: int | None = None, progress: Progress | None = _stderr
-) -> BrokerState:
-    """Resolve the jars if needed and start the local broker.
-
-    ``port=None`` prefers 9092 and takes a free port if 9092 is busy; an explicit port must be
-    free. Raises BrokerAlreadyRunning (a BrokerError) if it runs already.
-    """
-    running = local_status(settings)
-    if running is not None:
-        raise BrokerAlreadyRunning(running)
-    _check_version(settings.kafka_version)
-    require_java()  # say so before a long jar download
-    if port is None:
-        port = PREFERRED_PORT if port_free(PREFERRED_PORT) else 0
-    elif port and not port_free(port):
-        raise BrokerError(f"Kafka port {port} on {HOST} is already in use by another process")
-    resolve_jars(jars_dir_for(settings), settings.kafka_version, progress)
-    broker = local_broker(settings, port=port)
-    if progress:
-        progress(f"starting Kafka {settings.kafka_version} (KRaft, log {broker.log_file})…")
-    return broker.start(progress=progress)
-
-
-def stop_local_broker(settings: Settings) -> bool:
-    """Stop the local broker of ``settings``; returns whether one was running."""
-    return local_broker(settings).stop()
-
-
-def resolve_bootstrap(settings: Settings) -> str:
-    """The bootstrap servers to use: the configured ones, else the running local broker."""
-    if settings.bootstrap_servers:
-        return settings.bootstrap_servers
-    state = local_status(settings)
-    if state is not None:
-        return state.bootstrap
-    raise BrokerError(
-        "no Kafka broker: run `leadflow kafka up` or set LEADFLOW_BOOTSTRAP_SERVERS"
-    )
-
-
-def ensure_local_broker(settings: Settings, progress: Progress | None = _stderr) -> str:
-    """The bootstrap servers to use, starting the local broker if none is configured/running."""
-    with contextlib.suppress(BrokerError):
-        return resolve_bootstrap(settings)
-    try:
-        return start_local_broker(settings, progress=progress).bootstrap
-    except BrokerAlreadyRunning as exc:  # another process started it meanwhile
-        return exc.state.bootstrap

@@ -30,18 +30,16 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.errors import BrokerError
-from pipeline.kafka.broker import (
-    HOST,
+from pipeline.devkafka.broker import (
     LocalBroker,
-    Progress,
-    _check_version,
     _in_thread,
-    _lib_complete,
     _tail_file,
     new_cluster_id,
     require_java,
 )
+from pipeline.devkafka.jars import Progress, _check_version, _lib_complete
+from pipeline.devkafka.ports import HOST
+from pipeline.errors import BrokerError
 
 #: Broker settings that make a small test cluster react within seconds on a loaded machine:
 #: a dead broker is fenced after 6 s (default 9 s), a replica that stops fetching leaves the
@@ -124,7 +122,7 @@ class ClusterNode(LocalBroker):
         props = _read_properties(path)
         props.update(self.cluster.node_properties(self))
         path.write_text(
-            f"# Written by leadflow (pipeline/kafka/cluster.py): node {self.node_id} of "
+            f"# Written by leadflow (pipeline/devkafka/cluster.py): node {self.node_id} of "
             f"{len(self.cluster.nodes)}.\n" + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         return path
@@ -268,7 +266,7 @@ class LocalCluster:
         if not _lib_complete(self.jars_dir, self.version):
             raise BrokerError(
                 f"no Kafka {self.version} jars in {self.jars_dir}: resolve them first "
-                "(pipeline.kafka.broker.resolve_jars)"
+                "(pipeline.devkafka.jars.resolve_jars)"
             )
 
     def start(self, timeout_s: float = 120.0, progress: Progress | None = None) -> str:
