@@ -49,7 +49,8 @@ class Poll:
 
     t0: float  #: monotonic seconds when the poll's queries were sent
     t1: float  #: ... and when their answers were all in
-    assigned: bool  #: the broker had handed one of the system's groups its partitions
+    #: the broker had handed one of the system's groups its partitions (None: not known)
+    assigned: bool | None
     committed: int  #: input offsets committed (summed over partitions)
     done: bool  #: every offset the system must commit (inputs, internal topics) committed
     cpu_s: float | None = None  #: CPU seconds of the system's process at t1
@@ -81,8 +82,9 @@ class Span:
 def throughput_span(polls: Sequence[Poll]) -> Span | None:
     """The span from "not consuming yet" to "everything committed"; None if never assigned.
 
-    Start: `t0` of the last poll that saw none of the system's groups assigned (it could not
-    have consumed anything yet), or of the first poll if that one already saw an assignment.
+    Start: `t0` of the last poll before the first assigned one that saw none of the system's
+    groups assigned (it could not have consumed anything yet; a poll that could not tell
+    does not count), or of the first poll if there is none.
     End: `t1` of the first poll that saw every offset committed, else of the last poll
     (`complete` False). Events: input offsets committed at the end, counted from zero, which
     is exact because a fresh group has nothing committed before its assignment. Both ends
@@ -92,7 +94,7 @@ def throughput_span(polls: Sequence[Poll]) -> Span | None:
     first = next((i for i, p in enumerate(polls) if p.assigned), None)
     if first is None:
         return None
-    begin = polls[max(0, first - 1)]
+    begin = next((p for p in reversed(polls[:first]) if p.assigned is False), polls[0])
     end = next((p for p in polls[first:] if p.done), polls[-1])
     cpu = None if begin.cpu_s is None or end.cpu_s is None else end.cpu_s - begin.cpu_s
     return Span(begin.t0, end.t1, end.committed, end.done, cpu)

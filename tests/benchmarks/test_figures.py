@@ -47,7 +47,7 @@ def test_quantile_outside_zero_one_is_refused() -> None:
         fig.quantiles([1.0], (99,))
 
 
-def _poll(t: float, assigned: bool, committed: int = 0, done: bool = False,
+def _poll(t: float, assigned: bool | None, committed: int = 0, done: bool = False,
           cpu: float | None = None) -> object:
     return fig.Poll(t0=t, t1=t + 0.5, assigned=assigned, committed=committed, done=done,
                     cpu_s=cpu)
@@ -80,6 +80,13 @@ def test_clock_of_a_cut_run_ends_at_the_last_poll() -> None:
 def test_clock_when_the_first_poll_already_sees_an_assignment() -> None:
     span = fig.throughput_span([_poll(3, True, 50), _poll(4, True, 80, done=True)])
     assert (span.start_s, span.end_s, span.events) == (3, 4.5, 80)
+
+
+def test_a_poll_that_could_not_tell_does_not_start_the_clock() -> None:
+    # The group could not be described at t = 2: the system may have been consuming then.
+    polls = [_poll(1, False), _poll(2, None), _poll(3, True, 100, done=True)]
+    span = fig.throughput_span(polls)
+    assert (span.start_s, span.end_s) == (1, 3.5)
 
 
 def test_no_clock_for_a_system_never_assigned() -> None:
