@@ -4,15 +4,26 @@ One run, one broker, one set of generated traffic (`benchmarks/traffic.py`) on i
 input topics (a unique prefix per run). Each system runs in its own process and consumer
 group and reads the same input from the start:
 
-1. throughput: all N events are produced before the system starts; `events_per_s` is
-   measured from the last poll before the first committed offset to the moment every
-   input offset (for leadflow also every offset of its internal re-keyed topics) is
-   committed, by polling the group's committed offsets every 0.2 s;
+1. throughput: all N events are produced before the system starts. Every 0.2 s the
+   benchmark polls the system's consumer groups (for leadflow also `<app id>-ingest`):
+   whether the broker has assigned them their partitions (group Stable with members) and
+   how many offsets are committed. The clock starts at the last poll that saw no group
+   assigned (the system cannot have consumed anything yet) and stops at the first poll that
+   saw every input offset (for leadflow also every offset of its internal re-keyed topics)
+   committed; `events_per_s` is the input offsets committed then over that span
+   (`figures.throughput_span`). The rule is the same for every system and only needs its
+   group, so it does not depend on how often a system commits: a system that commits every
+   few seconds used to have the work before its first commit counted without its time.
+   Commits still bound the end, so every system commits often: limit and leadflow per
+   batch, Faust and Quix every `COMMIT_INTERVAL_S` (their defaults are 2.8 s and 5 s);
 2. latency: with the system caught up, `--latency-s` seconds of traffic at `--rate` events/s
-   are produced with the send time as event time; p50/p99 of produce -> done (limit:
-   consumed and decoded; naive_faust and quixstreams: table/state written; leadflow: the
-   score agent's outputs acknowledged, from its `leadflow_processing_latency_seconds`
-   histogram, interpolated within buckets);
+   are produced with the send time as event time and record timestamp. Latency is produce ->
+   done, in wall-clock ms on this machine, per record: limit: consumed and decoded;
+   naive_faust: table written; quixstreams: state written (each recorded in the system's
+   process); leadflow: the alert on its team routing topic (the alert record's timestamp,
+   set by the worker's producer, minus its `triggered_ms`, the triggering event's time),
+   so only the events that raise an alert are samples. p50/p99 are exact nearest-rank
+   quantiles of those samples (`figures.quantiles`);
 3. peak RSS: VmHWM of the system's process (read from /proc before it is stopped).
 
 Used by `leadflow bench` (pipeline/cli/bench.py).
@@ -26,12 +37,10 @@ import json
 import logging
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from figures import Poll, quantiles, throughput_span
 from traffic import generate, live_events
 
 from pipeline.devkafka.ports import free_port
@@ -49,6 +59,12 @@ ROOT = HERE.parent
 SYSTEMS = ("limit", "naive_faust", "quixstreams", "leadflow")
 SOURCES = ("web", "email", "product", "crm")
 INTERNAL = ("identity", "leads", "assign")
+#: Commit interval given to Faust and Quix Streams (seconds): the end of a throughput phase
+#: is seen through commits, so it must not wait for a multi-second default interval.
+COMMIT_INTERVAL_S = 0.2
+POLL_S = 0.2
+#: Outputs under the routing prefix that are not team alerts.
+NOT_ALERTS = ("nurture", "recycle", "review", "escalations")
 
 
 @dataclass
@@ -193,61 +209,47 @@ class Offsets:
                    committed[tp].offset >= 0 else 0 for tp in tps)
         return done, sum(ends.values())
 
-    async def wait_done(self, group: str, inputs: list[str], topics: list[str],
-                        timeout_s: float, proc: subprocess.Popen[bytes]) -> Progress:
+    async def assigned(self, groups: list[str]) -> bool | None:
+        """Has the broker handed one of `groups` its partitions (Stable, with members)?
+
+        None when that is not known (a group could not be described)."""
+        from aiokafka.errors import KafkaError
+
+        known = True
+        for g in groups:
+            try:
+                for resp in await self.admin.describe_consumer_groups([g]):
+                    # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                    for d in resp.groups:
+                        if d[0] != 0:
+                            known = False
+                        elif d[2] == "Stable" and d[5]:
+                            return True
+            except KafkaError:  # e.g. the group's coordinator is not known yet
+                known = False
+        return False if known else None
+
+    async def watch(self, groups: list[str], inputs: list[str], topics: list[str],
+                    timeout_s: float, proc: subprocess.Popen[bytes]) -> list[Poll]:
         """Poll until all offsets of `topics` are committed, or `timeout_s` passes."""
-        pr = Progress()
+        polls: list[Poll] = []
         deadline = time.monotonic() + timeout_s
-        idle_at = time.monotonic()  # the last poll that saw no new input committed
-        idle_cpu = _cpu_s(proc.pid)
+        seen = False  # a group was assigned: no need to ask again
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the system's process exited with code {proc.returncode}")
-            inp, _ = await self.status(group, inputs)
-            done, end = await self.status(group, topics)
-            now = time.monotonic()
-            if pr.t_first is None and inp > pr.c_first:
-                # Progress started after the last idle poll: count from there, so that a
-                # system done within one poll interval still gets a (lower-bound) rate.
-                pr.t_first, pr.cpu_first = idle_at, idle_cpu
-            elif pr.t_first is None:
-                pr.c_first, idle_at, idle_cpu = inp, now, _cpu_s(proc.pid)
-            pr.t_last, pr.c_last, pr.cpu_last = now, inp, _cpu_s(proc.pid)
+            t0 = time.monotonic()
+            assigned = True if seen else await self.assigned(groups)
+            seen = assigned is True
+            inp, _ = await self.status(groups[0], inputs)
+            done, end = await self.status(groups[0], topics)
             known = all(self.consumer.partitions_for_topic(t) for t in topics)
-            if known and end > 0 and done >= end:
-                pr.complete = True
-                return pr
-            if now >= deadline:
-                return pr
-            await asyncio.sleep(0.2)
-
-
-@dataclass
-class Progress:
-    t_first: float | None = None
-    c_first: int = 0
-    t_last: float = 0.0
-    c_last: int = 0
-    complete: bool = False
-    cpu_first: float | None = None
-    cpu_last: float | None = None
-
-    def rate(self) -> float | None:
-        if self.t_first is None or self.t_last <= self.t_first:
-            return None
-        return (self.c_last - self.c_first) / (self.t_last - self.t_first)
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time the system's process used over the measured span."""
-        if self.t_first is None or self.cpu_first is None or self.cpu_last is None:
-            return None
-        return self.cpu_last - self.cpu_first
-
-    def rate_per_cpu_s(self) -> float | None:
-        cpu = self.cpu_seconds()
-        if cpu is None or cpu <= 0:
-            return None
-        return (self.c_last - self.c_first) / cpu
+            complete = known and end > 0 and done >= end
+            t1 = time.monotonic()
+            polls.append(Poll(t0, t1, assigned, inp, complete, _cpu_s(proc.pid)))
+            if complete or t1 >= deadline:
+                return polls
+            await asyncio.sleep(POLL_S)
 
 
 # -- systems ----------------------------------------------------------------------------------
@@ -302,40 +304,48 @@ def quix_python(workdir: Path, log: Any = None) -> tuple[Path | None, str]:
     return (py, "") if r.returncode == 0 else (None, f"quixstreams import failed: {r.stderr}")
 
 
-def _quantiles(lats: list[float]) -> tuple[float | None, float | None]:
-    if not lats:
-        return None, None
-    lats = sorted(lats)
-    return lats[int(0.50 * (len(lats) - 1))], lats[int(0.99 * (len(lats) - 1))]
+async def _alert_latencies(bootstrap: str, routing_prefix: str, since_ms: float,
+                           timeout_s: float = 30.0) -> list[float]:
+    """Alert record timestamp minus `triggered_ms` (ms), for alerts triggered at `since_ms` or
+    later, over every team routing topic under `routing_prefix` (SLA re-sends excluded)."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    lats: list[float] = []
+    try:
+        # consumer.topics() does not update the consumer's own metadata: keep the answer.
+        cluster = await consumer._client.fetch_all_metadata()
+        teams = [t for t in cluster.topics() if t.startswith(routing_prefix)
+                 and t[len(routing_prefix):] not in NOT_ALERTS]
+        tps = [TopicPartition(t, p) for t in teams
+               for p in cluster.partitions_for_topic(t) or ()]
+        if not tps:
+            return lats
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                for m in msgs:
+                    alert = orjson.loads(m.value)
+                    triggered = int(alert["triggered_ms"])
+                    if triggered >= since_ms and not alert.get("reassigned"):
+                        lats.append(float(m.timestamp - triggered))
+    finally:
+        await consumer.stop()
+    return lats
 
 
-_BUCKET = re.compile(
-    r'^leadflow_processing_latency_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
-
-
-def _scrape(port: int) -> dict[float, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
-
-
-def _hist_quantile(before: dict[float, float], after: dict[float, float],
-                   q: float) -> float | None:
-    """Prometheus-style histogram_quantile over the difference of two scrapes (ms)."""
-    bounds = sorted(after)
-    cum = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = cum[-1] if cum else 0
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_b, prev_c = 0.0, 0.0
-    for b, c in zip(bounds, cum, strict=True):
-        if c >= rank:
-            if b == float("inf"):
-                return prev_b * 1000
-            return (prev_b + (b - prev_b) * (rank - prev_c) / max(c - prev_c, 1e-9)) * 1000
-        prev_b, prev_c = b, c
-    return None
+def _p50_p99(lats: list[float]) -> tuple[float | None, float | None]:
+    qs = quantiles(lats, (0.50, 0.99))
+    return (None, None) if qs is None else (round(qs[0], 1), round(qs[1], 1))
 
 
 def _env() -> dict[str, str]:
@@ -376,14 +386,16 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
     extras: dict[str, Any] = {}
     if name in ("limit", "naive_faust"):
         cmd = [sys.executable, str(HERE / "systems.py"), name, *common,
-               "--datadir", str(run.workdir / "faust"), "--partitions", str(run.partitions)]
+               "--datadir", str(run.workdir / "faust"), "--partitions", str(run.partitions),
+               "--commit-interval", str(COMMIT_INTERVAL_S)]
         env = _env()
     elif name == "quixstreams":
         py, why = quix_python(run.workdir, run.log)
         if py is None:
             return None, [], extras, why
         cmd = [str(py), str(HERE / "quix_system.py"), *common,
-               "--state-dir", str(run.workdir / "quix-state")]
+               "--state-dir", str(run.workdir / "quix-state"),
+               "--commit-interval", str(COMMIT_INTERVAL_S)]
         env = dict(os.environ)
     else:
         port = free_port()
@@ -410,68 +422,47 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
-async def _wait_web(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError):
-            _scrape(port)
-            return
-        await asyncio.sleep(0.5)
-
-
 async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Result:
     res = Result(name, events=run.events)
     group = f"{run.prefix}-{name.replace('_', '-')}"
     out = run.workdir / f"{name}.lat.json"
-    proc, topics, extras, why = _start(name, run, group, out)
+    proc, topics, _extras, why = _start(name, run, group, out)
     if proc is None:
         res.available, res.reason = False, why
         return res
     run.say(f"{name}: running (pid {proc.pid}, log {run.workdir / (name + '.log')})")
+    # leadflow reads its inputs in a group of their own, `<app id>-ingest`.
+    groups = [group, f"{group}-ingest"] if name == "leadflow" else [group]
     try:
         inputs = list(run.inputs.values())
-        pr = await offsets.wait_done(group, inputs, topics, run.max_s, proc)
-        rate = pr.rate()
-        if pr.t_first is not None:
-            res.seconds = round(pr.t_last - pr.t_first, 2)
-        res.events_per_s = None if rate is None else round(rate, 1)
-        per_cpu, cpu = pr.rate_per_cpu_s(), pr.cpu_seconds()
-        res.events_per_cpu_s = None if per_cpu is None else round(per_cpu, 1)
-        res.cpu_s = None if cpu is None else round(cpu, 2)
-        res.complete = pr.complete
-        if not pr.complete:
+        polls = await offsets.watch(groups, inputs, topics, run.max_s, proc)
+        span = throughput_span(polls)
+        if span is not None:
+            res.seconds = round(span.seconds, 2)
+            per_s, per_cpu = span.events_per_s(), span.events_per_cpu_s()
+            res.events_per_s = None if per_s is None else round(per_s, 1)
+            res.events_per_cpu_s = None if per_cpu is None else round(per_cpu, 1)
+            res.cpu_s = None if span.cpu_s is None else round(span.cpu_s, 2)
+        res.complete = span is not None and span.complete
+        if not res.complete:
             res.notes.append("latency includes the wait behind the backlog")
-            res.notes.append(f"throughput phase cut at {run.max_s:.0f} s: {pr.c_last:,} of "
-                             f"{run.events:,} input offsets committed")
+            res.notes.append(f"throughput phase cut at {run.max_s:.0f} s: "
+                             f"{polls[-1].committed:,} of {run.events:,} input offsets "
+                             "committed")
         run.say(f"{name}: {res.events_per_s} events/s ({res.events_per_cpu_s} per CPU "
-                f"second of its process); latency phase "
+                f"second of its process) over {res.seconds} s; latency phase "
                 f"({run.rate:.0f}/s for {run.latency_s:.0f} s)…")
-        before: dict[float, float] = {}
-        if name == "leadflow":
-            await _wait_web(extras["web_port"], proc, 30)
-            before = _scrape(extras["web_port"])
         count = int(run.rate * run.latency_s)
         t_lat = time.time() * 1000
         took = await _produce_paced(run.bootstrap, count, run.leads, run.rate, run.inputs,
                                     seed + 1)
         if took > run.latency_s * 1.1:
             res.notes.append(f"producer reached only {count / took:.0f}/s")
-        drained = await offsets.wait_done(group, inputs, topics, run.drain_s, proc)
-        res.drained = drained.complete
-        if not drained.complete:
+        drained = await offsets.watch(groups, inputs, topics, run.drain_s, proc)
+        res.drained = drained[-1].done
+        if not res.drained:
             res.notes.append(f"latency phase not drained {run.drain_s:.0f} s after sending: "
                              "quantiles over the events done by then")
-        if name == "leadflow":
-            after = _scrape(extras["web_port"])
-            p50 = _hist_quantile(before, after, 0.50)
-            p99 = _hist_quantile(before, after, 0.99)
-            res.p50_ms = None if p50 is None else round(p50, 1)
-            res.p99_ms = None if p99 is None else round(p99, 1)
-            res.latency_events = int(after.get(float("inf"), 0) - before.get(float("inf"), 0))
-            res.notes.append("latency from the worker's histogram (bucket-interpolated)")
-            if not pr.complete:  # the histogram mixes in the backlog's old event times
-                res.p50_ms = res.p99_ms = None
-                res.notes.append("latency not measured: backlog of the cut throughput phase")
         rss = _peak_rss_mb(proc.pid)
         res.peak_rss_mb = None if rss is None else round(rss, 1)
     except (RuntimeError, TimeoutError, OSError) as exc:
@@ -481,16 +472,19 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         return res
     finally:
         _stop(proc)
-    if name != "leadflow" and out.exists():
+    if name == "leadflow":
+        lats = await _alert_latencies(run.bootstrap, f"{run.prefix}.routing.", t_lat)
+        res.latency_events = len(lats)
+        res.p50_ms, res.p99_ms = _p50_p99(lats)
+        res.notes.append("latency over the latency phase's events that raised an alert")
+    elif out.exists():
         data = json.loads(out.read_bytes())
         lats = [lat for ts, lat in zip(data["ts"], data["lat_ms"], strict=True) if ts >= t_lat]
         res.latency_events = len(lats)
-        p50, p99 = _quantiles(lats)
-        res.p50_ms = None if p50 is None else round(p50, 1)
-        res.p99_ms = None if p99 is None else round(p99, 1)
+        res.p50_ms, res.p99_ms = _p50_p99(lats)
         consumed = sum(1 for ts in data["ts"] if ts < t_lat)
         res.decoded = consumed
-        if consumed != run.events and pr.complete:
+        if consumed != run.events and res.complete:
             res.notes.append(f"processed {consumed} throughput events (at-least-once)")
     return res
 

@@ -22,3 +22,45 @@ async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
     assert r["events_per_s"] is not None and r["events_per_s"] > 0
     assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["p50_ms"] <= r["p99_ms"]
     assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] > 10
+    # The published rate is the committed events over the published span.
+    assert r["seconds"] is not None and r["seconds"] > 0
+    assert r["events_per_s"] == pytest.approx(20000 / r["seconds"], rel=0.01)
+
+
+@pytest.mark.integration
+async def test_leadflow_latency_is_alert_record_time_minus_trigger_time(
+        kafka_bootstrap: str) -> None:
+    import uuid
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.kafka.topics import TopicSpec, ensure_topics
+
+    mod = load_script("e2e_bench")
+    prefix = f"bench-test-{uuid.uuid4().hex[:6]}.routing."
+    team, nurture = f"{prefix}team-a", f"{prefix}nurture"
+    await ensure_topics(kafka_bootstrap, [TopicSpec(t, 2, 1, {}) for t in (team, nurture)])
+    import time
+
+    since = int(time.time() * 1000)
+    sends = [  # (topic, triggered_ms, record timestamp, reassigned)
+        (team, since, since + 40, False),          # 40 ms
+        (team, since + 500, since + 510, False),   # 10 ms
+        (team, since + 900, since + 1200, False),  # 300 ms
+        (team, since - 1, since + 5, False),       # triggered before the latency phase
+        (team, since + 100, since + 99_000, True),  # an SLA re-send, not a first alert
+        (nurture, since + 100, since + 150, False),  # a hand-off, not an alert
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i, (topic, triggered, ts, reassigned) in enumerate(sends):
+            body = {"alert_id": f"a{i}", "triggered_ms": triggered, "reassigned": reassigned}
+            await producer.send_and_wait(topic, orjson.dumps(body), key=f"lead-{i}".encode(),
+                                         timestamp_ms=ts)
+    finally:
+        await producer.stop()
+    lats = await mod._alert_latencies(kafka_bootstrap, prefix, since)
+    assert sorted(lats) == [10.0, 40.0, 300.0]
+    assert mod._p50_p99(lats) == (40.0, 300.0)

@@ -1,0 +1,100 @@
+"""The arithmetic behind the end-to-end benchmark's published figures (`e2e_bench.py`).
+
+Pure functions, so that the rules are unit-tested (tests/benchmarks/test_figures.py):
+
+- `rate`: events over a wall-clock (or CPU) span;
+- `quantiles`: exact nearest-rank quantiles of a sample, no histogram interpolation;
+- `throughput_span`: which polls of a consumer group start and stop a system's clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+def rate(events: int, start_s: float, end_s: float) -> float | None:
+    """`events` per second over [start_s, end_s]; None when the span is not positive."""
+    if events < 0:
+        raise ValueError(f"events must not be negative, got {events}")
+    if end_s <= start_s:
+        return None
+    return events / (end_s - start_s)
+
+
+def quantiles(samples: Iterable[float], qs: Sequence[float]) -> tuple[float, ...] | None:
+    """Nearest-rank quantiles of `samples`, one per q in `qs`; None for an empty sample.
+
+    The q-quantile of n sorted values is the value of rank ceil(q * n) (1-based), the smallest
+    sample with at least a fraction q of the sample at or below it; q = 0 is the minimum.
+    Every result is one of the samples: nothing is interpolated. 1..100 has p50 = 50,
+    p99 = 99, p100 = 100.
+    """
+    ordered = sorted(samples)
+    n = len(ordered)
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
+    if n == 0:
+        return None
+    # q * n in binary floating point can land a hair above an integer (0.07 * 100 is
+    # 7.000000000000001): round that away before taking the ceiling.
+    return tuple(ordered[max(1, math.ceil(round(q * n, 9))) - 1] for q in qs)
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One look at a system's consumer group(s) by the benchmark."""
+
+    t0: float  #: monotonic seconds when the poll's queries were sent
+    t1: float  #: ... and when their answers were all in
+    #: the broker had handed one of the system's groups its partitions (None: not known)
+    assigned: bool | None
+    committed: int  #: input offsets committed (summed over partitions)
+    done: bool  #: every offset the system must commit (inputs, internal topics) committed
+    cpu_s: float | None = None  #: CPU seconds of the system's process at t1
+
+
+@dataclass(frozen=True)
+class Span:
+    """A system's throughput phase as the polls bound it."""
+
+    start_s: float
+    end_s: float
+    events: int
+    complete: bool
+    cpu_s: float | None
+
+    @property
+    def seconds(self) -> float:
+        return self.end_s - self.start_s
+
+    def events_per_s(self) -> float | None:
+        return rate(self.events, self.start_s, self.end_s)
+
+    def events_per_cpu_s(self) -> float | None:
+        if self.cpu_s is None or self.cpu_s <= 0:
+            return None
+        return self.events / self.cpu_s
+
+
+def throughput_span(polls: Sequence[Poll]) -> Span | None:
+    """The span from "not consuming yet" to "everything committed"; None if never assigned.
+
+    Start: `t0` of the last poll before the first assigned one that saw none of the system's
+    groups assigned (it could not have consumed anything yet; a poll that could not tell
+    does not count), or of the first poll if there is none.
+    End: `t1` of the first poll that saw every offset committed, else of the last poll
+    (`complete` False). Events: input offsets committed at the end, counted from zero, which
+    is exact because a fresh group has nothing committed before its assignment. Both ends
+    err towards a longer span (at most a poll interval plus the system's commit interval),
+    by the same rule for every system, so a rate is a lower bound.
+    """
+    first = next((i for i, p in enumerate(polls) if p.assigned), None)
+    if first is None:
+        return None
+    begin = next((p for p in reversed(polls[:first]) if p.assigned is False), polls[0])
+    end = next((p for p in polls[first:] if p.done), polls[-1])
+    cpu = None if begin.cpu_s is None or end.cpu_s is None else end.cpu_s - begin.cpu_s
+    return Span(begin.t0, end.t1, end.committed, end.done, cpu)
