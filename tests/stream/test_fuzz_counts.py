@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from pipeline.models.events import REASONS
@@ -170,10 +170,13 @@ def _one(kind: str, draw: Callable[..., Any], n: int, now_ms: int) -> Msg:
 
 
 def generate(now_ms: int) -> list[Msg]:
-    """The fixed set: one hypothesis example per message, derandomized (same every run)."""
+    """The fixed set: one hypothesis example per message, from a fixed seed (same every run)."""
     out: list[Msg] = []
 
-    @settings(max_examples=N_FUZZED, derandomize=True, database=None, deadline=None,
+    # A fixed seed, not derandomize: derandomize's seed comes from the function's digest,
+    # which differs between checkouts, and so did the mix (43 valid cases in one CI clone).
+    @seed(20261203)
+    @settings(max_examples=N_FUZZED, database=None, deadline=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(st.data())
     def draw_one(data: st.DataObject) -> None:
