@@ -16,11 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import pipeline
 from pipeline.alerts import decode_alert, topic_partitions
+from pipeline.core.stages import ALERT_ACKNOWLEDGED
 from pipeline.errors import LeadflowError
 from pipeline.kafka.security import KafkaSecurity, start_client
 from pipeline.models.timefmt import iso_z
 
-ACK_EVENT = "Alert Acknowledged"
+ACK_EVENT = ALERT_ACKNOWLEDGED
 LIBRARY = "leadflow-cli"
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+#: Segment's call types: the one list the models, the rules and the collector use.
 EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
+EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -16,12 +16,11 @@ from pipeline.core.identity import identity_key
 from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import first_trait
+from pipeline.core.stages import ACK_EVENTS
 from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
 from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
-
-ACK_EVENTS = frozenset({"Alert Acknowledged", "Lead Contacted"})
 
 
 def identity_key_bytes(e: Event) -> bytes:
