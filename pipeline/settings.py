@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The Kafka the local development broker and test clusters run unless told otherwise.
+KAFKA_VERSION = "3.9.1"
+
 
 class Topics(BaseSettings):
     """Topic names; every name is a setting (LEADFLOW_TOPIC_<NAME>)."""
@@ -84,7 +87,7 @@ class Settings(BaseSettings):
     # big dedicated host; these keep a worker with a million leads well under 1 GiB.
     rocksdb_write_buffer_mb: int = Field(default=16, ge=1)
     rocksdb_block_cache_mb: int = Field(default=16, ge=1)
-    kafka_version: str = "3.9.1"
+    kafka_version: str = KAFKA_VERSION
     kafka_heap_mb: int = Field(default=512, ge=128)
     topics: Topics = Field(default_factory=Topics)
     # -- HTTP collector (leadflow collector) ---------------------------------------------

@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from pipeline.kafka.security import KafkaSecurity, start_client
+from pipeline.models.timefmt import iso_offset
 
 FIRST = ["ana", "ben", "chen", "dara", "eli", "fatima", "gus", "hana", "ivan", "jo", "kim", "lea"]
 LAST = ["smith", "garcia", "ng", "okafor", "muller", "rossi", "kowalski", "tanaka", "silva"]
@@ -56,10 +56,6 @@ class Message:
         return orjson.dumps(self.body)
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 class _Visitor:
     def __init__(self, rng: random.Random, n: int, start_ms: int) -> None:
         self.rng = rng
@@ -80,7 +76,7 @@ class _Visitor:
             "type": kind,
             "messageId": str(uuid.UUID(int=self.rng.getrandbits(128))),
             "anonymousId": self.anon,
-            "timestamp": _iso(self.t),
+            "timestamp": iso_offset(self.t),
             "context": ctx,
         }
         if self.user:
@@ -225,7 +221,7 @@ async def run(
                 if stop is not None and stop.is_set():
                     break
                 if live_time:
-                    msg.body["timestamp"] = _iso(int(time.time() * 1000))
+                    msg.body["timestamp"] = iso_offset(int(time.time() * 1000))
                 await producer.send(topics[msg.source], msg.value(), key=msg.key.encode())
                 sent += 1
                 if interval:

@@ -22,11 +22,10 @@ from hypothesis import settings as hypothesis_settings
 from pipeline.devkafka.broker import LocalBroker
 from pipeline.devkafka.jars import JARS_ENV, resolve_jars
 from pipeline.kafka.topics import TopicSpec, ensure_topics
-from pipeline.settings import Settings
+from pipeline.settings import KAFKA_VERSION
 from tests.support.workers import Isolated, WorkerProcess, make_isolated
 
 REPO = Path(__file__).resolve().parents[1]
-KAFKA_VERSION = Settings.model_fields["kafka_version"].default
 
 
 # Property tests share two cores with brokers and workers: Hypothesis' 200 ms per-example

@@ -16,10 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import pipeline
 from pipeline.alerts import decode_alert, topic_partitions
+from pipeline.core.stages import ALERT_ACKNOWLEDGED
 from pipeline.errors import LeadflowError
 from pipeline.kafka.security import KafkaSecurity, start_client
+from pipeline.models.timefmt import iso_z
 
-ACK_EVENT = "Alert Acknowledged"
+ACK_EVENT = ALERT_ACKNOWLEDGED
 LIBRARY = "leadflow-cli"
 
 
@@ -38,13 +40,12 @@ def ack_event(
     props: dict[str, Any] = {"alert_id": alert_id}
     if owner:
         props["owner"] = owner
-    ts = (now or datetime.now(UTC)).astimezone(UTC)
     return {
         "type": "track",
         "event": ACK_EVENT,
         "userId": lead_id,
         "messageId": str(uuid.uuid4()),
-        "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": iso_z(now or datetime.now(UTC)),
         "properties": props,
         "context": {"library": {"name": LIBRARY, "version": pipeline.__version__}},
     }

@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from rich.text import Text
 from pipeline.alerts import decode_alert, topic_partitions
 from pipeline.errors import ConfigError
 from pipeline.kafka.security import KafkaSecurity, start_client
+from pipeline.models.timefmt import parse_iso
 
 #: Called once per message: (topic, raw value). Returning is all it has to do.
 Sink = Callable[[str, bytes | None], None]
@@ -47,7 +47,7 @@ def _hhmmss(iso: Any) -> str:
     if not isinstance(iso, str):
         return "-"
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).strftime("%H:%M:%S")
+        return parse_iso(iso).strftime("%H:%M:%S")
     except ValueError:
         return _clean(iso)
 

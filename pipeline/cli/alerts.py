@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import ConfigError, LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
@@ -21,12 +22,6 @@ alerts_app = typer.Typer(
 )
 
 T = TypeVar("T")
-
-
-def _fail(exc: LeadflowError) -> typer.Exit:
-    # One line for people, never a traceback.
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -110,7 +105,7 @@ def tail_cmd(
             timeout_s=timeout, stop=stop, security=KafkaSecurity.from_settings(settings),
         ))
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @alerts_app.command("ack")
@@ -131,7 +126,7 @@ def ack_cmd(
 
     settings = Settings()
     if not alert_id.strip():
-        raise _fail(ConfigError("the alert id is empty"))
+        raise fail(ConfigError("the alert id is empty"))
 
     async def main() -> tuple[dict[str, Any], int, int]:
         bootstrap = _bootstrap(settings)
@@ -151,7 +146,7 @@ def ack_cmd(
     try:
         event, partition, offset = asyncio.run(main())
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"sent to {settings.topics.crm} [{partition}@{offset}]: "
                f"{orjson.dumps(event).decode()}")
 
@@ -188,7 +183,7 @@ def forward_cmd(
     # Keep third-party chatter (which may print URLs with tokens) out of the default output.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if not url.startswith(("http://", "https://")):
-        raise _fail(ConfigError(f"--url must be an http(s) URL, got {url.split(':')[0]}:..."))
+        raise fail(ConfigError(f"--url must be an http(s) URL, got {url.split(':')[0]}:..."))
     settings = Settings()
     retries = _max_retries(max_retries)
     try:
@@ -209,7 +204,7 @@ def forward_cmd(
         )
         stats = _run_until_signal(lambda stop: Forwarder(cfg, stop).run())
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(
         f"forwarder stopped: {stats.delivered} delivered, {stats.parked} parked, "
         f"{stats.attempts} attempts, {stats.abandoned} abandoned (not committed)",
@@ -235,7 +230,7 @@ def queue_cmd(
     try:
         doc = fetch_queue(url or f"http://{host}:{settings.web_port}", team)
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
         typer.echo(orjson.dumps(doc).decode())
     else:

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
 
@@ -97,8 +98,7 @@ def register(app: typer.Typer) -> None:
                 latency_s=latency_s, seed=seed, max_s=max_s, drain_s=drain_s,
                 log=log))
         except LeadflowError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise fail(exc) from None
         finally:
             if not had_broker:
                 stop_local_broker(settings)

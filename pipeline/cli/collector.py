@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
 
@@ -31,8 +32,7 @@ def collector(
     try:
         bootstrap = command_bootstrap(settings)
     except LeadflowError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     if settings.write_keys == {"dev-web-key": "web"}:
         typer.echo("warning: only the development write key `dev-web-key` is configured; "
                    "set LEADFLOW_WRITE_KEYS for production", err=True)

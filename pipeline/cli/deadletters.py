@@ -11,17 +11,13 @@ from typing import Annotated
 import orjson
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 deadletters_app = typer.Typer(
     help="Count, show and replay dead letters (events.deadletter).", no_args_is_help=True)
-
-
-def _fail(exc: LeadflowError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -45,7 +41,7 @@ def list_cmd(
         letters = asyncio.run(read_all(_bootstrap(settings), topic,
                                        security=KafkaSecurity.from_settings(settings)))
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     groups = summarize(letters)
     newest = sorted(letters, key=lambda s: s.letter.received_at, reverse=True)[:last]
     if as_json:
@@ -89,14 +85,14 @@ def show_cmd(
     try:
         part, off = (int(p_text), int(o_text)) if sep else (partition, int(position))
     except ValueError:
-        raise _fail(DeadLetterError(
+        raise fail(DeadLetterError(
             f"{position!r}: expected PARTITION:OFFSET (e.g. 0:17), as `leadflow deadletters "
             "list` prints")) from None
     try:
         stored = asyncio.run(read_one(_bootstrap(settings), settings.topics.deadletter, part,
                                       off, security=KafkaSecurity.from_settings(settings)))
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     sys.stdout.write(orjson.dumps(letter_dict(stored), option=orjson.OPT_INDENT_2).decode()
                      + "\n")
 
@@ -169,7 +165,7 @@ def replay_cmd(
         counts = asyncio.run(replay(bootstrap, sel.chosen, replay_id, security=security,
                                     progress=progress))
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     where = ", ".join(f"{n} to {t}" for t, n in sorted(counts.items()))
     typer.echo(f"replay {replay_id}: {sum(counts.values())} produced ({where}) in "
                f"{time.monotonic() - started:.1f} s" + "".join(f"; {n}" for n in notes))

@@ -7,18 +7,13 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
 
 kafka_app = typer.Typer(help="The local development Kafka broker (no Docker).",
                         no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics leadflow uses.", no_args_is_help=True)
-
-
-def _fail(exc: LeadflowError) -> typer.Exit:
-    # A message for people, never a traceback.
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 @kafka_app.command("up")
@@ -38,7 +33,7 @@ def up(
                    f"(pid {exc.state.pid})")
         return
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"Kafka {state.version} running at {state.bootstrap} (pid {state.pid}, "
                f"log {state.log})")
 
@@ -51,7 +46,7 @@ def down() -> None:
     try:
         was_running = stop_local_broker(Settings())
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo("Kafka stopped" if was_running else "Kafka was not running")
 
 
@@ -64,7 +59,7 @@ def status() -> None:
     try:
         state = local_status(Settings())
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if state is None:
         typer.echo("Kafka is not running (start it with `leadflow kafka up`)")
         raise typer.Exit(1)
@@ -99,7 +94,7 @@ def create(
             bootstrap, topic_specs(settings, teams=names),
             security=KafkaSecurity.from_settings(settings)))
     except LeadflowError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     for name in report.created:
         typer.echo(f"created  {name}")
     for name in report.existing:

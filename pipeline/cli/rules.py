@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
 from pipeline.errors import RulesError
 
@@ -18,8 +19,7 @@ def _load(path: Path | None) -> CompiledRules:
     try:
         return load_rules(path) if path is not None else load_default_rules()
     except RulesError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
 
 
 @rules_app.command("check")
@@ -51,8 +51,7 @@ def backtest_cmd(
     ra = _load(rules)
     rb = _load(compare) if compare is not None else None
     if not events.is_file():
-        typer.echo(f"error: {events}: no such file", err=True)
-        raise typer.Exit(1)
+        raise fail(f"{events}: no such file")
     report = backtest(events, ra, other=rb, progress=not as_json)
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

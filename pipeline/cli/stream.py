@@ -6,13 +6,9 @@ import asyncio
 
 import typer
 
+from pipeline.cli.errors import fail
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
-
-
-def _fail(exc: LeadflowError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +28,7 @@ def register(app: typer.Typer) -> None:
             # Resolved here, not in the worker: only the CLI may fall back to the local broker.
             run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
         except LeadflowError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
 
     @app.command()
     def simulate(
@@ -50,7 +46,7 @@ def register(app: typer.Typer) -> None:
         try:
             bootstrap = command_bootstrap(settings)
         except LeadflowError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
         sent = asyncio.run(
             sim_run(bootstrap, topics, rate=rate, visitors=visitors, seed=seed,
@@ -71,4 +67,4 @@ def register(app: typer.Typer) -> None:
         try:
             run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors)
         except LeadflowError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None

@@ -45,6 +45,7 @@ from pipeline.deadletters import dead_letter
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import to_event, validate
+from pipeline.models.timefmt import iso_z, parse_iso
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.collector")
@@ -186,20 +187,13 @@ def _record_key(msg: dict[str, Any]) -> bytes:
     return str(msg.get("userId") or msg.get("anonymousId")).encode()
 
 
-def _iso(ms: int) -> str:
-    # "Z" like Segment and like leadflow's outbound messages.
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_iso(value)
     except ValueError:
         return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def _skew_corrected(msg: dict[str, Any], received: datetime) -> str | None:
@@ -212,7 +206,7 @@ def _skew_corrected(msg: dict[str, Any], received: datetime) -> str | None:
     if sent is None or original is None:
         return None
     fixed = received - (sent - original)
-    return fixed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_z(fixed)
 
 
 def enrich(
@@ -233,7 +227,7 @@ def enrich(
         if "sentAt" not in out and isinstance(batch.get("sentAt"), str):
             out["sentAt"] = batch["sentAt"]
     out.pop("writeKey", None)  # a credential: never written to a topic
-    out["receivedAt"] = received_iso or _iso(received_ms)
+    out["receivedAt"] = received_iso or iso_z(received_ms)
     if not out.get("messageId"):
         # Segment libraries always send one; for hand-written calls (curl) we make one up.
         # Retries of such calls cannot be deduplicated: clients should send their own.
@@ -322,7 +316,7 @@ class Collector:
         errors: list[dict[str, Any]] = []
         out: list[tuple[dict[str, Any], bytes]] = []
         too_big = False
-        received_iso = _iso(now_ms)
+        received_iso = iso_z(now_ms)
         for i, item in enumerate(items):
             where = f"batch[{i}]" if batch is not None else "body"
             if not isinstance(item, dict):

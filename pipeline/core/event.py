@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+#: Segment's call types: the one list the models, the rules and the collector use.
 EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
+EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -61,12 +63,12 @@ def make_event(
     anonymous_id: str | None,
     user_id: str | None,
 ) -> Event:
-    """`Event(...)` with every field given in order, about three times as fast.
+    """`Event(...)` with every field given in order, without the frozen `__init__`'s cost.
 
     Every event is built three times on its way through a worker (at ingest and when each
     internal hop decodes it), and the frozen dataclass `__init__` sets each field through
-    `object.__setattr__` (3.5 us); this writes the slots directly. The result is the same:
-    Event has no `__post_init__` and validates nothing.
+    `object.__setattr__`; this writes the slots directly (README has the figures). The
+    result is the same: Event has no `__post_init__` and validates nothing.
     """
     e = _new(Event)
     _SET[0](e, message_id)

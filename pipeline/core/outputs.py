@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+#: Kinds of alert the core raises for a team; a `Route` is also the kind of its messages.
 AlertKind = Literal["instant", "hot_score", "pql"]
 Temperature = Literal["hot", "warm", "cold"]
 Route = Literal["nurture", "recycle", "review"]
+ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
+ROUTES: frozenset[str] = frozenset(get_args(Route))
 
 
 @dataclass(frozen=True, slots=True)

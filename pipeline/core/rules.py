@@ -33,13 +33,12 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 # Durations live in their own module so that routing can use them too.
 from pipeline.core.durations import Duration, parse_duration
-from pipeline.core.event import Event
+from pipeline.core.event import Event, EventType
 from pipeline.core.routing import DEFAULT_ROUTING, RoutingRules
 from pipeline.errors import RulesError
 
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
 Scalar = str | int | float | bool
-EventTypeName = Literal["track", "page", "screen", "identify", "group", "alias"]
 GroupName = Literal["fit", "engagement", "product"]
 
 
@@ -142,7 +141,7 @@ class Trigger(_Model):
 class EventMatch(_Model):
     """Which events a rule matches; every condition given must hold."""
 
-    type: EventTypeName = "track"
+    type: EventType = "track"
     name: str | list[str] | None = Field(
         default=None, description="Track event name(s) or page name(s); none: any name."
     )

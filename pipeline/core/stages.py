@@ -60,6 +60,11 @@ ALLOWED: Mapping[tuple[str, str], frozenset[str]] = {
        ("visitor", "lead", "mql", "pql", "sal", "sql", "opportunity", "recycled")},
 }
 
+# CRM track events that stop an alert's SLA timer (`leadflow alerts ack` sends the first).
+ALERT_ACKNOWLEDGED = "Alert Acknowledged"
+LEAD_CONTACTED = "Lead Contacted"
+ACK_EVENTS: frozenset[str] = frozenset({ALERT_ACKNOWLEDGED, LEAD_CONTACTED})
+
 # CRM track events and the stage they ask for; None: recorded, no stage move.
 CRM_EVENTS: Mapping[str, str | None] = {
     "Lead Accepted": "sal",
@@ -69,8 +74,8 @@ CRM_EVENTS: Mapping[str, str | None] = {
     "Deal Won": "customer",
     "Deal Lost": "recycled",
     "Lead Disqualified": "disqualified",
-    "Lead Contacted": None,  # a sales touch (speed-to-lead), not a stage
-    "Alert Acknowledged": None,
+    LEAD_CONTACTED: None,  # a sales touch (speed-to-lead), not a stage
+    ALERT_ACKNOWLEDGED: None,
 }
 
 # Stages in which alerts are raised: not before a lead is known, not once sales closed it.

@@ -26,6 +26,7 @@ from pipeline.deadletters import REPLAY_HEADER, REPLAY_OF_HEADER
 from pipeline.errors import LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.outputs import DeadLetter
+from pipeline.models.timefmt import iso_z, parse_iso
 
 
 class DeadLetterError(LeadflowError):
@@ -155,11 +156,8 @@ class Group:
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "source_topic": self.source_topic,
                 "count": self.count, "failed_after_replay": self.replayed_failed,
-                "newest": _iso(self.newest), "oldest": _iso(self.oldest)}
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z") if dt else None
+                "newest": iso_z(self.newest) if self.newest else None,
+                "oldest": iso_z(self.oldest) if self.oldest else None}
 
 
 def summarize(letters: Iterable[Stored]) -> list[Group]:
@@ -188,11 +186,10 @@ def parse_time(text: str, now: datetime) -> datetime:
     if m:
         return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_iso(text.strip())
     except ValueError:
         raise DeadLetterError(f"{text!r} is neither an ISO 8601 time "
                               "(2026-12-02T10:00:00Z) nor an age (30m, 2h, 7d)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def parse_offsets(text: str) -> set[tuple[int, int]]:

@@ -33,6 +33,7 @@ from pipeline.devkafka.jars import (
 )
 from pipeline.devkafka.ports import HOST, port_free
 from pipeline.errors import BrokerError, ConfigError
+from pipeline.settings import KAFKA_VERSION
 
 if TYPE_CHECKING:
     from pipeline.devkafka.secure_listener import ListenerSecurity
@@ -168,7 +169,7 @@ class LocalBroker:
         self,
         data_dir: Path,
         jars_dir: Path,
-        version: str = "3.9.1",
+        version: str = KAFKA_VERSION,
         heap_mb: int = 512,
         port: int = 0,
         controller_port: int = 0,

@@ -40,6 +40,7 @@ from pipeline.devkafka.broker import (
 from pipeline.devkafka.jars import Progress, _check_version, _lib_complete
 from pipeline.devkafka.ports import HOST
 from pipeline.errors import BrokerError
+from pipeline.settings import KAFKA_VERSION
 
 #: Broker settings that make a small test cluster react within seconds on a loaded machine:
 #: a dead broker is fenced after 6 s (default 9 s), a replica that stops fetching leaves the
@@ -180,7 +181,7 @@ class LocalCluster:
         self,
         base_dir: Path,
         jars_dir: Path,
-        version: str = "3.9.1",
+        version: str = KAFKA_VERSION,
         *,
         nodes: int = 3,
         heap_mb: int = 256,

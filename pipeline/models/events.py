@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from pipeline.core.event import EMPTY, Event, make_event
+from pipeline.core.event import EMPTY, EVENT_TYPES, Event, make_event
 from pipeline.errors import InvalidEvent
 
 # Reason codes a message can be dead-lettered for; stable, used as metric label values.
@@ -117,9 +117,6 @@ SegmentMessage = Annotated[AnyCall, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[AnyCall] = TypeAdapter(SegmentMessage)
 
 
-_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
-
-
 def _first_error(exc: ValidationError) -> str:
     # The detail names the field (Segment's name) and what is wrong, never the value, since
     # details end up in logs, metrics and HTTP answers. The union's tag ("track") is dropped
@@ -127,7 +124,7 @@ def _first_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_input=False)
     err = errors[0]
     loc = list(err["loc"])
-    if loc and loc[0] in _TYPES:
+    if loc and loc[0] in EVENT_TYPES:
         loc = loc[1:]
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = ["type"]

@@ -18,12 +18,15 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.outputs import AlertKind as CoreAlertKind
+from pipeline.core.outputs import Route, Temperature
+
 #: Version of every outbound schema in this module; consumers should accept unknown *higher*
 #: minor additions but must check this number before relying on a removed/renamed field.
 SCHEMA_VERSION = 1
 
-AlertKind = Literal["instant", "hot_score", "pql", "nurture", "recycle", "review"]
-Temperature = Literal["hot", "warm", "cold"]
+#: A routing message's kind: the core's alert kinds and its routes.
+AlertKind = Literal[CoreAlertKind, Route]
 
 _TOP_REASON = re.compile(r"^(?P<rule>\S+) (?P<points>[+-]?[\d.]+(?:e[+-]?\d+)?) \((?P<n>\d+)x\)$")
 _TOP_FIT = re.compile(r"^(?P<rule>\S+) (?P<points>[+-]?\d+) \(fit\)$")

@@ -80,9 +80,7 @@ class Tuning:
     batch_max: int = BATCH_MAX
     #: Envelopes per batch on the internal topics (each holds up to a batch of events).
     #: More per batch puts more of a lead's events into one table write, but a batch's
-    #: decoded states are all in memory at once: 192 gave 7,979 events per worker CPU
-    #: second against 7,391-7,444 with 64 (`leadflow bench`), but 1,285 MB RSS with a
-    #: million leads against 908 MB with 64 (`benchmarks/state_bench.py`).
+    #: decoded states are all in memory at once (README, "Tried and not kept").
     envelopes_max: int = ENVELOPES_MAX
     batch_within_s: float = BATCH_WITHIN_S
     visitor_buffer: int = 200

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import deadletters
@@ -17,16 +16,11 @@ from pipeline.core.identity import identity_key
 from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import first_trait
+from pipeline.core.stages import ACK_EVENTS
 from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
+from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
-
-ACK_EVENTS = frozenset({"Alert Acknowledged", "Lead Contacted"})
-
-
-def iso(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def identity_key_bytes(e: Event) -> bytes:
@@ -118,7 +112,7 @@ def plan(
         if isinstance(o, StageMove):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
-                status="applied", reason=None, at=iso(o.at_ms), at_ms=o.at_ms,
+                status="applied", reason=None, at=iso_offset(o.at_ms), at_ms=o.at_ms,
                 cause={"rule": o.cause_rule, "message_id": o.cause_message_id},
                 scores=_scores(o.score_total, o.scores_by_group), rules_version=rules_version,
             )
@@ -127,7 +121,7 @@ def plan(
         elif isinstance(o, MoveRefused):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
-                status="refused", reason=o.reason, at=iso(o.at_ms), at_ms=o.at_ms,
+                status="refused", reason=o.reason, at=iso_offset(o.at_ms), at_ms=o.at_ms,
                 cause={"rule": None, "message_id": o.cause_message_id}, scores=None,
                 rules_version=rules_version,
             )
@@ -138,7 +132,7 @@ def plan(
             team, why = choose_team(routing, traits)
             body: dict[str, Any] = {
                 "alert_id": o.alert_id, "lead_id": o.lead_id, "kind": o.kind,
-                "temperature": o.temperature, "triggered_at": iso(o.at_ms),
+                "temperature": o.temperature, "triggered_at": iso_offset(o.at_ms),
                 "triggered_ms": o.at_ms,
                 "trigger": {"rule": o.rule, "message_id": o.message_id},
                 "updates": o.updates,
@@ -160,7 +154,7 @@ def plan(
             handoff = RoutingAlert(
                 alert_id=f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}",
                 lead_id=o.lead_id, team=o.route, kind=o.route, temperature=o.temperature,
-                owner=None, assignment=None, triggered_at=iso(o.at_ms),
+                owner=None, assignment=None, triggered_at=iso_offset(o.at_ms),
                 triggered_ms=o.at_ms, sla_seconds=None, due_at=None,
                 trigger={"rule": o.rule if review else o.reason, "message_id": o.message_id},
                 scores=_scores(o.score_total, o.scores_by_group),
@@ -194,9 +188,9 @@ def plan_scored(
 ) -> Plan:
     """`plan` for a score batch: traits and routes read from its lead records.
 
-    Only the few leads that are alerted, handed off or acknowledged are looked up (reading
-    the traits of every written lead cost 2.7 us per event); `get` reads a lead the batch
-    did not write.
+    Only the few leads that are alerted, handed off or acknowledged are looked up: reading
+    the traits of every written lead was a measurable cost per event (README). `get` reads
+    a lead the batch did not write.
     """
     routed = {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
     traits = {lead: rec_traits(writes[lead]) for lead in routed if lead in writes}

@@ -1,9 +1,8 @@
 """Records sent through aiokafka's producer, those for known partitions as record batches.
 
-`AIOKafkaProducer.send` costs about 9.5 us of CPU per record (a future and its metadata
-per message); `create_batch`/`send_batch` cost about 2.4 us per record in a batch
-(`benchmarks/send_bench.py`). The worker sends about one changelog record per event, so
-this is paid on every event.
+`AIOKafkaProducer.send` makes a future and its metadata per message, which costs several
+times the CPU per record of `create_batch`/`send_batch` (README; `benchmarks/send_bench.py`).
+The worker sends about one changelog record per event, so this is paid on every event.
 """
 
 from __future__ import annotations

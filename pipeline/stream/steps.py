@@ -26,6 +26,7 @@ from pipeline.core.rules import CompiledRules
 from pipeline.core.state import LeadState, with_owner
 from pipeline.errors import InvalidEvent
 from pipeline.models.events import parse_message
+from pipeline.models.timefmt import iso_offset
 from pipeline.stream.codec import encode_event, event_from_dict, event_to_dict
 from pipeline.stream.dedup import SeenWindow
 
@@ -243,12 +244,6 @@ class AssignResult:
     breaches: list[tuple[str, str]] = field(default_factory=list)  # team, kind
 
 
-def _iso_ms(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 # Alert fields the score stage adds for the assign step only: never on the routing topic.
 _INTERNAL = ("domain", "team_reason", "current_owner")
 # Unowned alerts kept per team for the queue view; beyond this the oldest are dropped
@@ -264,7 +259,7 @@ def _body(team: Team, alert: Mapping[str, Any], owner: str | None, reason: str,
     body["owner"] = owner
     body["assignment"] = {"reason": reason, "skipped": list(skipped), "excluded": sorted(excluded)}
     body["sla_seconds"] = sla_s
-    body["due_at"] = _iso_ms(due_ms) if due_ms is not None else None
+    body["due_at"] = iso_offset(due_ms) if due_ms is not None else None
     return body
 
 
@@ -290,7 +285,7 @@ def _queue(rec: dict[str, Any], body: Mapping[str, Any], at_ms: int, why: str) -
     queue: dict[str, Any] = rec.setdefault("queue", {})
     queue[body["alert_id"]] = {
         "alert_id": body["alert_id"], "lead_id": body["lead_id"], "kind": body["kind"],
-        "since": _iso_ms(at_ms), "reason": why}
+        "since": iso_offset(at_ms), "reason": why}
     while len(queue) > QUEUE_CAP:
         del queue[next(iter(queue))]
         rec["queue_dropped"] = int(rec.get("queue_dropped", 0)) + 1
@@ -367,8 +362,8 @@ def assign_batch(
                 # starts its SLA) at the opening, so it never escalates to nobody.
                 pending[aid] = {
                     "due_ms": opens, "alert": alert, "owner": None, "excluded": [],
-                    "waiting": True, "reason": f"team closed until {_iso_ms(opens)}",
-                    "since": _iso_ms(due_from), "supersedes": supersedes}
+                    "waiting": True, "reason": f"team closed until {iso_offset(opens)}",
+                    "since": iso_offset(due_from), "supersedes": supersedes}
                 continue
             st, body = _place(team, st, alert, sla, due_from, frozenset())
             out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
@@ -431,8 +426,8 @@ def assign_batch(
                 out.emitted.append(Emitted("escalations", team.name, alert["lead_id"], {
                     "alert_id": key, "lead_id": alert["lead_id"], "team": team.name,
                     "kind": alert["kind"], "from_owner": p["owner"], "to_owner": body["owner"],
-                    "sla_seconds": sla, "triggered_at": _iso_ms(int(alert["triggered_ms"])),
-                    "breached_at": _iso_ms(now), "reason": reason,
+                    "sla_seconds": sla, "triggered_at": iso_offset(int(alert["triggered_ms"])),
+                    "breached_at": iso_offset(now), "reason": reason,
                     "rules_version": alert.get("rules_version"),
                 }))
                 out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
@@ -450,7 +445,7 @@ def team_queue(team: str, record: Mapping[str, Any] | None) -> dict[str, Any]:
     for aid, p in (record.get("pending") or {}).items():
         a = p["alert"]
         item = {"alert_id": aid, "lead_id": a["lead_id"], "kind": a["kind"],
-                "due_at": _iso_ms(int(p["due_ms"]))}
+                "due_at": iso_offset(int(p["due_ms"]))}
         if p.get("waiting"):
             waiting.append({**item, "since": p.get("since"), "reason": p.get("reason")})
         elif p.get("owner"):
@@ -472,7 +467,7 @@ def _ownership(placed: Sequence[Emitted]) -> list[Emitted]:
             "lead_id": b["lead_id"], **owner, "kind": b["kind"],
             "reassigned": bool(b.get("reassigned")),
             "reason": (b.get("assignment") or {}).get("reason") or "",
-            "at": _iso_ms(int(b["triggered_ms"])), "due_at": b.get("due_at"),
+            "at": iso_offset(int(b["triggered_ms"])), "due_at": b.get("due_at"),
             "rules_version": b.get("rules_version")}))
     return out
 

@@ -108,9 +108,8 @@ class BatchTransaction:
 #: recovery counts a partition as recovered once it has read up to the last stable offset
 #: - 1, i.e. that marker, which it never receives as a record: with the last record as
 #: the persisted offset every restart waited for Faust's aborted-transaction check (two
-#: empty 5 s polls, `Recovery._slurp_changelogs`; crash-test restarts took 10-15 s, and
-#: 0.3-7 s with the marker persisted). Reasoned for Kafka 3.9's transaction protocol, the
-#: one the tests run.
+#: empty 5 s polls, `Recovery._slurp_changelogs`). Reasoned for Kafka 3.9's transaction
+#: protocol, the one the tests run.
 MARKER = 1
 
 _current: contextvars.ContextVar[BatchTransaction | None] = contextvars.ContextVar(

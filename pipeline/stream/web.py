@@ -19,20 +19,27 @@ def install(lf: LeadflowApp) -> None:
     app = lf.app
     leads = lf.leads
 
+    async def on_owner(table: Any, key: str, server: web.Web,
+                       request: web.Request) -> web.Response | None:
+        """The answer of the worker that owns ``key`` in ``table``; None when it is this one."""
+        # Faust's router picks the worker that owns the key's partition from the
+        # producer's metadata of the changelog topic, which it only has once it has
+        # written to it: fetch it first so that a fresh worker routes correctly.
+        changelog = table.changelog_topic.get_topic_name()
+        await cast(Any, app.producer)._ensure_producer().partitions_for(changelog)
+        try:
+            return await app.router.route_req(table.name, key, server, request)
+        except SameNode:
+            return None
+
     @app.page("/leads/{lead_id}")
     class LeadView(web.View):
         """GET /leads/{id}: stage, scores by group, breakdown, last events, owner."""
 
         async def get(self, request: web.Request, lead_id: str) -> web.Response:
-            # Faust's router picks the worker that owns the key's partition from the
-            # producer's metadata of the changelog topic, which it only has once it has
-            # written to it: fetch it first so that a fresh worker routes correctly.
-            changelog = leads.changelog_topic.get_topic_name()
-            await cast(Any, lf.app.producer)._ensure_producer().partitions_for(changelog)
-            try:
-                return await app.router.route_req(leads.name, lead_id, self.web, request)
-            except SameNode:
-                pass
+            routed = await on_owner(leads, lead_id, self.web, request)
+            if routed is not None:
+                return routed
             stored = leads.get(lead_id.encode())
             if stored is None:
                 return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
@@ -46,12 +53,9 @@ def install(lf: LeadflowApp) -> None:
             if team not in {t.name for t in lf.rules.routing.teams}:
                 return self.json({"error": f"no team {team!r} in the rules"}, status=404)
             owners = lf.owners
-            changelog = owners.changelog_topic.get_topic_name()
-            await cast(Any, lf.app.producer)._ensure_producer().partitions_for(changelog)
-            try:
-                return await app.router.route_req(owners.name, team, self.web, request)
-            except SameNode:
-                pass
+            routed = await on_owner(owners, team, self.web, request)
+            if routed is not None:
+                return routed
             return self.json(team_queue(team, owners.get(team.encode())))
 
     @app.page("/healthz")

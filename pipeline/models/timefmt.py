@@ -1,0 +1,38 @@
+"""ISO-8601 as leadflow writes and reads it: UTC, to the millisecond. Pure: no clock.
+
+UTC is spelled two ways, each kept where it already stands in records and tests:
+
+* `iso_z` ends in ``Z``, Segment's spelling: the collector's ``receivedAt`` and corrected
+  ``timestamp``, ack events, dead-letter summaries. The outbound models (pydantic) write
+  their datetimes the same way, so every time field on an output topic ends in ``Z``.
+* `iso_offset` ends in ``+00:00``: the stream's own times before a model re-writes them
+  (alerts and assignments in the team table) and times inside text, such as the reason
+  "team closed until 2026-11-30T08:00:00.000+00:00".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def _utc(when: int | datetime) -> datetime:
+    if isinstance(when, datetime):
+        # Naive means UTC here, as in `parse_iso` and the Segment models.
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return datetime.fromtimestamp(when / 1000, UTC)
+
+
+def iso_offset(when: int | datetime) -> str:
+    """Epoch milliseconds (or a datetime) as ``2026-11-30T08:00:00.000+00:00``."""
+    return _utc(when).isoformat(timespec="milliseconds")
+
+
+def iso_z(when: int | datetime) -> str:
+    """Epoch milliseconds (or a datetime) as ``2026-11-30T08:00:00.000Z``."""
+    return iso_offset(when).replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO-8601 time with ``Z``, an offset or no zone (taken as UTC); ValueError if not one."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
