@@ -25,10 +25,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
         from pipeline.cli.bootstrap import command_bootstrap
+        from pipeline.stream.access import check_web_exposure
         from pipeline.stream.worker import run
 
         try:
             settings = Settings(web_port=web_port) if web_port is not None else Settings()
+            # Before any broker is looked for or started: a refusal must come first.
+            check_web_exposure(settings)
             # Resolved here, not in the worker: only the CLI may fall back to the local broker.
             run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
         except LeadflowError as exc:
