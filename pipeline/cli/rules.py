@@ -18,13 +18,14 @@ def _load(path: Path | None) -> CompiledRules:
     try:
         return load_rules(path) if path is not None else load_default_rules()
     except RulesError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        for problem in exc.problems:  # every problem in the file, so one edit fixes them all
+            typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1) from None
 
 
 @rules_app.command("check")
 def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) -> None:
-    """Validate a rules file and print a summary; exit 1 with a one-line error if invalid."""
+    """Validate a rules file and print a summary; if invalid, one line per problem, exit 1."""
     r = _load(file)
     s = r.summary()
     th = s["thresholds"]
