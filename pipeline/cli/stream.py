@@ -66,12 +66,16 @@ def register(app: typer.Typer) -> None:
         rate: float = typer.Option(100.0, help="Simulated messages per second."),
         visitors: int = typer.Option(3000, help="Visitor journeys to play."),
         web_port: int = typer.Option(6066, help="Worker web port (lead API, /metrics)."),
+        reset: bool = typer.Option(
+            False, "--reset", help="First delete earlier runs' state (the worker's tables, "
+            "the local broker's data), saying what goes."),
     ) -> None:
         """The main job, locally: broker (if none configured), topics, a worker, the simulator,
-        and a live view of stage changes and alerts. Ctrl-C stops everything it started."""
+        and a live view of stage changes and alerts. Ctrl-C stops everything it started.
+        Every run plays new leads, so a second run shows as much as the first."""
         from pipeline.demo import run_demo
 
         try:
-            run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors)
+            run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors, reset=reset)
         except LeadflowError as exc:
             raise _fail(exc) from None
