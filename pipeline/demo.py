@@ -6,19 +6,100 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
 
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, ConfigError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 console = Console()
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What makes one demo run's traffic its own: a seed and an id prefix from its start.
+
+    The worker's state (tables, dedup) outlives a run on purpose. Replaying one fixed seed
+    made every message of a second run a duplicate (same message ids), and fresh message ids
+    on the same user ids would pile a second journey onto leads that already closed. New
+    leads per run keep both runs' state sane; `leadflow demo --reset` starts from nothing.
+    """
+
+    seed: int
+    id_prefix: str
+
+    @classmethod
+    def starting(cls, now: datetime) -> DemoRun:
+        ms = int(now.timestamp() * 1000)
+        tag = ""
+        n = ms
+        while n:
+            n, d = divmod(n, 36)
+            tag = _BASE36[d] + tag
+        return cls(seed=ms, id_prefix=f"{tag or '0'}-")
+
+    def lead(self, n: int) -> str:
+        """The user id of visitor `n` of this run (once it identifies)."""
+        return f"user-{self.id_prefix}{n:07d}"
+
+
+def reset_targets(settings: Settings) -> list[tuple[Path, str]]:
+    """What `leadflow demo --reset` deletes, with why each is part of the demo's state.
+
+    Only the local development broker's data: on a configured cluster the topics may be
+    shared, so they are never deleted from here (ConfigError says what to do instead).
+    """
+    from pipeline.devkafka.local import local_status
+
+    if settings.bootstrap_servers:
+        raise ConfigError(
+            "leadflow demo --reset only resets the local development broker; with "
+            f"LEADFLOW_BOOTSTRAP_SERVERS={settings.bootstrap_servers} delete the demo's topics "
+            f"there yourself, and {settings.home / 'worker' / settings.app_id}")
+    running = local_status(settings)
+    if running is not None:
+        raise ConfigError(
+            f"the local Kafka broker is running (pid {running.pid}, {running.bootstrap}): "
+            "stop the demo, then `leadflow kafka down`, and run `leadflow demo --reset` again")
+    candidates = [
+        (settings.home / "worker" / settings.app_id,
+         "the worker's tables (RocksDB): leads, identities, owners, seen message ids"),
+        (settings.kafka_dir / "data",
+         "the local broker's data: topics, changelogs and committed offsets"),
+        (settings.home / "demo-worker.log", "the demo worker's log"),
+    ]
+    return [(path, why) for path, why in candidates if path.exists()]
+
+
+def reset_demo(settings: Settings, say: Callable[[str], None]) -> list[Path]:
+    """Delete the demo's state (see `reset_targets`), saying what goes before it goes.
+
+    The Kafka jars stay: downloading them again is the slow part of a first run.
+    """
+    targets = reset_targets(settings)
+    if not targets:
+        say("nothing to reset: no demo state in " + str(settings.home))
+    for path, why in targets:
+        say(f"deleting {path} ({why})")
+    for path, _ in targets:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return [path for path, _ in targets]
 
 
 def _describe(topic: str, data: dict[str, Any]) -> str:
@@ -70,7 +151,7 @@ async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
         await consumer.stop()
 
 
-async def _main(settings: Settings, rate: float, visitors: int) -> None:
+async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) -> None:
     from pipeline.devkafka.local import ensure_local_broker, resolve_bootstrap
     from pipeline.kafka.topics import ensure_topics, topic_specs
     from pipeline.simulator import run as simulate
@@ -107,14 +188,15 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     console.print(f"worker started (pid {worker.pid}, log {log_path}); lead API on "
-                  f"http://{settings.web_host}:{settings.web_port}/leads/<id>")
+                  f"http://{settings.web_host}:{settings.web_port}/leads/<id>, e.g. "
+                  f"/leads/{run.lead(7)} (this run's leads are user-{run.id_prefix}…)")
     counts: dict[str, int] = {}
     t = settings.topics
     topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
     tail = asyncio.create_task(_tail(bootstrap, settings, stop, counts))
     sim = asyncio.create_task(
         simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False,
-                 security=security)
+                 seed=run.seed, id_prefix=run.id_prefix, security=security)
     )
     announced = False
     try:
@@ -148,6 +230,8 @@ async def _main(settings: Settings, rate: float, visitors: int) -> None:
         console.print(f"stopped. messages seen per topic: {counts}")
 
 
-def run_demo(settings: Settings, *, rate: float, visitors: int) -> None:
-    """Run the demo until Ctrl-C."""
-    asyncio.run(_main(settings, rate, visitors))
+def run_demo(settings: Settings, *, rate: float, visitors: int, reset: bool = False) -> None:
+    """Run the demo until Ctrl-C; `reset` first deletes what earlier runs left."""
+    if reset:
+        reset_demo(settings, lambda line: console.print(line, highlight=False))
+    asyncio.run(_main(settings, rate, visitors, DemoRun.starting(datetime.now(UTC))))

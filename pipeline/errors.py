@@ -12,7 +12,20 @@ class ConfigError(LeadflowError):
 
 
 class RulesError(LeadflowError):
-    """A rules file that is missing, unreadable or invalid; the message names path and line."""
+    """A rules file that is missing, unreadable or invalid; the message names path and line.
+
+    `problems` holds one line per problem found (all of them, not just the first); the
+    message is those lines joined by newlines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems: tuple[str, ...] = tuple(problems) if problems else (message,)
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, problems: list[str]) -> RulesError:
+        """One error for every problem in a file."""
+        return cls("\n".join(problems), problems)
 
 
 class InvalidEvent(LeadflowError):

@@ -65,7 +65,18 @@ class Settings(BaseSettings):
     )
     store: str = "rocksdb://"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    web_host: str = "127.0.0.1"
+    # Loopback by default: the lead API answers with personal data. Any other address
+    # needs api_token (pipeline/stream/access.py), or the worker refuses to start.
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address the worker's web server binds to (and advertises to other "
+        "workers); not loopback requires LEADFLOW_API_TOKEN.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the lead API (/leads/..., /teams/.../queue) requires; "
+        "health, readiness and metrics stay open. Empty means unset.",
+    )
     web_port: int = Field(default=6066, ge=0, le=65535)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_future_skew_s: float = Field(default=300.0, ge=0)
@@ -175,6 +186,14 @@ class Settings(BaseSettings):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"LEADFLOW_{name.upper()}={path}: no such file")
         return self
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # `LEADFLOW_API_TOKEN=` (an unset compose variable) must not mean "the empty token".
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
 
     @field_validator("collector_trusted_proxies")
     @classmethod

@@ -57,9 +57,10 @@ class Message:
 
 
 class _Visitor:
-    def __init__(self, rng: random.Random, n: int, start_ms: int) -> None:
+    def __init__(self, rng: random.Random, n: int, start_ms: int, id_prefix: str = "") -> None:
         self.rng = rng
-        self.anon = f"anon-{n:07d}-{rng.randrange(16**6):06x}"
+        self.prefix = id_prefix
+        self.anon = f"anon-{id_prefix}{n:07d}-{rng.randrange(16**6):06x}"
         self.user: str | None = None
         self.t = start_ms
         self.n = n
@@ -101,7 +102,7 @@ class _Visitor:
         domain, company, size, industry, country = rng.choice(COMPANIES)
         if rng.random() < 0.25:
             domain = rng.choice(FREE_DOMAINS)
-        self.user = f"user-{self.n:07d}"
+        self.user = f"user-{self.prefix}{self.n:07d}"
         body = self._base("identify")
         body["userId"] = self.user
         body["traits"] = {
@@ -164,14 +165,20 @@ def _journey(v: _Visitor) -> Iterator[Message]:
 
 
 def generate(
-    visitors: int, *, seed: int = 7, start_ms: int | None = None, spread_ms: int = 3_600_000
+    visitors: int, *, seed: int = 7, start_ms: int | None = None, spread_ms: int = 3_600_000,
+    id_prefix: str = "",
 ) -> Iterator[Message]:
-    """Yield the messages of `visitors` journeys, interleaved roughly by event time."""
+    """Yield the messages of `visitors` journeys, interleaved roughly by event time.
+
+    `id_prefix` goes into every user and anonymous id (`user-<prefix>0000007`): traffic
+    that must not land on the leads of an earlier run.
+    """
     rng = random.Random(seed)
     base = start_ms if start_ms is not None else 1_767_225_600_000  # 2026-01-01 UTC
     journeys = []
     for n in range(visitors):
-        v = _Visitor(random.Random(rng.getrandbits(64)), n, base + rng.randrange(spread_ms))
+        v = _Visitor(random.Random(rng.getrandbits(64)), n, base + rng.randrange(spread_ms),
+                     id_prefix)
         journeys.append(_journey(v))
     # Round-robin over live journeys: realistic interleaving, per-visitor order kept.
     while journeys:
@@ -191,6 +198,7 @@ async def run(
     rate: float,
     visitors: int,
     seed: int = 7,
+    id_prefix: str = "",
     live_time: bool = True,
     security: KafkaSecurity | None = None,
     progress: bool = True,
@@ -204,7 +212,7 @@ async def run(
     from aiokafka import AIOKafkaProducer
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    msgs = list(generate(visitors, seed=seed))
+    msgs = list(generate(visitors, seed=seed, id_prefix=id_prefix))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                 **(security.client_kwargs() if security else {}))
     await start_client(producer, bootstrap, security)

@@ -158,6 +158,8 @@ def test_workers_can_be_scaled() -> None:
                    worker.get("volumes", []))  # no shared named volume for RocksDB
     env = _env(worker)
     assert env["LEADFLOW_WEB_HOST"] == "0.0.0.0"
+    # ...so the lead API needs a token: from the shell, required (no well-known default).
+    assert env["LEADFLOW_API_TOKEN"].startswith("${LEADFLOW_API_TOKEN:?")
     assert int(env["LEADFLOW_PARTITIONS"]) >= 3
     assert int(env["LEADFLOW_STANDBY_REPLICAS"]) >= 1
     assert worker["depends_on"]["leadflow-topics"]["condition"] == (

@@ -9,20 +9,30 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
 from pipeline.errors import WorkerUnreachable
 
 
-def fetch_queue(base_url: str, team: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
-    """The queue document of `team` from the worker at `base_url` (any worker routes it)."""
+def fetch_queue(base_url: str, team: str, *, token: SecretStr | None = None,
+                timeout_s: float = 10.0) -> dict[str, Any]:
+    """The queue document of `team` from the worker at `base_url` (any worker routes it).
+
+    ``token`` (LEADFLOW_API_TOKEN) goes as a bearer token; a worker with none set ignores it.
+    """
     url = f"{base_url.rstrip('/')}/teams/{urllib.parse.quote(team, safe='')}/queue"
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout_s) as resp:
             doc: dict[str, Any] = orjson.loads(resp.read())
             return doc
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:300].decode(errors="replace")
-        raise WorkerUnreachable(f"{url} answered {exc.code}: {detail}") from None
+        hint = (" (set LEADFLOW_API_TOKEN to the worker's token)" if exc.code == 401 and not token
+                else " (LEADFLOW_API_TOKEN differs from the worker's)" if exc.code == 401
+                else "")
+        raise WorkerUnreachable(f"{url} answered {exc.code}: {detail}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WorkerUnreachable(

@@ -228,7 +228,8 @@ def queue_cmd(
     settings = Settings()
     host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::", "") else settings.web_host
     try:
-        doc = fetch_queue(url or f"http://{host}:{settings.web_port}", team)
+        doc = fetch_queue(url or f"http://{host}:{settings.web_port}", team,
+                          token=settings.api_token)
     except LeadflowError as exc:
         raise fail(exc) from None
     if as_json:

@@ -19,12 +19,15 @@ def _load(path: Path | None) -> CompiledRules:
     try:
         return load_rules(path) if path is not None else load_default_rules()
     except RulesError as exc:
-        raise fail(exc) from None
+        *first, last = exc.problems  # every problem in the file, so one edit fixes them all
+        for problem in first:
+            typer.echo(f"error: {problem}", err=True)
+        raise fail(last) from None
 
 
 @rules_app.command("check")
 def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) -> None:
-    """Validate a rules file and print a summary; exit 1 with a one-line error if invalid."""
+    """Validate a rules file and print a summary; if invalid, one line per problem, exit 1."""
     r = _load(file)
     s = r.summary()
     th = s["thresholds"]

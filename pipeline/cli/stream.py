@@ -21,10 +21,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
         from pipeline.cli.bootstrap import command_bootstrap
+        from pipeline.stream.access import check_web_exposure
         from pipeline.stream.worker import run
 
         try:
             settings = Settings(web_port=web_port) if web_port is not None else Settings()
+            # Before any broker is looked for or started: a refusal must come first.
+            check_web_exposure(settings)
             # Resolved here, not in the worker: only the CLI may fall back to the local broker.
             run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
         except LeadflowError as exc:
@@ -59,12 +62,16 @@ def register(app: typer.Typer) -> None:
         rate: float = typer.Option(100.0, help="Simulated messages per second."),
         visitors: int = typer.Option(3000, help="Visitor journeys to play."),
         web_port: int = typer.Option(6066, help="Worker web port (lead API, /metrics)."),
+        reset: bool = typer.Option(
+            False, "--reset", help="First delete earlier runs' state (the worker's tables, "
+            "the local broker's data), saying what goes."),
     ) -> None:
         """The main job, locally: broker (if none configured), topics, a worker, the simulator,
-        and a live view of stage changes and alerts. Ctrl-C stops everything it started."""
+        and a live view of stage changes and alerts. Ctrl-C stops everything it started.
+        Every run plays new leads, so a second run shows as much as the first."""
         from pipeline.demo import run_demo
 
         try:
-            run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors)
+            run_demo(Settings(web_port=web_port), rate=rate, visitors=visitors, reset=reset)
         except LeadflowError as exc:
             raise fail(exc) from None

@@ -16,6 +16,7 @@ it is accepted as a raw mapping here until that model is plugged in.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import math
@@ -24,7 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
@@ -811,30 +813,130 @@ def _line_of(doc: Any, loc: tuple[int | str, ...]) -> tuple[int | None, list[int
     return line, path
 
 
-def _fmt_path(path: list[int | str]) -> str:
+#: Top-level lists whose items are rules with an `id`: errors inside one name the rule too.
+RULE_SECTIONS = ("engagement", "fit", "product", "negative")
+
+
+def _fmt_path(path: list[int | str], doc: Any = None) -> str:
     out = ""
-    for p in path:
+    for i, p in enumerate(path):
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        # "engagement[13]" alone sends the reader counting list items; the id is what
+        # they search for.
+        if i == 1 and isinstance(p, int) and path[0] in RULE_SECTIONS:
+            rid = _rule_id(doc, str(path[0]), p)
+            if rid is not None:
+                out += f" (id: {rid})"
     return out or "(top level)"
 
 
-def _error(source: str, doc: Any, loc: tuple[int | str, ...], msg: str) -> RulesError:
+def _rule_id(doc: Any, section: str, index: int) -> str | None:
+    rules = doc.get(section) if isinstance(doc, Mapping) else None
+    if isinstance(rules, list) and 0 <= index < len(rules) and isinstance(rules[index], Mapping):
+        rid = rules[index].get("id")
+        return rid if isinstance(rid, str) and rid else None
+    return None
+
+
+def _problem(source: str, doc: Any, loc: tuple[int | str, ...], msg: str) -> tuple[int, str]:
+    """(line, the problem's line of text) for one location in the file."""
     line, path = _line_of(doc, loc)
     where = f"{source}:{line}" if line is not None else source
-    return RulesError(f"{where} {_fmt_path(path)}: {msg}")
+    return line or 0, f"{where} {_fmt_path(path, doc)}: {msg}"
 
 
-def _check_ids(source: str, doc: Any, model: RulesFile) -> None:
+def _expand(tp: Any) -> list[Any]:
+    """The concrete types behind Optional, unions and Annotated."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _expand(get_args(tp)[0])
+    if origin in (Union, UnionType):
+        return [t for a in get_args(tp) for t in _expand(a)]
+    return [tp]
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> set[str]:
+    """The field names the models allow at `loc` (a mapping's location in the file)."""
+    types: list[Any] = [RulesFile]
+    for part in loc:
+        found: list[Any] = []
+        for tp in (t for ty in types for t in _expand(ty)):
+            origin, args = get_origin(tp), get_args(tp)
+            if isinstance(part, str) and isinstance(tp, type) and issubclass(tp, BaseModel):
+                if part in tp.model_fields:
+                    found.append(tp.model_fields[part].annotation)
+            elif isinstance(part, int) and origin in (list, tuple) and args:
+                found.append(args[0])
+            elif isinstance(part, str) and origin in (dict, Mapping) and len(args) == 2:
+                found.append(args[1])
+        if found:  # else: a union member's tag pydantic put in the location; skip it
+            types = found
+    return {name for ty in types for t in _expand(ty)
+            if isinstance(t, type) and issubclass(t, BaseModel) for name in t.model_fields}
+
+
+def _node(doc: Any, path: list[int | str]) -> Any:
+    for part in path:
+        try:
+            doc = doc[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return doc
+
+
+def _validation_problems(source: str, doc: Any, exc: ValidationError) -> list[str]:
+    """Every error pydantic found, one line each, in file order.
+
+    A misspelt key (`pionts`) gets "did you mean 'points'?", and the "Field required" for
+    the key it meant is left out: the misspelling already explains it.
+    """
+    errors = exc.errors(include_url=False)
+    meant: set[tuple[str, str]] = set()  # (the mapping's path, the field a typo meant)
+    notes: dict[int, str] = {}
+    for n, err in enumerate(errors):
+        loc = tuple(err["loc"])
+        if err["type"] != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
+            continue
+        parent_path = _line_of(doc, loc)[1][:-1]
+        parent = _fmt_path(parent_path)
+        # A key that is already there is not what the typo meant.
+        candidates = _known_keys(loc[:-1]) - set(_node(doc, parent_path) or ())
+        close = difflib.get_close_matches(loc[-1], sorted(candidates), n=1)
+        if close:
+            notes[n] = f"unknown key {loc[-1]!r}: did you mean {close[0]!r}?"
+            meant.add((parent, close[0]))
+        else:
+            known = ", ".join(sorted(_known_keys(loc[:-1])))
+            notes[n] = f"unknown key {loc[-1]!r}" + (f" (known: {known})" if known else "")
+    out: list[tuple[int, str]] = []
+    for n, err in enumerate(errors):
+        loc = tuple(err["loc"])
+        if err["type"] == "missing":
+            path = _line_of(doc, loc)[1]
+            if path and (_fmt_path(path[:-1]), path[-1]) in meant:
+                continue
+        msg = notes.get(n) or err["msg"].removeprefix("Value error, ")
+        problem = _problem(source, doc, loc, msg)
+        if problem not in out:  # union members can repeat one error
+            out.append(problem)
+    return [text for _, text in sorted(out, key=lambda p: p[0])]
+
+
+def _check_ids(source: str, doc: Any, model: RulesFile) -> list[str]:
     seen: dict[str, str] = {}
+    problems: list[str] = []
     sections: list[tuple[str, list[Any]]] = [
         ("engagement", list(model.engagement)), ("fit", list(model.fit)),
         ("product", list(model.product)), ("negative", list(model.negative))]
     for sec, rules in sections:
         for i, r in enumerate(rules):
             if r.id in seen:
-                raise _error(source, doc, (sec, i, "id"),
-                             f"duplicate rule id {r.id!r} (first used in {seen[r.id]})")
-            seen[r.id] = f"{sec}[{i}]"
+                problems.append(_problem(source, doc, (sec, i, "id"),
+                                         f"duplicate rule id {r.id!r} (first used in "
+                                         f"{seen[r.id]})")[1])
+            else:
+                seen[r.id] = f"{sec}[{i}]"
+    return problems
 
 
 #: Segment's reserved identify traits (spec: identify, traits), with the company and address
@@ -868,8 +970,13 @@ def _fit_ceiling(model: RulesFile) -> float:
     return g.weight * (min(top, g.max) if g.max is not None else top)
 
 
-def _check_consistency(source: str, doc: Any, model: RulesFile) -> None:
+def _check_consistency(source: str, doc: Any, model: RulesFile) -> list[str]:
     """Settings that validate one by one but contradict each other."""
+    problems: list[str] = []
+
+    def problem(loc: tuple[int | str, ...], msg: str) -> None:
+        problems.append(_problem(source, doc, loc, msg)[1])
+
     trait_rules = {r.id for r in model.fit} | {r.id for r in model.negative if r.when}
     known = set(SPEC_TRAITS)
     conds = [f.when for f in model.fit] + [n.when for n in model.negative if n.when is not None]
@@ -878,27 +985,28 @@ def _check_consistency(source: str, doc: Any, model: RulesFile) -> None:
     for loc, req in _requirements(model):
         for j, rid in enumerate(req.none_of):
             if rid not in trait_rules:
-                raise _error(source, doc, (*loc, "none_of", j),
-                             f"{rid!r} is not a fit or negative trait rule (none_of names "
-                             "rules on who the lead is)")
+                problem((*loc, "none_of", j),
+                        f"{rid!r} is not a fit or negative trait rule (none_of names "
+                        "rules on who the lead is)")
         for j, cond in enumerate(req.traits):
             for path in cond.paths():
                 if path not in known:
-                    raise _error(source, doc, (*loc, "traits", j, "trait"),
-                                 f"unknown trait {path!r}: neither a Segment spec trait nor "
-                                 "read by a fit or negative rule (a misspelling?)")
+                    problem((*loc, "traits", j, "trait"),
+                            f"unknown trait {path!r}: neither a Segment spec trait nor "
+                            "read by a fit or negative rule (a misspelling?)")
     fit = _fit_ceiling(model)
     th = model.thresholds
     if fit >= th.cooling_line():
-        raise _error(source, doc, ("groups", "fit"),
-                     f"fit alone can reach {fit:g}, at or above the line where a hot lead cools "
-                     f"({th.cooling_line():g}): such a lead would stay hot forever; cap fit "
-                     "(groups.fit.max) below it")
-    if fit >= th.mql:
-        raise _error(source, doc, ("groups", "fit"),
-                     f"fit alone can reach {fit:g}, at or above thresholds.mql ({th.mql:g}): a "
-                     "profile with no activity would be an MQL; cap fit (groups.fit.max) "
-                     "below it")
+        problem(("groups", "fit"),
+                f"fit alone can reach {fit:g}, at or above the line where a hot lead cools "
+                f"({th.cooling_line():g}): such a lead would stay hot forever; cap fit "
+                "(groups.fit.max) below it")
+    elif fit >= th.mql:  # the cooling line is above mql: that one already says this
+        problem(("groups", "fit"),
+                f"fit alone can reach {fit:g}, at or above thresholds.mql ({th.mql:g}): a "
+                "profile with no activity would be an MQL; cap fit (groups.fit.max) "
+                "below it")
+    return problems
 
 
 def parse_rules(text: str, source: str = "rules.yaml") -> CompiledRules:
@@ -918,11 +1026,10 @@ def parse_rules(text: str, source: str = "rules.yaml") -> CompiledRules:
     try:
         model = RulesFile.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        raise _error(source, doc, tuple(err["loc"]), msg) from None
-    _check_ids(source, doc, model)
-    _check_consistency(source, doc, model)
+        raise RulesError.of(_validation_problems(source, doc, exc)) from None
+    problems = _check_ids(source, doc, model) + _check_consistency(source, doc, model)
+    if problems:
+        raise RulesError.of(problems)
     return compile_rules(model)
 
 

@@ -301,6 +301,9 @@ class LeadflowApp:
             table_standby_replicas=settings.standby_replicas,
             # The built-in /table view would publish raw lead state, personal data included.
             web_tables_enabled=False,
+            # Faust binds web_bind (default 0.0.0.0, all interfaces) and only advertises
+            # web_host: bind the same address, so loopback by default really is loopback.
+            web_bind=settings.web_host,
             web_host=settings.web_host,
             web_port=settings.web_port,
             web_in_thread=False,

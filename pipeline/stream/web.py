@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 from faust import web
 from faust.exceptions import SameNode
 
+from pipeline.stream.access import authorized
 from pipeline.stream.leadview import lead_document
 from pipeline.stream.steps import team_queue
 
@@ -18,6 +19,16 @@ def install(lf: LeadflowApp) -> None:
     """Register the views on the app's web server."""
     app = lf.app
     leads = lf.leads
+    token = lf.settings.api_token
+
+    def refused(view: web.View, request: web.Request) -> web.Response | None:
+        # Checked before routing: a forwarded request carries the same header (Faust's
+        # router copies the headers), so the owning worker checks it again.
+        if authorized(request.headers.get("Authorization"), token):
+            return None
+        return view.json({"error": "this path needs 'Authorization: Bearer <token>' "
+                                   "(the worker's LEADFLOW_API_TOKEN)"},
+                         status=401, headers={"WWW-Authenticate": 'Bearer realm="leadflow"'})
 
     async def on_owner(table: Any, key: str, server: web.Web,
                        request: web.Request) -> web.Response | None:
@@ -37,6 +48,8 @@ def install(lf: LeadflowApp) -> None:
         """GET /leads/{id}: stage, scores by group, breakdown, last events, owner."""
 
         async def get(self, request: web.Request, lead_id: str) -> web.Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
             routed = await on_owner(leads, lead_id, self.web, request)
             if routed is not None:
                 return routed
@@ -50,6 +63,8 @@ def install(lf: LeadflowApp) -> None:
         """GET /teams/{team}/queue: alerts waiting for the team to open, unowned, and owned."""
 
         async def get(self, request: web.Request, team: str) -> web.Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
             if team not in {t.name for t in lf.rules.routing.teams}:
                 return self.json({"error": f"no team {team!r} in the rules"}, status=404)
             owners = lf.owners

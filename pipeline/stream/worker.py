@@ -15,6 +15,7 @@ from pipeline.kafka.security import KafkaSecurity
 from pipeline.kafka.topics import ensure_topics, topic_specs
 from pipeline.metrics.registry import Metrics
 from pipeline.settings import Settings
+from pipeline.stream.access import check_web_exposure
 from pipeline.stream.app import LeadflowApp
 
 
@@ -30,7 +31,9 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
 
     ``bootstrap`` defaults to the configured servers (NoClusterConfigured if none): the worker
     never starts or looks for a development broker; ``leadflow worker`` passes that one in.
+    Refuses (ConfigError) a lead API on a network interface without LEADFLOW_API_TOKEN.
     """
+    check_web_exposure(settings)
     rules = load_configured_rules(settings)
     return LeadflowApp(
         settings,

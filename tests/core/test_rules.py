@@ -79,25 +79,91 @@ engagement:
     match: {name: B}
     points: lots
 """
-    assert _err(text) == ("rules.yaml:8 engagement[1].points: Input should be a valid "
+    assert _err(text) == ("rules.yaml:8 engagement[1] (id: b).points: Input should be a valid "
                           "integer, unable to parse string as an integer")
 
 
 def test_missing_field_names_parent_line() -> None:
     text = BASE + "engagement:\n  - id: a\n    points: 3\n"
-    assert _err(text) == "rules.yaml:3 engagement[0].match: Field required"
+    assert _err(text) == "rules.yaml:3 engagement[0] (id: a).match: Field required"
 
 
 def test_unknown_key_is_refused() -> None:
+    # `points` is there: not what `pionts` meant; the message lists the keys a rule takes.
     text = BASE + "engagement:\n  - id: a\n    match: {name: A}\n    pionts: 3\n    points: 1\n"
-    assert _err(text).startswith("rules.yaml:5 engagement[0].pionts: Extra inputs")
+    assert _err(text) == ("rules.yaml:5 engagement[0] (id: a).pionts: unknown key 'pionts' "
+                          "(known: cap, description, id, match, points, trigger)")
+
+
+def test_misspelt_key_says_what_it_meant_and_not_that_the_key_is_missing() -> None:
+    text = BASE + ("engagement:\n  - id: a\n    match: {name: A}\n    points: 1\n"
+                   "  - id: pricing_page\n    match: {type: page, url: '*/pricing*'}\n"
+                   "    pionts: 10\n")
+    with pytest.raises(RulesError) as ei:
+        parse_rules(text, "rules.yaml")
+    assert ei.value.problems == (
+        "rules.yaml:8 engagement[1] (id: pricing_page).pionts: unknown key 'pionts': "
+        "did you mean 'points'?",)
+
+
+def test_every_problem_in_one_run_in_file_order() -> None:
+    text = BASE + """\
+engagement:
+  - id: a
+    match: {name: A}
+    points: lots
+  - id: pricing_page
+    match: {type: page, url_regex: '('}
+    pionts: 10
+  - id: c
+    descripton: x
+fit:
+  - id: f
+    when: {trait: title, bogus: 1}
+    points: 5
+negative:
+  - {id: n, match: {name: B}, points: 5}
+"""
+    with pytest.raises(RulesError) as ei:
+        parse_rules(text, "rules.yaml")
+    expected = (
+        "rules.yaml:5 engagement[0] (id: a).points: Input should be a valid integer, unable "
+        "to parse string as an integer",
+        "rules.yaml:7 engagement[1] (id: pricing_page).match: url_regex does not compile: "
+        "missing ), unterminated subpattern at position 0",
+        "rules.yaml:8 engagement[1] (id: pricing_page).pionts: unknown key 'pionts': did you "
+        "mean 'points'?",
+        "rules.yaml:9 engagement[2] (id: c).match: Field required",
+        "rules.yaml:9 engagement[2] (id: c).points: Field required",
+        "rules.yaml:10 engagement[2] (id: c).descripton: unknown key 'descripton': did you "
+        "mean 'description'?",
+        "rules.yaml:13 fit[0] (id: f).when.bogus: unknown key 'bogus' (known: any_of, "
+        "contains_any, domain_endswith, domain_in, free_email, range, trait)",
+        "rules.yaml:16 negative[0] (id: n).points: Input should be less than 0",
+    )
+    assert ei.value.problems == expected
+    assert str(ei.value) == "\n".join(expected)
+
+
+def test_every_duplicate_id_is_reported() -> None:
+    text = BASE + ("engagement:\n  - {id: x, match: {name: A}, points: 1}\n"
+                   "  - {id: y, match: {name: A}, points: 1}\n"
+                   "negative:\n  - {id: x, match: {name: B}, points: -1}\n"
+                   "  - {id: y, match: {name: B}, points: -1}\n")
+    with pytest.raises(RulesError) as ei:
+        parse_rules(text, "rules.yaml")
+    assert ei.value.problems == (
+        "rules.yaml:6 negative[0] (id: x).id: duplicate rule id 'x' (first used in "
+        "engagement[0])",
+        "rules.yaml:7 negative[1] (id: y).id: duplicate rule id 'y' (first used in "
+        "engagement[1])")
 
 
 def test_bad_duration_in_cap() -> None:
     text = BASE + ("engagement:\n  - id: a\n    match: {name: A}\n    points: 1\n"
                    "    cap: {points: 5, window: 7 days}\n")
-    assert _err(text) == ("rules.yaml:6 engagement[0].cap.window: '7 days' is not a duration "
-                          "(e.g. 30m, 12h, 7d, 2w)")
+    assert _err(text) == ("rules.yaml:6 engagement[0] (id: a).cap.window: '7 days' is not a "
+                          "duration (e.g. 30m, 12h, 7d, 2w)")
 
 
 def test_thresholds_order() -> None:
@@ -112,23 +178,24 @@ def test_missing_thresholds() -> None:
 def test_duplicate_rule_ids_across_sections() -> None:
     text = BASE + ("engagement:\n  - {id: x, match: {name: A}, points: 1}\n"
                    "negative:\n  - {id: x, match: {name: B}, points: -1}\n")
-    assert _err(text) == ("rules.yaml:5 negative[0].id: duplicate rule id 'x' "
+    assert _err(text) == ("rules.yaml:5 negative[0] (id: x).id: duplicate rule id 'x' "
                           "(first used in engagement[0])")
 
 
 def test_negative_points_must_be_negative() -> None:
     text = BASE + "negative:\n  - id: n\n    match: {name: A}\n    points: 5\n"
-    assert _err(text) == "rules.yaml:5 negative[0].points: Input should be less than 0"
+    assert _err(text) == "rules.yaml:5 negative[0] (id: n).points: Input should be less than 0"
 
 
 def test_trait_condition_needs_exactly_one_test() -> None:
     text = BASE + "fit:\n  - id: f\n    when: {trait: title}\n    points: 5\n"
-    assert _err(text).startswith("rules.yaml:4 fit[0].when: give exactly one of")
+    assert _err(text).startswith("rules.yaml:4 fit[0] (id: f).when: give exactly one of")
 
 
 def test_bad_regex() -> None:
     text = BASE + "engagement:\n  - id: a\n    match: {type: page, url_regex: '('}\n    points: 1\n"
-    assert _err(text).startswith("rules.yaml:4 engagement[0].match: url_regex does not compile")
+    assert _err(text).startswith(
+        "rules.yaml:4 engagement[0] (id: a).match: url_regex does not compile")
 
 
 def test_decay_needs_one_kind() -> None:

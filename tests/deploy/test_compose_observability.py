@@ -72,6 +72,8 @@ def test_prometheus_scrapes_the_worker_service_port() -> None:
     assert "leadflow-worker:6066" in targets
     worker = services()["leadflow-worker"]
     assert worker["environment"]["LEADFLOW_WEB_HOST"] == "0.0.0.0"
+    # All interfaces: the worker starts only with a token, taken from the shell (required).
+    assert worker["environment"]["LEADFLOW_API_TOKEN"].startswith("${LEADFLOW_API_TOKEN:?")
     assert str(worker["environment"]["LEADFLOW_WEB_PORT"]) == "6066"
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pipeline.settings import Settings, Topics
+from pipeline.stream.access import check_web_exposure
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -149,8 +150,9 @@ def test_config_names_are_real_settings_and_secrets_are_not_in_the_configmap(
     unknown = set(config) - fields - topic_fields
     assert not unknown, unknown
     assert "LEADFLOW_WRITE_KEYS" not in config
-    assert {"LEADFLOW_WRITE_KEYS", "LEADFLOW_SASL_USERNAME", "LEADFLOW_SASL_PASSWORD"} <= set(
-        secret)
+    assert {"LEADFLOW_WRITE_KEYS", "LEADFLOW_SASL_USERNAME", "LEADFLOW_SASL_PASSWORD",
+            "LEADFLOW_API_TOKEN"} <= set(secret)
+    assert "LEADFLOW_API_TOKEN" not in config
     assert int(config["LEADFLOW_STANDBY_REPLICAS"]) >= 1
     # The values parse as settings from the environment (types, bounds, JSON write keys).
     for k, v in {**config, **secret}.items():
@@ -160,6 +162,9 @@ def test_config_names_are_real_settings_and_secrets_are_not_in_the_configmap(
     assert s.standby_replicas == int(config["LEADFLOW_STANDBY_REPLICAS"])
     assert set(s.write_keys.values()) <= {"web", "email", "product", "crm"}
     assert len(s.bootstrap_servers.split(",")) == 3  # type: ignore[union-attr]
+    # The workers bind all interfaces, so they start only with the Secret's API token.
+    assert s.web_host == "0.0.0.0" and s.api_token is not None
+    check_web_exposure(s)
 
 
 def test_every_workload_takes_config_and_secrets_from_env_from() -> None:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from pipeline.core.engine import apply
 from pipeline.core.rules import load_default_rules
 from pipeline.models.events import parse_message
 from pipeline.stream.leadview import lead_document
-from tests.support.workers import Isolated, WorkerProcess
+from tests.support.workers import Isolated, WorkerProcess, make_isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,3 +109,56 @@ async def test_any_worker_answers_for_any_lead(
         assert (status, doc) == (200, {"status": "ok"})
         status, doc = await w.get("/readyz")
         assert status == 200 and doc["ready"] is True
+
+
+async def test_the_lead_api_needs_the_token_and_health_does_not(
+    kafka_bootstrap: str, tmp_path: Path, worker_factory: Callable[..., WorkerProcess],
+    producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As deployed: all interfaces, so the worker starts only because a token is set.
+    token = "t0ken-" + "x" * 26
+    iso = await make_isolated(kafka_bootstrap, tmp_path / "home", extra_env={
+        "LEADFLOW_WEB_HOST": "0.0.0.0", "LEADFLOW_API_TOKEN": token})
+    w = worker_factory(iso)
+    await w.wait_ready()  # /readyz answers without a token
+    body = identify(1, datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    await producer.send_and_wait(iso.settings.topics.web, orjson.dumps(body),
+                                 key=body["userId"].encode())
+    deadline = time.monotonic() + 60
+    while (await w.get("/leads/api-1", token=token))[0] != 200:
+        assert time.monotonic() < deadline, w.tail()
+        await asyncio.sleep(0.3)
+
+    refusal = {"error": "this path needs 'Authorization: Bearer <token>' "
+                        "(the worker's LEADFLOW_API_TOKEN)"}
+    for path in ("/leads/api-1", "/leads/unknown", "/teams/sales/queue"):
+        for wrong in (None, "", "t0ken", token + "x"):
+            assert await w.get(path, token=wrong) == (401, refusal), (path, wrong)
+    status, doc = await w.get("/leads/api-1", token=token)
+    assert status == 200 and doc["traits"]["title"] == body["traits"]["title"]
+    assert (await w.get("/teams/sales/queue", token=token))[0] == 200
+    # Open, and free of personal data: no lead id, title or company in any of them.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(w.url(path)) as r:
+            assert r.status == 200, path
+            text = await r.text()
+        for personal in ("api-1", body["traits"]["title"], "Co 1", "co1.com"):
+            assert personal not in text, (path, personal)
+
+    # `leadflow alerts queue` sends LEADFLOW_API_TOKEN; without it, says what to set.
+    from typer.testing import CliRunner
+
+    from pipeline.cli.main import app
+
+    monkeypatch.setenv("LEADFLOW_API_TOKEN", token)
+    out = CliRunner().invoke(app, ["alerts", "queue", "--team", "sales", "--json",
+                                   "--url", w.url("")])
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.stdout)["team"] == "sales"
+    monkeypatch.delenv("LEADFLOW_API_TOKEN")
+    out = CliRunner().invoke(app, ["alerts", "queue", "--team", "sales", "--url", w.url("")])
+    assert out.exit_code == 1
+    assert "answered 401" in out.output
+    assert "(set LEADFLOW_API_TOKEN to the worker's token)" in out.output

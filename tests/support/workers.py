@@ -72,10 +72,11 @@ class WorkerProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.web_port}{path}"
 
-    async def get(self, path: str) -> tuple[int, Any]:
+    async def get(self, path: str, *, token: str | None = None) -> tuple[int, Any]:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.get(self.url(path)) as r:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with aiohttp.ClientSession() as s, s.get(self.url(path), headers=headers) as r:
             body = await r.read()
             return r.status, orjson.loads(body) if body else None
 
