@@ -6,12 +6,16 @@ what changes. Lines that cannot be used are counted and reported with their line
 and reason; they never stop the run.
 
 Identity is stitched the simple way: an anonymousId seen together with a userId anywhere
-in the file belongs to that user (the stream's stitching does this incrementally).
+in the input belongs to that user, and so does an alias call's previousId (the stream's
+stitching does both incrementally). A messageId seen twice for a lead counts once, as the
+stream's dedup window does. The input is a JSONL file or the retained input topics
+(`pipeline.backtest_log`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ from typing import Any
 from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.outputs import AlertTrigger, Output, StageMove
+from pipeline.core.routing import choose_team
 from pipeline.core.rules import CompiledRules
 from pipeline.core.stages import STAGES
 from pipeline.core.state import LeadState
@@ -35,11 +40,12 @@ SAMPLE = 20  # how many differing leads a comparison lists
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
-    """A line of the input that could not be used."""
+    """A line (or Kafka record) of the input that could not be used."""
 
     line: int
     reason: str
     detail: str
+    where: str = ""  # topic[partition]@offset for a record read from Kafka
 
 
 @dataclass(slots=True)
@@ -78,15 +84,24 @@ def load_events(path: Path, *, source: str = "") -> Loaded:
 
 
 def stitch(events: list[Event]) -> list[Event]:
-    """Give every event of an anonymousId later identified the user's lead id."""
+    """Give every event of an anonymousId later identified (by an identify, a call with both
+    ids, or an alias naming it as previousId) the user's lead id; drop repeated messageIds."""
     users: dict[str, str] = {}
     for e in events:
-        if e.user_id and e.anonymous_id:
+        if e.type == "alias" and e.user_id and e.name:
+            users.setdefault(e.name, e.user_id)  # an alias event's name is its previousId
+        elif e.user_id and e.anonymous_id:
             users.setdefault(e.anonymous_id, e.user_id)
     res = []
+    seen: set[tuple[str, str]] = set()
     for e in events:
         lead = e.user_id or (users.get(e.anonymous_id) if e.anonymous_id else None)
-        res.append(e if lead is None or lead == e.lead_id else dataclasses.replace(e, lead_id=lead))
+        if lead is not None and lead != e.lead_id:
+            e = dataclasses.replace(e, lead_id=lead)
+        if (e.lead_id, e.message_id) in seen:
+            continue
+        seen.add((e.lead_id, e.message_id))
+        res.append(e)
     return res
 
 
@@ -160,13 +175,69 @@ def _alerts_per_lead(r: Run) -> Counter[str]:
     return Counter(o.lead_id for o in r.outputs if isinstance(o, AlertTrigger))
 
 
-def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any]) -> dict[str, Any]:
-    """What changes from rules set A to B: stage counts, leads whose stage differs, alerts."""
+#: Score-change buckets of a comparison (B's total minus A's), in display order.
+DELTA_EDGES = (-20, -10, -5, 0, 5, 10, 20)
+
+
+def _delta_bucket(d: float) -> str:
+    if d == 0:
+        return "0"
+    if d < DELTA_EDGES[0]:
+        return f"< {DELTA_EDGES[0]:+d}"
+    for lo, hi in itertools.pairwise(DELTA_EDGES):
+        if lo <= d < hi:
+            return f"{lo:+d} to {hi:+d}"
+    return f">= {DELTA_EDGES[-1]:+d}"
+
+
+def delta_bucket_names() -> list[str]:
+    """Score-change buckets in display order ("0": unchanged)."""
+    inner = [f"{lo:+d} to {hi:+d}" for lo, hi in itertools.pairwise(DELTA_EDGES)]
+    zero = DELTA_EDGES.index(0)
+    return [f"< {DELTA_EDGES[0]:+d}", *inner[:zero], "0", *inner[zero:],
+            f">= {DELTA_EDGES[-1]:+d}"]
+
+
+def alerts_per_team_day(r: Run, rules: CompiledRules) -> dict[str, dict[str, int]]:
+    """Team alerts (instant, hot_score, pql) per day and team, the team chosen from the
+    lead's final traits as the stream's routing would: what each team would have to work."""
+    out: dict[str, Counter[str]] = {}
+    teams: dict[str, str] = {}
+    for o in r.outputs:
+        if not isinstance(o, AlertTrigger):
+            continue
+        team = teams.get(o.lead_id)
+        if team is None:
+            state = r.states.get(o.lead_id)
+            traits = {k: v[0] for k, v in state.traits.items()} if state else {}
+            team = teams[o.lead_id] = choose_team(rules.routing, traits)[0].name
+        out.setdefault(_day(o.at_ms), Counter())[team] += 1
+    return {d: dict(sorted(c.items())) for d, c in sorted(out.items())}
+
+
+def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any],
+            ra: CompiledRules | None = None, rb: CompiledRules | None = None
+            ) -> dict[str, Any]:
+    """What changes from rules set A to B: stage counts, leads whose stage differs, score
+    changes (distribution and the biggest movers), alerts, alerts per team per day."""
     differ = sorted(lead for lead in a.states
                     if lead in b.states and a.states[lead].stage != b.states[lead].stage)
     aa, ab = _alerts_per_lead(a), _alerts_per_lead(b)
     alert_diff = sorted(lead for lead in set(aa) | set(ab) if aa[lead] != ab[lead])
-    return {
+    movers: list[dict[str, Any]] = []
+    deltas: Counter[str] = Counter()
+    if ra is not None and rb is not None:
+        for lead in sorted(set(a.states) & set(b.states)):
+            sa_, sb_ = a.states[lead], b.states[lead]
+            ta = ra.total(sa_.fit, sa_.engagement, sa_.product)
+            tb = rb.total(sb_.fit, sb_.engagement, sb_.product)
+            deltas[_delta_bucket(tb - ta)] += 1
+            if tb != ta:
+                movers.append({"lead_id": lead, "a": round(ta, 2), "b": round(tb, 2),
+                               "delta": round(tb - ta, 2), "stage_a": sa_.stage,
+                               "stage_b": sb_.stage})
+        movers.sort(key=lambda m: (-abs(m["delta"]), m["lead_id"]))
+    out: dict[str, Any] = {
         "stages": {st: {"a": sa["stages"][st], "b": sb["stages"][st],
                         "delta": sb["stages"][st] - sa["stages"][st]} for st in STAGES},
         "leads_changed": len(differ),
@@ -176,12 +247,22 @@ def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any]) -> dic
                    "delta": sb["alerts"]["total"] - sa["alerts"]["total"],
                    "leads_with_different_alerts": len(alert_diff)},
     }
+    if ra is not None and rb is not None:
+        out["score_deltas"] = {name: deltas.get(name, 0) for name in delta_bucket_names()}
+        out["movers"] = movers[:SAMPLE]
+        out["alerts_per_team_per_day"] = {"a": alerts_per_team_day(a, ra),
+                                          "b": alerts_per_team_day(b, rb)}
+    return out
 
 
-def backtest(path: Path, rules: CompiledRules, *, other: CompiledRules | None = None,
-             progress: bool = False) -> dict[str, Any]:
-    """Load, run one or two rules sets, and build the JSON-friendly report."""
-    loaded = load_events(path)
+def backtest(path: Path | None, rules: CompiledRules, *, other: CompiledRules | None = None,
+             progress: bool = False, loaded: Loaded | None = None,
+             source: str | None = None) -> dict[str, Any]:
+    """Load (a JSONL file, or `loaded` events read elsewhere and named by `source`), run one
+    or two rules sets, and build the JSON-friendly report."""
+    if loaded is None:
+        assert path is not None, "a path or loaded events"
+        loaded = load_events(path)
     n = len(loaded.events)
     if progress:
         from rich.console import Console
@@ -196,14 +277,15 @@ def backtest(path: Path, rules: CompiledRules, *, other: CompiledRules | None = 
         ra = run(loaded.events, rules)
         rb = run(loaded.events, other) if other else None
     report: dict[str, Any] = {
-        "input": {"path": str(path), "lines": loaded.lines, "events": n,
+        "input": {"path": source or str(path), "lines": loaded.lines, "events": n,
                   "invalid": len(loaded.bad),
                   "invalid_lines": [dataclasses.asdict(b) for b in loaded.bad]},
         "result": summarize(ra, rules),
     }
     if rb is not None and other is not None:
         sb = summarize(rb, other)
-        report["compare"] = {"result": sb, "diff": compare(ra, rb, report["result"], sb)}
+        report["compare"] = {"result": sb,
+                             "diff": compare(ra, rb, report["result"], sb, rules, other)}
     return report
 
 
@@ -217,8 +299,8 @@ def render(report: Mapping[str, Any]) -> None:
     con.print(f"[bold]{inp['path']}[/]: {inp['lines']} lines, {inp['events']} events, "
               f"{inp['invalid']} invalid")
     for b in inp["invalid_lines"][:SAMPLE]:
-        con.print(f"  line {b['line']}: {b['reason']}: {b['detail']}", style="yellow",
-                  markup=False)
+        con.print(f"  {b.get('where') or 'line ' + str(b['line'])}: {b['reason']}: "
+                  f"{b['detail']}", style="yellow", markup=False)
     res = report["result"]
     other = report.get("compare")
     con.print(f"[bold]{res['leads']} leads[/]")
@@ -259,3 +341,28 @@ def render(report: Mapping[str, Any]) -> None:
                   f"{a['leads_with_different_alerts']}")
         for row in diff["changed_sample"]:
             con.print(f"  {row['lead_id']}: {row['a']} -> {row['b']}", markup=False)
+        if "score_deltas" in diff:
+            moved = Table(title="Score change per lead (compare minus rules)")
+            moved.add_column("change")
+            moved.add_column("leads", justify="right")
+            for name, n in diff["score_deltas"].items():
+                moved.add_row(name, str(n))
+            con.print(moved)
+            top = Table(title="Biggest movers")
+            for col in ("lead", "score", "compare", "delta", "stage", "compare stage"):
+                top.add_column(col, justify="left" if "stage" in col or col == "lead"
+                               else "right")
+            for m in diff["movers"]:
+                top.add_row(m["lead_id"], f"{m['a']:g}", f"{m['b']:g}", f"{m['delta']:+g}",
+                            m["stage_a"], m["stage_b"])
+            con.print(top)
+            per_team = Table(title="Team alerts per day (rules -> compare)")
+            per_team.add_column("day")
+            per_team.add_column("team")
+            per_team.add_column("alerts", justify="right")
+            apd = diff["alerts_per_team_per_day"]
+            for day in sorted(set(apd["a"]) | set(apd["b"])):
+                for team in sorted(set(apd["a"].get(day, {})) | set(apd["b"].get(day, {}))):
+                    per_team.add_row(day, team, f"{apd['a'].get(day, {}).get(team, 0)} -> "
+                                     f"{apd['b'].get(day, {}).get(team, 0)}")
+            con.print(per_team)

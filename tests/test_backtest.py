@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from pipeline.backtest import backtest
 from pipeline.cli.main import app
-from pipeline.core.rules import default_rules_text, load_default_rules, load_rules
+from pipeline.core.rules import default_rules_text, load_default_rules, load_rules, parse_rules
 
 
 def _ts(minute: int) -> str:
@@ -109,3 +109,41 @@ def test_cli_bad_rules_file(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["backtest", "--rules", str(bad), str(write(tmp_path))])
     assert out.exit_code == 1
     assert f"{bad}:1 thresholds.hot: Field required" in out.output
+
+
+def test_compare_scores_per_lead_movers_and_team_alerts(tmp_path: Path) -> None:
+    text = default_rules_text()
+    blog = '  - id: blog_post\n    match: {type: page, url: "*/blog/*"}\n    points: 2'
+    assert blog in text, "the shipped blog_post rule moved: update this test"
+    richer = parse_rules(text.replace(blog, blog.replace("points: 2", "points: 7")), "b.yaml")
+    diff = backtest(write(tmp_path), load_default_rules(), other=richer)["compare"]["diff"]
+    # Bob (never identified): 2 page views + 2 blog posts: 2 + 2*2 = 6, then 2 + min(2*7, cap
+    # 10) = 12. Ada: one blog post, 2 -> 7, her engagement (81 -> 86) under the group max 100.
+    assert diff["movers"] == [
+        {"lead_id": "anon:anon-bob", "a": 6.0, "b": 12.0, "delta": 6.0,
+         "stage_a": "visitor", "stage_b": "visitor"},
+        {"lead_id": "ada", "a": 121.0, "b": 126.0, "delta": 5.0,
+         "stage_a": "opportunity", "stage_b": "opportunity"}]
+    assert {k: v for k, v in diff["score_deltas"].items() if v} == {"+5 to +10": 2}
+    # Ada (US, 800 employees) goes to the catch-all team `sales`: her demo request and her
+    # hot score, under both rules sets
+    assert diff["alerts_per_team_per_day"] == {"a": {"2026-03-02": {"sales": 2}},
+                                               "b": {"2026-03-02": {"sales": 2}}}
+
+
+def test_alias_and_repeats_are_stitched_as_the_stream_does(tmp_path: Path) -> None:
+    msgs = [
+        {"type": "page", "messageId": "p1", "anonymousId": "anon-cy", "timestamp": _ts(1),
+         "name": "Pricing", "context": {"page": {"url": "https://example.com/pricing"}}},
+        {"type": "page", "messageId": "p1", "anonymousId": "anon-cy", "timestamp": _ts(1),
+         "name": "Pricing", "context": {"page": {"url": "https://example.com/pricing"}}},
+        {"type": "alias", "messageId": "a1", "previousId": "anon-cy", "userId": "cy",
+         "timestamp": _ts(2)},
+    ]
+    p = tmp_path / "alias.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(m) for m in msgs) + b"\n")
+    rep = backtest(p, load_default_rules())
+    # one lead, cy: the pricing page once (the SDK's retry is the same messageId), credited
+    # to the user the alias named; page_view 1 + pricing_page 10
+    assert rep["result"]["leads"] == 1
+    assert rep["result"]["score_buckets"]["10-20"] == 1

@@ -120,11 +120,11 @@ def replay_cmd(
     from pipeline.deadletters.replay import (
         new_replay_id,
         parse_offsets,
-        parse_time,
         read_all,
         replay,
         select,
     )
+    from pipeline.models.timefmt import parse_time
 
     settings = Settings()
     now = datetime.now(UTC)

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from pipeline.deadletters import REPLAY_HEADER, REPLAY_OF_HEADER
 from pipeline.errors import LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.outputs import DeadLetter
-from pipeline.models.timefmt import iso_z, parse_iso
+from pipeline.models.timefmt import iso_z
 
 
 class DeadLetterError(LeadflowError):
@@ -174,22 +174,6 @@ def summarize(letters: Iterable[Stored]) -> list[Group]:
         g.oldest = min(g.oldest, dl.received_at) if g.oldest else dl.received_at
     return sorted(groups.values(), key=lambda g: (g.newest or datetime.min.replace(tzinfo=UTC),
                                                   g.count), reverse=True)
-
-
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, now: datetime) -> datetime:
-    """ISO 8601 (UTC when no zone is given) or an age such as 30m, 2h, 7d."""
-    m = _AGO.match(text.strip())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    try:
-        return parse_iso(text.strip())
-    except ValueError:
-        raise DeadLetterError(f"{text!r} is neither an ISO 8601 time "
-                              "(2026-12-02T10:00:00Z) nor an age (30m, 2h, 7d)") from None
 
 
 def parse_offsets(text: str) -> set[tuple[int, int]]:

@@ -12,7 +12,10 @@ UTC is spelled two ways, each kept where it already stands in records and tests:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
+
+from pipeline.errors import LeadflowError
 
 
 def _utc(when: int | datetime) -> datetime:
@@ -36,3 +39,23 @@ def parse_iso(text: str) -> datetime:
     """An ISO-8601 time with ``Z``, an offset or no zone (taken as UTC); ValueError if not one."""
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+class TimeSpecError(LeadflowError, ValueError):
+    """A time given on the command line is neither an ISO 8601 time nor an age."""
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """ISO 8601 (UTC when no zone is given) or an age before `now` such as 30m, 2h, 7d."""
+    m = _AGO.match(text.strip())
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return parse_iso(text.strip())
+    except ValueError:
+        raise TimeSpecError(f"{text!r} is neither an ISO 8601 time "
+                            "(2026-12-02T10:00:00Z) nor an age (30m, 2h, 7d)") from None

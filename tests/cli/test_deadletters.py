@@ -20,9 +20,10 @@ from aiokafka import AIOKafkaProducer
 from pipeline.backtest import run
 from pipeline.core.engine import scores
 from pipeline.core.rules import load_default_rules
-from pipeline.deadletters.replay import Stored, parse_offsets, parse_time, read_all, select
+from pipeline.deadletters.replay import Stored, parse_offsets, read_all, select
 from pipeline.models.events import parse_message
 from pipeline.models.outputs import DeadLetter
+from pipeline.models.timefmt import parse_time
 from tests.support.workers import REPO, Isolated, WorkerProcess, consume, make_isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -196,5 +197,7 @@ def test_parse_offsets_and_times() -> None:
 
     with pytest.raises(DeadLetterError, match="PARTITION:OFFSET"):
         parse_offsets("3")
-    with pytest.raises(DeadLetterError, match="age"):
+    from pipeline.models.timefmt import TimeSpecError
+
+    with pytest.raises(TimeSpecError, match="age"):
         parse_time("yesterday", now)
