@@ -146,8 +146,27 @@ def bucket_names() -> list[str]:
     return ["<0", *[f"{x}-{x + BUCKET}" for x in range(0, BUCKET_TOP, BUCKET)], f"{BUCKET_TOP}+"]
 
 
+def team_capacity(r: Run, rules: CompiledRules) -> dict[str, dict[str, Any]]:
+    """Per team: the leads a day its available reps can take (the sum of their `daily_cap`;
+    null when one has none), the busiest day's alerts and the days above the cap: whether
+    the MQL and hot lines fit what sales can work."""
+    per_day = alerts_per_team_day(r, rules)
+    out: dict[str, dict[str, Any]] = {}
+    for team in rules.routing.teams:
+        reps = [rep for rep in team.reps if rep.available]
+        caps = [rep.daily_cap for rep in reps]
+        cap = sum(c for c in caps if c is not None) if caps and None not in caps else None
+        counts = [c.get(team.name, 0) for c in per_day.values()]
+        out[team.name] = {
+            "daily_cap": cap, "busiest_day": max(counts, default=0),
+            "days_over_cap": sum(1 for n in counts if cap is not None and n > cap),
+            "days": len(per_day)}
+    return out
+
+
 def summarize(r: Run, rules: CompiledRules) -> dict[str, Any]:
-    """Stages, per-day MQL/SQL/PQL/alert counts and the score distribution of one run."""
+    """Stages, per-day MQL/SQL/PQL/alert counts, the score distribution and the teams'
+    capacity against their alerts, of one run."""
     stages = Counter(s.stage for s in r.states.values())
     days: dict[str, Counter[str]] = {}
     for o in r.outputs:
@@ -168,6 +187,7 @@ def summarize(r: Run, rules: CompiledRules) -> dict[str, Any]:
         "alerts": {"instant": alerts["instant"], "hot_score": alerts["hot_score"],
                    "pql": alerts["pql"], "total": sum(alerts.values())},
         "score_buckets": {b: buckets.get(b, 0) for b in bucket_names()},
+        "team_capacity": team_capacity(r, rules),
     }
 
 
@@ -333,6 +353,14 @@ def render(report: Mapping[str, Any]) -> None:
         row = [b, str(n)] + ([str(other["result"]["score_buckets"][b])] if other else [])
         dist.add_row(*row)
     con.print(dist)
+    cap = Table(title="Team alerts against the reps' daily caps")
+    for col in ("team", "daily cap", "busiest day", "days over cap"):
+        cap.add_column(col, justify="left" if col == "team" else "right")
+    for team, c in res["team_capacity"].items():
+        over = f"{c['days_over_cap']} of {c['days']}" if c["daily_cap"] is not None else "-"
+        cap.add_row(team, str(c["daily_cap"]) if c["daily_cap"] is not None else "no cap",
+                    str(c["busiest_day"]), over)
+    con.print(cap)
     if other:
         diff = other["diff"]
         a = diff["alerts"]

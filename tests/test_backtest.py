@@ -147,3 +147,21 @@ def test_alias_and_repeats_are_stitched_as_the_stream_does(tmp_path: Path) -> No
     # to the user the alias named; page_view 1 + pricing_page 10
     assert rep["result"]["leads"] == 1
     assert rep["result"]["score_buckets"]["10-20"] == 1
+
+
+def test_team_capacity_against_the_alerts_each_day(tmp_path: Path) -> None:
+    text = default_rules_text()
+    reps = ("        - {id: rep-sam, capacity: 3}\n        - {id: rep-ava, capacity: 2}\n"
+            "        - {id: rep-kai, capacity: 1, daily_cap: 10}\n")
+    assert reps in text, "the shipped sales team moved: update this test"
+    one = parse_rules(text.replace(reps, "        - {id: rep-sam, capacity: 1, daily_cap: 1}\n"),
+                      "one.yaml")
+    shipped = backtest(write(tmp_path), load_default_rules())["result"]["team_capacity"]
+    # enterprise: 25 + 15; sales: two of its reps have no cap; no alert for either that day
+    # but Ada's two (she is a `sales` lead)
+    assert shipped["enterprise"] == {"daily_cap": 40, "busiest_day": 0, "days_over_cap": 0,
+                                     "days": 1}
+    assert shipped["sales"] == {"daily_cap": None, "busiest_day": 2, "days_over_cap": 0,
+                                "days": 1}
+    capped = backtest(write(tmp_path), one)["result"]["team_capacity"]["sales"]
+    assert capped == {"daily_cap": 1, "busiest_day": 2, "days_over_cap": 1, "days": 1}
