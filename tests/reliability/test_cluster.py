@@ -79,6 +79,7 @@ from pipeline.core.identity import identity_key
 from pipeline.devkafka.cluster import LocalCluster
 from pipeline.kafka.topics import changelog_topic
 from pipeline.simulator import Message
+from pipeline.stream import dedup
 from pipeline.stream.codec import decode_event, unpack
 from tests.conftest import KAFKA_VERSION
 from tests.support.reliability import (
@@ -206,7 +207,7 @@ async def _where_stuck(iso: Isolated, msgs: list[Message], leads: list[str]) -> 
 async def _trace(iso: Isolated, msgs: list[Message], leads: list[str], limit: int = 8) -> str:
     """Where each unscored event of `leads` is, so that a failure names the step that lost
     it: topic[partition]@offset on the input, the identity and the leads topic; every
-    changelog write of its lead (offset:size of the seen-set) and whether one of them held
+    changelog write of its lead (offset:ids in its dedup window) and whether one of them held
     the event; whether it still waits in its visitor's identity buffer."""
     app_id = iso.env["LEADFLOW_APP_ID"]
     t = iso.settings.topics
@@ -237,22 +238,25 @@ async def _trace(iso: Isolated, msgs: list[Message], leads: list[str], limit: in
                 for r in latest.values() for line in (orjson.loads(r.value) or {}).get("b", ())}
     # Every state write of the lead: whether one of them held the event (then a later
     # write from an older state dropped it) or none did (the event was never applied).
-    history: dict[str, list[tuple[Any, set[str]]]] = {}
+    # The window keeps digests in time buckets: ask it about each wanted id.
+    history: dict[str, list[tuple[Any, set[str], int]]] = {}
     for r in await read_all(iso.bootstrap, [changelog_topic(app_id, "leads")], idle_s=2.0):
         if r.key is not None and r.key.decode() in set(leads):
-            seen_then = set((orjson.loads(r.value) or {}).get("seen", {})) if r.value else set()
-            history.setdefault(r.key.decode(), []).append((r, seen_then))
+            window = (orjson.loads(r.value) or {}).get("seen") if r.value else None
+            held = {m for m, lead_of in wanted.items()
+                    if lead_of == r.key.decode() and dedup.holds(window, m)}
+            history.setdefault(r.key.decode(), []).append((r, held, dedup.count(window)))
     out = []
     for lead in leads:
         writes = history.get(lead, [])
         seen = writes[-1][1] if writes else set()
         miss = [f"{m} " + " ".join(f"{h}{','.join(p)}" for h, p in at[m].items())
-                + (" held@" + ",".join(str(r.offset) for r, s in writes if m in s)
-                   if any(m in s for _, s in writes) else " never-held")
+                + (" held@" + ",".join(str(r.offset) for r, s, _ in writes if m in s)
+                   if any(m in s for _, s, _ in writes) else " never-held")
                 + (f" buffered-in {buffered[m]}" if m in buffered else "")
                 for m, lead_of in wanted.items() if lead_of == lead and m not in seen]
         part = f"changelog[{writes[-1][0].partition}]" if writes else "no changelog record"
-        steps = " ".join(f"@{r.offset}:{len(s)}" for r, s in writes)
+        steps = " ".join(f"@{r.offset}:{n}" for r, _, n in writes)
         out.append(f"{lead}: {part} writes(offset:seen)={steps} missing={len(miss)}: "
                    + "; ".join(miss))
     return "\n".join(out)
