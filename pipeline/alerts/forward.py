@@ -33,10 +33,12 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 
 import aiohttp
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline.alerts import decode_alert, topic_partitions
+from pipeline.alerts.formats import Format, slack_message
 from pipeline.deadletters import dead_letter
 from pipeline.errors import ConfigError
 from pipeline.kafka.security import KafkaSecurity, start_client
@@ -47,6 +49,7 @@ log = logging.getLogger("leadflow.alerts.forward")
 RETRY_STATUSES = frozenset({408, 425, 429})
 REASON_REJECTED = "webhook_rejected"
 REASON_UNAVAILABLE = "webhook_unavailable"
+REASON_UNREADABLE = "not_an_alert"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class ForwardConfig:
     session_timeout_ms: int = 10_000
     max_alerts: int | None = None  # stop after this many alerts are done (tests, scripts)
     security: KafkaSecurity | None = None  # None: PLAINTEXT
+    format: Format = "json"  # the alert as it is, or a Slack incoming-webhook message
 
 
 @dataclass
@@ -222,6 +226,14 @@ class Forwarder:
         """POST one alert until a 2xx or a permanent answer; raises Stopped/Revoked."""
         key = idempotency_key(record)
         body = record.value or b"null"
+        if self.cfg.format == "slack":
+            alert = decode_alert(record.value)
+            if alert is None:
+                await self._park(record, REASON_UNREADABLE,
+                                 "not a routing alert (JSON object): cannot write it as a "
+                                 "Slack message")
+                return Outcome.REJECTED
+            body = orjson.dumps(slack_message(alert))
         attempt = 0
         while True:
             if self.stop.is_set():

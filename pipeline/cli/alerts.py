@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -172,6 +172,9 @@ def forward_cmd(
     max_alerts: Annotated[int | None, typer.Option(
         "--max", min=1, help="Stop after this many alerts are delivered or parked.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Log level.")] = "info",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="json: the alert as it is; slack: a message for a Slack (or "
+        "compatible) incoming webhook.")] = "json",
 ) -> None:
     """Deliver a team's alerts to a webhook, at least once and in order (Idempotency-Key)."""
     from pipeline.alerts.forward import ForwardConfig, Forwarder
@@ -182,6 +185,10 @@ def forward_cmd(
     )
     # Keep third-party chatter (which may print URLs with tokens) out of the default output.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from pipeline.alerts.formats import FORMATS
+
+    if fmt not in FORMATS:
+        raise fail(ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}"))
     if not url.startswith(("http://", "https://")):
         raise fail(ConfigError(f"--url must be an http(s) URL, got {url.split(':')[0]}:..."))
     settings = Settings()
@@ -201,6 +208,7 @@ def forward_cmd(
             session_timeout_ms=session_timeout_ms,
             max_alerts=max_alerts,
             security=KafkaSecurity.from_settings(settings),
+            format=cast(Any, fmt),
         )
         stats = _run_until_signal(lambda stop: Forwarder(cfg, stop).run())
     except LeadflowError as exc:

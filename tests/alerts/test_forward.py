@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.alerts.forward import (
     REASON_REJECTED,
@@ -334,3 +334,26 @@ async def test_shutdown_during_a_post_commits_nothing_and_the_alert_is_resent(
     again = await asyncio.wait_for(Forwarder(replace(cfg, max_alerts=1)).run(), timeout=60)
     assert again.delivered == 1 and receiver.accepted == ["sd-1"]
     assert await committed(alert_topics.bootstrap, cfg.group_id, [tp]) == [1]
+
+
+@pytest.mark.integration
+async def test_slack_format_posts_a_readable_message_and_parks_what_is_not_an_alert(
+    alert_topics: AlertTopics, receiver: Receiver,
+) -> None:
+    routing = alert_topics.topics.routing(TEAM)
+    await produce(alert_topics.bootstrap, routing, [make_alert("sl-1", "lead-sl")], partition=0)
+    p = AIOKafkaProducer(bootstrap_servers=alert_topics.bootstrap, acks="all")
+    await p.start()
+    try:
+        await p.send_and_wait(routing, b"not json", key=b"x", partition=0)
+    finally:
+        await p.stop()
+    fwd = Forwarder(forward_config(alert_topics, receiver.url, format="slack", max_alerts=2))
+    stats = await asyncio.wait_for(fwd.run(), timeout=60)
+    assert (stats.delivered, stats.parked, receiver.accepted) == (1, 1, ["sl-1"])
+    body = receiver.bodies["sl-1"]
+    assert body["text"].startswith("Hot lead for sales: lead-sl@example.com (VP Sales, Acme)")
+    assert [b["type"] for b in body["blocks"]] == ["section", "section", "context"]
+    [dl] = [orjson.loads(r.value) for r in await read_all(alert_topics.bootstrap,
+                                                          alert_topics.topics.deadletter)]
+    assert (dl["reason"], dl["source_topic"]) == ("not_an_alert", routing)
