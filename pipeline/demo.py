@@ -19,11 +19,16 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from pipeline.errors import BrokerError, ConfigError
+from pipeline.devkafka.ports import port_free
+from pipeline.errors import BrokerError, ConfigError, LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 console = Console()
+
+
+class DemoError(LeadflowError):
+    """The demo could not run, or its worker failed."""
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -161,12 +166,22 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: closing the terminal must not leave the worker and the broker running.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    if not port_free(settings.web_port):
+        raise DemoError(
+            f"port {settings.web_port} (the worker's lead API) is in use: a worker of an "
+            "earlier demo may still run. Stop it (`ss -ltnp 'sport = :"
+            f"{settings.web_port}'` shows its pid) or run `leadflow demo --web-port "
+            f"{settings.web_port + 1}`")
 
     started_broker = False
     try:
         bootstrap = resolve_bootstrap(settings)
+        if not settings.bootstrap_servers:
+            console.print("reusing the local broker already running (`leadflow kafka down` "
+                          "stops it)")
     except BrokerError:
         console.print("no Kafka configured: starting a local broker (leadflow kafka up)…")
         bootstrap = ensure_local_broker(settings)
@@ -199,10 +214,11 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
                  seed=run.seed, id_prefix=run.id_prefix, security=security)
     )
     announced = False
+    failed: int | None = None
     try:
         while not stop.is_set():
             if worker.poll() is not None:
-                console.print(f"[red]the worker exited ({worker.returncode}); see {log_path}[/]")
+                failed = worker.returncode
                 break
             if sim.done() and not sim.cancelled() and not announced:
                 console.print(f"simulator finished: {sim.result()} messages sent; "
@@ -228,6 +244,8 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
 
             stop_local_broker(settings)
         console.print(f"stopped. messages seen per topic: {counts}")
+    if failed is not None:
+        raise DemoError(f"the worker exited with status {failed}; its log is {log_path}")
 
 
 def run_demo(settings: Settings, *, rate: float, visitors: int, reset: bool = False) -> None:
