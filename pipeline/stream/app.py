@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -55,6 +56,8 @@ from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
 from pipeline.stream.offsets import OffsetWatch, generation_starts
 from pipeline.stream.produce import Send, send_records
+from pipeline.stream.progress import RecoveryProgress
+from pipeline.stream.progress import describe as describe_recovery
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -352,6 +355,7 @@ class LeadflowApp:
         #: Where each assigned partition's reading must begin (see `_on_assigned`).
         self._starts: dict[tuple[str, int], int] = {}
         self._lag_reported: set[tuple[str, int]] = set()
+        self.recovery_progress = RecoveryProgress()
         if settings.processing_guarantee == "at_least_once":
             self.app.task(self._read_inputs)
         else:
@@ -702,11 +706,16 @@ class LeadflowApp:
         self._lag_reported = reported
         recovery = cast(Any, app.tables).recovery
         remaining: dict[str, int] = {}
+        by_partition: dict[tuple[str, int], int] = {}
         for tp, n in recovery.active_remaining().items():
             name = tp.topic.removeprefix(f"{self.settings.app_id}-").removesuffix("-changelog")
             remaining[name] = remaining.get(name, 0) + max(0, int(n))
+            by_partition[(name, tp.partition)] = max(0, int(n))
         for name in ("leads", "identity", "owners"):
             self.metrics.set_recovery(name, remaining.get(name, 0))
+        view = self.recovery_progress.update(time.monotonic(), by_partition)
+        if view:
+            log.info("recovering from the changelogs: %s", describe_recovery(view))
 
     async def _sla_timer(self) -> None:
         """Ask the assign agent to escalate lapsed alerts: tables change only in-stream."""

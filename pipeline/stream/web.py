@@ -111,4 +111,6 @@ def readiness(lf: LeadflowApp) -> dict[str, Any]:
         "recovering": recovering,
         "rebalancing": rebalancing,
         "rules_version": lf.rules.version,
+        # records left per table and partition while recovering, with a rate and time left
+        "recovery": lf.recovery_progress.snapshot(),
     }

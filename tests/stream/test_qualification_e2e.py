@@ -91,6 +91,8 @@ async def test_hand_raisers_go_to_their_team_or_to_review_and_owners_are_on_the_
     moves = await consume(isolated.bootstrap, [t.stage_changes],
                           until=lambda m: any(d["to_stage"] == "disqualified" for *_, d in m))
     assert moves and {d["rules_version"] for *_, d in moves} == {version}
-    assert (await worker.get("/readyz"))[1]["rules_version"] == version
+    ready = (await worker.get("/readyz"))[1]
+    assert ready["rules_version"] == version
+    assert ready["recovery"] == {}  # ready: no table has changelog records left to restore
     assert await worker.metric("leadflow_rules_info") == 1
 
