@@ -69,8 +69,15 @@ class Settings(BaseSettings):
     # needs api_token (pipeline/stream/access.py), or the worker refuses to start.
     web_host: str = Field(
         default="127.0.0.1",
-        description="Address the worker's web server binds to (and advertises to other "
-        "workers); not loopback requires LEADFLOW_API_TOKEN.",
+        description="Address the worker's web server binds to (and, without "
+        "LEADFLOW_WEB_ADVERTISED_HOST, advertises to other workers); not loopback requires "
+        "LEADFLOW_API_TOKEN.",
+    )
+    web_advertised_host: str | None = Field(
+        default=None,
+        description="The address other workers reach this one's lead API at, when it "
+        "differs from the bind address (a worker bound to 0.0.0.0 must advertise its pod "
+        "IP or hostname, or lookups of another worker's leads are not forwarded).",
     )
     api_token: SecretStr | None = Field(
         default=None,

@@ -35,6 +35,18 @@ def check_web_exposure(settings: Settings) -> None:
         "'Authorization: Bearer <token>'), or bind LEADFLOW_WEB_HOST=127.0.0.1")
 
 
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def advertised_host(settings: Settings, hostname: str) -> str:
+    """The address other workers forward lead lookups to: the configured one, else the bind
+    address, except that a wildcard bind (reachable at every address, named by none)
+    advertises `hostname` (the machine's or container's name)."""
+    if settings.web_advertised_host:
+        return settings.web_advertised_host
+    return hostname if settings.web_host in WILDCARDS else settings.web_host
+
+
 def authorized(header: str | None, token: SecretStr | None) -> bool:
     """Whether an Authorization header carries the token (any header when none is set)."""
     if token is None:

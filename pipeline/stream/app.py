@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import weakref
 from collections import Counter
@@ -40,6 +41,7 @@ from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.settings import Settings
 from pipeline.stream import emit, transactions
+from pipeline.stream.access import advertised_host
 from pipeline.stream.clock import Clock
 from pipeline.stream.codec import (
     OWNER_PREFIX,
@@ -307,7 +309,7 @@ class LeadflowApp:
             # Faust binds web_bind (default 0.0.0.0, all interfaces) and only advertises
             # web_host: bind the same address, so loopback by default really is loopback.
             web_bind=settings.web_host,
-            web_host=settings.web_host,
+            web_host=advertised_host(settings, socket.gethostname()),
             web_port=settings.web_port,
             web_in_thread=False,
             consumer_auto_offset_reset="earliest",

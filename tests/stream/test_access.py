@@ -102,3 +102,15 @@ def test_leadflow_worker_refuses_before_looking_for_a_broker(tmp_path: Path) -> 
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == f"error: {REFUSAL}"
+
+
+def test_the_advertised_address_names_this_worker_even_on_a_wildcard_bind() -> None:
+    from pipeline.stream.access import advertised_host
+
+    assert advertised_host(Settings(), "box-1") == "127.0.0.1"  # loopback: as bound
+    assert advertised_host(Settings(web_host="10.0.0.5", api_token="t"), "box-1") == "10.0.0.5"
+    # 0.0.0.0 names no address another worker can reach: the machine's name instead
+    assert advertised_host(Settings(web_host="0.0.0.0", api_token="t"), "box-1") == "box-1"
+    # k8s sets the pod IP (deploy/k8s/worker-statefulset.yaml)
+    assert advertised_host(Settings(web_host="0.0.0.0", api_token="t",
+                                    web_advertised_host="10.1.2.3"), "box-1") == "10.1.2.3"
