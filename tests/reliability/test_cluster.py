@@ -80,6 +80,7 @@ from pipeline.devkafka.cluster import LocalCluster
 from pipeline.kafka.topics import changelog_topic
 from pipeline.simulator import Message
 from pipeline.stream.codec import decode_event, unpack
+from pipeline.stream.dedup import WIDTH, digest
 from tests.conftest import KAFKA_VERSION
 from tests.support.reliability import (
     CONTROL_PREFIXES,
@@ -240,22 +241,37 @@ async def _trace(iso: Isolated, msgs: list[Message], leads: list[str], limit: in
     history: dict[str, list[tuple[Any, set[str]]]] = {}
     for r in await read_all(iso.bootstrap, [changelog_topic(app_id, "leads")], idle_s=2.0):
         if r.key is not None and r.key.decode() in set(leads):
-            seen_then = set((orjson.loads(r.value) or {}).get("seen", {})) if r.value else set()
+            seen_then = _window_ids((orjson.loads(r.value) or {}).get("seen")) if r.value else set()
             history.setdefault(r.key.decode(), []).append((r, seen_then))
     out = []
     for lead in leads:
         writes = history.get(lead, [])
         seen = writes[-1][1] if writes else set()
         miss = [f"{m} " + " ".join(f"{h}{','.join(p)}" for h, p in at[m].items())
-                + (" held@" + ",".join(str(r.offset) for r, s in writes if m in s)
-                   if any(m in s for _, s in writes) else " never-held")
+                + (" held@" + ",".join(str(r.offset) for r, s in writes if digest(m) in s)
+                   if any(digest(m) in s for _, s in writes) else " never-held")
                 + (f" buffered-in {buffered[m]}" if m in buffered else "")
-                for m, lead_of in wanted.items() if lead_of == lead and m not in seen]
+                for m, lead_of in wanted.items() if lead_of == lead and digest(m) not in seen]
         part = f"changelog[{writes[-1][0].partition}]" if writes else "no changelog record"
         steps = " ".join(f"@{r.offset}:{len(s)}" for r, s in writes)
         out.append(f"{lead}: {part} writes(offset:seen)={steps} missing={len(miss)}: "
                    + "; ".join(miss))
     return "\n".join(out)
+
+
+def _window_ids(stored: Any) -> set[str]:
+    """The digests (`dedup.digest`) of the messageIds a stored dedup window holds.
+
+    The window is {bucket start ms: concatenated digests} (`stream.dedup`), or in records
+    of older versions {messageId: event ms}: its keys are not the ids.
+    """
+    out: set[str] = set()
+    for key, value in (stored or {}).items():
+        if isinstance(value, str):
+            out.update(value[i:i + WIDTH] for i in range(0, len(value), WIDTH))
+        else:
+            out.add(digest(str(key)))
+    return out
 
 
 def _worker_iso(iso: Isolated, home: Path) -> Isolated:
