@@ -54,6 +54,19 @@ Tally on the 2-core machine shared with other engineers' Kafka runs: before thes
 duplicated=0 in each; in 3 of those 9 the check re-read records Faust had dropped, twice at
 offset 0 (leads[1], [7], [10] in one run) where the old check would have seen nothing. One
 more run was void: all three workers got a SIGTERM 0.5 s after start, not sent by this test.
+Failed 2026-12-03 in a CI run on a loaded machine: 3 leads 5 events short, no lag, no dead
+letters. The trace then read the dedup window's bucket keys for messageIds (the window is
+digests in buckets of event time since stream/dedup.py), so every write showed seen=1 and
+every event of a behind lead "never-held"; fixed (`_window_ids`). The shortfalls (2, 2, 1)
+are exactly the events that were only on leads[9]@0-2, and the survivor reading leads[9]
+logged "leads[9] from offset 0 were skipped" and 2 s later "from offset 8" (and leads[6]
+from 0, then from 1): the re-read by seeking Faust's consumer back did not bring the
+records in order. Faust's fetcher sets a partition's read offset after handing each record
+on and drops records below it (`Consumer._drain_messages`), so a record of the current
+fetch handed on after the seek puts it past the hole again; and it commits past a hole where
+nothing (or 0) is committed, so a rebalance before the re-read starts the next reader past
+them. The skipped records are read from the broker by a consumer of their own and processed
+with the batch, before it, since (app.py `_fill_holes`; the seek is only the fallback).
 Still open in Faust (not seen to lose anything here): it commits past a gap of exactly one
 record or any gap when nothing is committed (`Consumer._new_offset`), and updates its
 committed offsets even when the commit failed; a worker killed between such a commit and
