@@ -56,7 +56,7 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.keys import partition_for
-from pipeline.stream.offsets import OffsetWatch, generation_starts
+from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from pipeline.stream.produce import Send, send_records
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.progress import describe as describe_recovery
@@ -158,6 +158,30 @@ def _guarded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
 
     run.__name__ = fn.__name__
     return run
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """The fields of a Faust message the batch handlers read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # seconds, as Faust's
+    headers: Any
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # tables on other stores weakref it
+class _Refetched:
+    """A record Faust's consumer skipped, read from the broker (see `_fill_holes`)."""
+
+    message: _Message
+
+
+#: How long reading a partition's skipped records may take before the seek fallback.
+REFETCH_TIMEOUT_S = 30.0
 
 
 async def _no_gap(tp: Any, offset_from: int, offset_to: int) -> None:
@@ -419,18 +443,102 @@ class LeadflowApp:
                     events, handle,
                     lambda evs, exc: self._dead_letter_failed([_raw(ev) for ev in evs], exc))
                 continue
-            holes = self._holes(events)
+            batch: list[Any] = list(events)
+            holes = self._holes(batch)
+            refetched: dict[TP, list[int]] = {}
+            generation = self.app.consumer_generation_id
+            if holes:
+                batch, refetched, holes = await self._fill_holes(batch, holes, 4 * batch_max)
             try:
-                await handle(list(events))
+                await handle(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("batch of %d failed; dead-lettering it", len(events))
-                await self._dead_letter_failed([_raw(ev) for ev in events], exc)
+                log.exception("batch of %d failed; dead-lettering it", len(batch))
+                await self._dead_letter_failed([_raw(ev) for ev in batch], exc)
+            self._ack_refetched(refetched, generation)
             for (topic, partition), start in holes.items():
-                # Read the skipped records again; what follows them comes twice and is
-                # dropped by messageId.
+                # Not read from the broker (see `_fill_holes`): have Faust's consumer read
+                # them again; what follows them comes twice and is dropped by messageId.
                 await self.app.consumer.seek(TP(topic, partition), start)
+
+    async def _fill_holes(
+        self, events: list[Any], holes: dict[tuple[str, int], int], most: int
+    ) -> tuple[list[Any], dict[TP, list[int]], dict[tuple[str, int], int]]:
+        """The batch with the records its partitions skipped put in, in offset order.
+
+        Returns the batch, the offsets put in by partition, and the holes left (a partition
+        whose records could not all be read from the broker, or more than `most` of them,
+        from its first still missing).
+
+        The skipped records are read from the broker by a consumer of their own and
+        processed with the batch, before it: seeking Faust's consumer back to them did not
+        reliably bring them. Its fetcher sets a partition's read offset after handing each
+        record on, so records of the batch it was still handing on when the seek came put
+        the read offset past the hole again, and the records read again below it are dropped
+        (`Consumer._drain_messages`, "DROPPED MESSAGE ROFF"); and Faust commits past a
+        hole where nothing (or 0) was committed (`Consumer._new_offset`), so a rebalance
+        before the re-read (its revoke commits, clears the stream queues and the next
+        assignment starts at that commit) loses them. Processed before the batch is acked,
+        they are safe whatever Faust commits.
+        """
+        kwargs = KafkaSecurity.from_settings(self.settings).client_kwargs()
+        left: dict[tuple[str, int], int] = {}
+        refetched: dict[TP, list[int]] = {}
+        for (topic, partition), start in holes.items():
+            mine = [i for i, ev in enumerate(events)
+                    if ev.message.topic == topic and ev.message.partition == partition]
+            have = {events[i].message.offset for i in mine}
+            end = max(have)
+            try:
+                records = await asyncio.wait_for(
+                    read_range(self.bootstrap, (topic, partition), start,
+                               min(end, start + most), kwargs),
+                    REFETCH_TIMEOUT_S)
+            except Exception as exc:  # the seek fallback
+                log.warning("records %s[%d] %d..%d not read from the broker (%r); seeking "
+                            "back to them", topic, partition, start, end - 1, exc)
+                left[(topic, partition)] = start
+                continue
+            got = {r.offset: r for r in records if r.offset not in have}
+            missing = sorted(set(range(start, end)) - have - set(got))
+            if missing:
+                left[(topic, partition)] = missing[0]
+            log.warning("records %s[%d] %d..%d: read %d from the broker%s", topic, partition,
+                        start, end - 1, len(got),
+                        f", {len(missing)} missing from {missing[0]}" if missing else "")
+            if not got:
+                continue
+            added = [_Refetched(_Message(r.topic, r.partition, r.offset, r.key, r.value,
+                                         r.timestamp / 1000, r.headers)) for r in got.values()]
+            # The partition's records in offset order, in the places its records had.
+            ordered = sorted([events[i] for i in mine] + added, key=lambda ev: ev.message.offset)
+            first, taken = mine[0], set(mine)
+            rest = [ev for i, ev in enumerate(events) if i not in taken]
+            events = rest[:first] + ordered + rest[first:]
+            refetched[TP(topic, partition)] = sorted(got)
+        return events, refetched, left
+
+    def _ack_refetched(self, refetched: dict[TP, list[int]], generation: int) -> None:
+        """Count the records read from the broker as acked in Faust's consumer.
+
+        Faust commits a partition only up to its first offset not acked, and those records
+        never passed through it. Not after a rebalance during the batch: the partition's
+        next reader starts from the committed offset and reads them itself.
+        """
+        if not refetched or generation != self.app.consumer_generation_id:
+            return
+        consumer = cast(Any, self.app.consumer)
+        assigned = consumer.assignment()
+        for tp, offsets in refetched.items():
+            if tp not in assigned:
+                continue
+            committed = consumer._committed_offset[tp]
+            index, acked = consumer._acked_index[tp], consumer._acked[tp]
+            for offset in offsets:
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
 
     def _holes(self, events: Sequence[Event]) -> dict[tuple[str, int], int]:
         """Partitions whose offsets jumped in this batch -> the first offset skipped.

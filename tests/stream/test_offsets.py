@@ -1,14 +1,21 @@
 """OffsetWatch: a skipped record is noticed, re-reads and other partitions are not holes;
-generation_starts: where reading must begin after an assignment (on a real broker)."""
+generation_starts: where reading must begin after an assignment (on a real broker);
+read_range and the worker's use of it: skipped records read from the broker into the batch."""
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.types import TP
 
-from pipeline.stream.offsets import OffsetWatch, generation_starts
+from pipeline.settings import Settings
+from pipeline.stream import app as app_mod
+from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from tests.conftest import NewTopic as NewTopicFactory
 
 
@@ -74,3 +81,78 @@ async def test_generation_starts_are_the_committed_offset_else_the_earliest(
         await c.stop()
     assert starts == {(topic, 0): 5, (topic, 1): 0, (topic, 2): 0}
     assert asked == [[TopicPartition(topic, 2)]]  # only where nothing was committed
+
+
+@pytest.mark.integration
+async def test_read_range_reads_one_partitions_records_from_start_to_end(
+    kafka_bootstrap: str, new_topic: NewTopicFactory,
+) -> None:
+    topic = await new_topic("range", partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for p in range(2):
+            for i in range(10):
+                await producer.send_and_wait(topic, b"%d" % i, partition=p)
+    finally:
+        await producer.stop()
+    got = await read_range(kafka_bootstrap, (topic, 1), 3, 7, {})
+    assert [(r.partition, r.offset, r.value) for r in got] == [
+        (1, o, b"%d" % o) for o in range(3, 7)]
+    assert await read_range(kafka_bootstrap, (topic, 0), 5, 5, {}) == []
+
+
+class _Record:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.key, self.value, self.timestamp, self.headers = None, b"r%d" % offset, 5000, ()
+
+
+def _event(topic: str, partition: int, offset: int) -> Any:
+    return app_mod._Refetched(app_mod._Message(topic, partition, offset, None, b"e", 1.0, ()))
+
+
+async def test_skipped_records_are_read_from_the_broker_into_the_batch_in_offset_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust's seek back did not reliably bring skipped records again (see `_fill_holes`):
+    they are read by a consumer of their own and processed with the batch, before it."""
+    asked = []
+
+    async def read(bootstrap: str, tp: tuple[str, int], start: int, end: int,
+                   kwargs: Any) -> list[_Record]:
+        asked.append((tp, start, end))
+        return [_Record(*tp, o) for o in range(start, end) if o != 13]  # 13: not readable
+
+    monkeypatch.setattr(app_mod, "read_range", read)
+    fake = SimpleNamespace(bootstrap="b", settings=Settings())
+    events = [_event("a", 0, 5), _event("b", 1, 20), _event("a", 0, 15), _event("a", 0, 16),
+              _event("b", 1, 21)]
+    batch, refetched, left = await app_mod.LeadflowApp._fill_holes(
+        cast(Any, fake), events, {("a", 0): 10}, 100)
+    assert asked == [(("a", 0), 10, 16)]
+    assert [(ev.message.topic, ev.message.offset) for ev in batch] == [
+        ("a", 5), ("a", 10), ("a", 11), ("a", 12), ("a", 14), ("a", 15), ("a", 16),
+        ("b", 20), ("b", 21)]
+    assert batch[1].message.value == b"r10" and batch[1].message.timestamp == 5.0
+    assert refetched == {TP("a", 0): [10, 11, 12, 14]}
+    assert left == {("a", 0): 13}  # Faust's consumer is sought back to what was not read
+    # at most `most` records read; the rest is left to the seek
+    asked.clear()
+    _, refetched, left = await app_mod.LeadflowApp._fill_holes(
+        cast(Any, fake), events, {("a", 0): 10}, 2)
+    assert asked == [(("a", 0), 10, 12)] and refetched == {TP("a", 0): [10, 11]}
+    assert left == {("a", 0): 12}
+
+
+def test_refetched_offsets_count_as_acked_unless_a_rebalance_came_between() -> None:
+    consumer = SimpleNamespace(
+        _committed_offset=defaultdict(lambda: None), _acked=defaultdict(list),
+        _acked_index=defaultdict(set), assignment=lambda: {TP("a", 0)})
+    consumer._committed_offset[TP("a", 0)] = 11
+    fake = SimpleNamespace(app=SimpleNamespace(consumer=consumer, consumer_generation_id=3))
+    ack = app_mod.LeadflowApp._ack_refetched
+    ack(cast(Any, fake), {TP("a", 0): [10, 11, 12], TP("c", 1): [4]}, 3)
+    assert dict(consumer._acked) == {TP("a", 0): [11, 12]}  # below committed / unassigned: no
+    ack(cast(Any, fake), {TP("a", 0): [14]}, 2)  # generation 2 ended during the batch
+    assert dict(consumer._acked) == {TP("a", 0): [11, 12]}
