@@ -40,12 +40,6 @@ def _holds(digests: str, d: str) -> bool:
     return False
 
 
-def holds(stored: Mapping[str, Any] | None, message_id: str) -> bool:
-    """Whether a stored window holds `message_id` (digest format), for diagnostics."""
-    d = digest(message_id)
-    return any(isinstance(v, str) and _holds(v, d) for v in (stored or {}).values())
-
-
 def count(stored: Mapping[str, Any] | None) -> int:
     """How many ids a stored window holds (either format)."""
     if not stored:

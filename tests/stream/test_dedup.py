@@ -101,13 +101,3 @@ def test_whatever_the_split_into_batches_an_id_is_new_exactly_once(
         stored = _stored(w)
     assert count(stored) == len(seen)
 
-
-def test_holds_answers_for_a_stored_window_without_changing_it() -> None:
-    w = SeenWindow(None, retention_ms=WEEK)
-    w.add("m1", T0)
-    w.add("m2", T0 + 3 * DAY)  # another bucket
-    stored = _stored(w)
-    assert dedup.holds(stored, "m1") and dedup.holds(stored, "m2")
-    assert not dedup.holds(stored, "m3")
-    assert not dedup.holds(None, "m1")
-    assert count(stored) == 2
