@@ -41,8 +41,8 @@ def collector(
     p = settings.collector_port if port is None else port
     typer.echo(f"collector on http://{h}:{p} -> Kafka {bootstrap}")
     # access_log=None: access lines would carry referrers and query strings (personal data).
-    # uvloop: the event loop's own work (selector, transports, callbacks) is a fifth of a
-    # request's CPU under asyncio's pure-Python loop.
+    # uvloop: asyncio's pure-Python loop (selector, transports, callbacks) is a visible
+    # share of each request's CPU (figures in the README's collector benchmark).
     import uvloop
 
     web.run_app(app, host=h, port=p, access_log=None, print=None,

@@ -10,8 +10,6 @@ Expected values are the hand-derived ones of tests/core/test_qualification.py.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +19,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated
+from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,17 +50,6 @@ def _engaged(at: datetime, tag: str) -> list[dict[str, Any]]:
     return out
 
 
-async def _poll(get: Callable[[], Any], ok: Callable[[Any], bool], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await get()
-        if ok(last):
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met in {timeout}s; last: {last}")
-
-
 async def test_a_quiet_good_fit_lead_is_recycled_and_alerted_again_when_it_returns(
     kafka_bootstrap: str, tmp_path: Path, worker_factory: Callable[..., WorkerProcess],
     producer: AIOKafkaProducer,
@@ -87,14 +74,14 @@ async def test_a_quiet_good_fit_lead_is_recycled_and_alerted_again_when_it_retur
     assert len(got) == 1, f"{got}\n{worker.tail()}"
     [(_, _, first)] = got
     assert (first["lead_id"], first["kind"]) == (LEAD, "hot_score"), first
-    doc = await _poll(lambda: worker.get(f"/leads/{LEAD}"),
+    doc = await poll(lambda: worker.get(f"/leads/{LEAD}"),
                       lambda r: r[0] == 200 and r[1]["stage"] == "mql", 30)
     assert doc[1]["scores"]["total"] == 104.0 and doc[1]["hot"] is True
     # the rep acknowledges it, so the later months have nothing left to escalate
     await send([{"type": "track", "messageId": f"ack-{first['alert_id']}", "userId": LEAD,
                  "event": "Alert Acknowledged", "timestamp": _iso(T0 + timedelta(minutes=2)),
                  "properties": {"alert_id": first["alert_id"]}}], t.crm)
-    await _poll(lambda: worker.get("/teams/sales/queue"),
+    await poll(lambda: worker.get("/teams/sales/queue"),
                 lambda r: r[0] == 200 and not any(
                     a["lead_id"] == LEAD for part in r[1].values() if isinstance(part, list)
                     for a in part), 30)
@@ -117,7 +104,7 @@ async def test_a_quiet_good_fit_lead_is_recycled_and_alerted_again_when_it_retur
     [move] = [m for topic, _k, m in msgs if topic == t.stage_changes and m["to_stage"] ==
               "recycled"]
     assert (move["lead_id"], move["from_stage"]) == (LEAD, "mql"), move
-    doc = await _poll(lambda: worker.get(f"/leads/{LEAD}"),
+    doc = await poll(lambda: worker.get(f"/leads/{LEAD}"),
                       lambda r: r[0] == 200 and r[1]["stage"] == "recycled", 30)
     assert doc[1]["hot"] is False
     # engagement decayed for 106 days (idle after 14, half-life 30): 64 * 0.5 ** (106/30)
@@ -131,7 +118,7 @@ async def test_a_quiet_good_fit_lead_is_recycled_and_alerted_again_when_it_retur
     second = got[1][2]
     assert (second["lead_id"], second["kind"]) == (LEAD, "hot_score"), second
     assert second["alert_id"] != first["alert_id"]
-    doc = await _poll(lambda: worker.get(f"/leads/{LEAD}"),
+    doc = await poll(lambda: worker.get(f"/leads/{LEAD}"),
                       lambda r: r[0] == 200 and r[1]["stage"] == "mql", 30)
     assert doc[1]["hot"] is True
     assert doc[1]["owner"] == second["owner"]

@@ -10,8 +10,6 @@ each SLA period lasts eight wall seconds, long enough to read the lead API betwe
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.core.rules import default_rules_text, parse_rules
-from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated
+from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,17 +41,6 @@ def _rules(tmp: Path) -> Path:
     path = tmp / "rules.yaml"
     path.write_text(text.replace(shipped, "sla: {instant: 4h, hot_score: 4h, pql: 4h}"))
     return path
-
-
-async def _poll(get: Callable[[], Any], ok: Callable[[Any], bool], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await get()
-        if ok(last):
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met in {timeout}s; last: {last}")
 
 
 async def test_a_saturday_alert_waits_for_monday_then_escalates_and_the_owner_follows(
@@ -80,7 +67,7 @@ async def test_a_saturday_alert_waits_for_monday_then_escalates_and_the_owner_fo
     await worker.wait_ready()
 
     # Before Monday: unowned in the team queue, waiting for the opening.
-    queue = await _poll(lambda: worker.get("/teams/emea/queue"),
+    queue = await poll(lambda: worker.get("/teams/emea/queue"),
                         lambda r: r[0] == 200 and r[1]["waiting"], 80)
     [waiting] = queue[1]["waiting"]
     assert waiting["lead_id"] == LEAD and waiting["kind"] == "instant"
@@ -105,7 +92,7 @@ async def test_a_saturday_alert_waits_for_monday_then_escalates_and_the_owner_fo
     placed_at = _ms(first["due_at"]) - 4 * 3_600_000  # 4 business hours, all on Monday
     assert _ms(MONDAY_OPENING.isoformat()) <= placed_at < _ms("2026-11-30T09:00:00Z"), first
     # (eight wall seconds before this SLA lapses and the alert moves on)
-    doc = await _poll(owner, lambda d: d is not None and d.get("owner") == first_owner, 30)
+    doc = await poll(owner, lambda d: d is not None and d.get("owner") == first_owner, 30)
     assert doc["team"] == "emea"
 
     # Not acknowledged: escalated and reassigned after the SLA, never before Monday.
@@ -121,5 +108,5 @@ async def test_a_saturday_alert_waits_for_monday_then_escalates_and_the_owner_fo
     assert _ms(first_breach["breached_at"]) >= _ms(first["due_at"])
     assert all(_ms(e["breached_at"]) >= _ms(MONDAY_OPENING.isoformat()) for e in escalations)
     # and the lead API shows the new owner (until that SLA lapses too)
-    doc = await _poll(owner, lambda d: d.get("owner") == first_breach["to_owner"], 30)
+    doc = await poll(owner, lambda d: d.get("owner") == first_breach["to_owner"], 30)
     assert doc["team"] == "emea"

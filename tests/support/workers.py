@@ -138,6 +138,18 @@ async def make_isolated(bootstrap: str, home: Path, *, partitions: int = 4,
     return iso
 
 
+async def poll(get: Callable[[], Any], ok: Callable[[Any], bool], timeout: float) -> Any:
+    """Call `get` until `ok(result)` (every 0.2 s), else fail after `timeout` s with the last."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await get()
+        if ok(last):
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"condition not met in {timeout}s; last: {last}")
+
+
 async def consume(bootstrap: str, topics: list[str], *, until: Callable[[list[Any]], bool],
                   timeout: float = 90.0) -> list[tuple[str, bytes | None, dict[str, Any]]]:
     """Read JSON messages from the start of `topics` until `until(messages)` or timeout."""
