@@ -73,14 +73,14 @@ def reset_targets(settings: Settings) -> list[tuple[Path, str]]:
         raise ConfigError(
             "leadflow demo --reset only resets the local development broker; with "
             f"LEADFLOW_BOOTSTRAP_SERVERS={settings.bootstrap_servers} delete the demo's topics "
-            f"there yourself, and {settings.home / 'worker' / settings.app_id}")
+            f"there yourself, and {settings.worker_state_dir}")
     running = local_status(settings)
     if running is not None:
         raise ConfigError(
             f"the local Kafka broker is running (pid {running.pid}, {running.bootstrap}): "
             "stop the demo, then `leadflow kafka down`, and run `leadflow demo --reset` again")
     candidates = [
-        (settings.home / "worker" / settings.app_id,
+        (settings.worker_state_dir,
          "the worker's tables (RocksDB): leads, identities, owners, seen message ids"),
         (settings.kafka_dir / "data",
          "the local broker's data: topics, changelogs and committed offsets"),

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default=Path(".leadflow"),
         description="Folder for the local broker's jars and data and the worker's state.",
     )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Folder for the worker's tables (RocksDB); default <home>/worker/<app id>. "
+        "Each worker process needs its own.",
+    )
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     standby_replicas: int = Field(default=1, ge=0)
@@ -226,6 +231,11 @@ class Settings(BaseSettings):
         hosts = [h.strip() for h in re.split(r"[,;]", value)]
         hosts = [h.removeprefix("kafka://") for h in hosts if h]
         return ",".join(hosts) or None
+
+    @property
+    def worker_state_dir(self) -> Path:
+        """The worker's tables: ``state_dir``, else ``<home>/worker/<app id>``."""
+        return self.state_dir or self.home / "worker" / self.app_id
 
     @property
     def kafka_dir(self) -> Path:

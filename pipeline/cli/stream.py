@@ -17,21 +17,40 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
         loglevel: str = typer.Option("info", help="Faust log level."),
-        web_port: int | None = typer.Option(None, help="Web port (lead API, /metrics)."),
+        web_port: int | None = typer.Option(
+            None, help="Web port (lead API, /metrics); with --processes, the first of N."),
+        processes: int = typer.Option(
+            1, min=1, help="Worker processes of this app on this machine (one core each), "
+            "each with its own state folder under the state dir and the next web port."),
     ) -> None:
         """Run a stream worker: consume the input topics, score, emit stage changes and alerts."""
         from pipeline.cli.bootstrap import command_bootstrap
         from pipeline.stream.access import check_web_exposure
-        from pipeline.stream.worker import run
 
         try:
             settings = Settings(web_port=web_port) if web_port is not None else Settings()
             # Before any broker is looked for or started: a refusal must come first.
             check_web_exposure(settings)
             # Resolved here, not in the worker: only the CLI may fall back to the local broker.
-            run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
+            if processes == 1:
+                from pipeline.stream.worker import run
+
+                run(settings, bootstrap=command_bootstrap(settings), loglevel=loglevel)
+                return
+            from pipeline.stream import processes as multi
+
+            children = multi.plan(settings, processes)
+            bootstrap = command_bootstrap(settings)
+            for c in children:
+                typer.echo(f"process {c.index}: web port {c.web_port or 'any'}, "
+                           f"state {c.state_dir}")
+            code = multi.supervise(
+                [(multi.child_command(loglevel), multi.child_env(c, bootstrap=bootstrap))
+                 for c in children],
+                say=lambda text: typer.echo(text, err=True))
         except LeadflowError as exc:
             raise fail(exc) from None
+        raise typer.Exit(code)
 
     @app.command()
     def simulate(

@@ -317,13 +317,13 @@ class LeadflowApp:
         t = settings.topics
         self.sources = t.inputs()
         parts = settings.partitions
-        (settings.home / "worker").mkdir(parents=True, exist_ok=True)
+        settings.worker_state_dir.parent.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{bootstrap}",
             broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
             store=store or settings.store,
-            datadir=str(settings.home / "worker" / settings.app_id),
+            datadir=str(settings.worker_state_dir),
             processing_guarantee=settings.processing_guarantee,
             topic_partitions=parts,
             topic_replication_factor=settings.replication_factor,

@@ -135,9 +135,10 @@ def test_worker_state_volume_is_the_settings_home() -> None:
     home = config["LEADFLOW_HOME"]
     assert mounts["state"] == home
     assert "storage" in claims["state"]["spec"]["resources"]["requests"]
-    # The worker's RocksDB lives under home/worker/<app id> (pipeline/stream/app.py).
+    # The worker's RocksDB lives under home unless LEADFLOW_STATE_DIR moves it elsewhere.
+    assert "LEADFLOW_STATE_DIR" not in config
     settings = Settings(home=Path(home), app_id=config["LEADFLOW_APP_ID"])
-    assert Path(home) in (settings.home / "worker" / settings.app_id).parents
+    assert Path(home) in settings.worker_state_dir.parents
 
 
 def test_config_names_are_real_settings_and_secrets_are_not_in_the_configmap(
