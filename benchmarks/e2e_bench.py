@@ -51,12 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Poll, quantiles, throughput_span
 from traffic import generate, live_events
 
-from pipeline.devkafka.ports import free_port
+from pipeline.devkafka.ports import free_ports
 from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ("limit", "naive_faust", "quixstreams", "leadflow")
+SYSTEMS = ("limit", "naive_faust", "quixstreams", "leadflow", "leadflow_2w")
+#: leadflow as `leadflow worker` runs it: one process, or two on this machine (`--processes 2`).
+LEADFLOW_PROCESSES = {"leadflow": 1, "leadflow_2w": 2}
 SOURCES = ("web", "email", "product", "crm")
 INTERNAL = ("identity", "leads", "assign")
 #: Commit interval given to Faust and Quix Streams (seconds): the end of a throughput phase
@@ -266,8 +268,17 @@ def _status_mb(pid: int, field: str) -> float | None:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process (all its threads), None if it is gone."""
+def _children(pid: int) -> list[int]:
+    """The process's running children (of all its threads)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _one_cpu_s(pid: int) -> float | None:
     with contextlib.suppress(OSError, IndexError, ValueError):
         # The command name (field 2) may hold spaces: count fields after its ')'.
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -275,8 +286,19 @@ def _cpu_s(pid: int) -> float | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its running children (all threads), None
+    if it is gone: `leadflow worker --processes N` does its work in N children."""
+    own = _one_cpu_s(pid)
+    if own is None:
+        return None
+    return own + sum(_one_cpu_s(k) or 0.0 for k in _children(pid))
+
+
 def _peak_rss_mb(pid: int) -> float | None:
-    return _status_mb(pid, "VmHWM")
+    """Peak RSS of the process, or of its largest child when it has children (per worker)."""
+    kids = [r for r in (_status_mb(k, "VmHWM") for k in _children(pid)) if r is not None]
+    return max(kids) if kids else _status_mb(pid, "VmHWM")
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -398,14 +420,18 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
                "--commit-interval", str(COMMIT_INTERVAL_S)]
         env = dict(os.environ)
     else:
-        port = free_port()
+        n = LEADFLOW_PROCESSES[name]
+        port = free_ports(n)
         extras["web_port"] = port
-        env = leadflow_env(run, group, port, run.workdir / "home")
-        cmd = LEADFLOW_CMD
+        env = leadflow_env(run, group, port, run.workdir / "home" / name)
+        # No standby copies: two processes on one machine would each keep a copy of the
+        # other's tables on that same machine, through Faust's per-record recovery path.
+        env["LEADFLOW_STANDBY_REPLICAS"] = "0"
+        cmd = LEADFLOW_CMD + (["--processes", str(n)] if n > 1 else [])
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                             start_new_session=True)
     done_topics = list(run.inputs.values())
-    if name == "leadflow":
+    if name in LEADFLOW_PROCESSES:
         done_topics += [f"{group}-{t}" for t in INTERNAL]
     return proc, done_topics, extras, ""
 
@@ -432,7 +458,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         return res
     run.say(f"{name}: running (pid {proc.pid}, log {run.workdir / (name + '.log')})")
     # leadflow reads its inputs in a group of their own, `<app id>-ingest`.
-    groups = [group, f"{group}-ingest"] if name == "leadflow" else [group]
+    groups = [group, f"{group}-ingest"] if name in LEADFLOW_PROCESSES else [group]
     try:
         inputs = list(run.inputs.values())
         polls = await offsets.watch(groups, inputs, topics, run.max_s, proc)
@@ -472,7 +498,7 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         return res
     finally:
         _stop(proc)
-    if name == "leadflow":
+    if name in LEADFLOW_PROCESSES:
         lats = await _alert_latencies(run.bootstrap, f"{run.prefix}.routing.", t_lat)
         res.latency_events = len(lats)
         res.p50_ms, res.p99_ms = _p50_p99(lats)

@@ -14,17 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.live import Live
 
+from pipeline.demoview import LiveSummary, WorkerStatus
 from pipeline.devkafka.ports import port_free
 from pipeline.errors import BrokerError, ConfigError, LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.settings import Settings
 
 console = Console()
+#: How often piped output gets the summary line.
+SUMMARY_EVERY_S = 10.0
 
 
 class DemoError(LeadflowError):
@@ -107,31 +110,8 @@ def reset_demo(settings: Settings, say: Callable[[str], None]) -> list[Path]:
     return [path for path, _ in targets]
 
 
-def _describe(topic: str, data: dict[str, Any]) -> str:
-    scores = data.get("scores") or {}
-    total = scores.get("total")
-    score = f"score {total:g}" if isinstance(total, int | float) else ""
-    lead = data.get("lead_id", "?")
-    if "to_stage" in data:
-        cause = (data.get("cause") or {}).get("rule") or (data.get("cause") or {}).get(
-            "event_name"
-        )
-        status = data.get("status", "applied")
-        if status == "refused":
-            return (f"[yellow]refused[/] {lead}: {data.get('from_stage')} → {data.get('to_stage')}"
-                    f" ({data.get('reason')})")
-        return (f"[cyan]stage[/]  {lead}: {data.get('from_stage')} → [bold]{data.get('to_stage')}"
-                f"[/] {score} (cause: {cause})")
-    if "reason" in data and "source_topic" in data:
-        return f"[red]dead letter[/] from {data.get('source_topic')}: {data.get('reason')}"
-    kind = data.get("kind", "?")
-    reasons = ", ".join(str(r.get("rule")) for r in (data.get("top_reasons") or [])[:3])
-    return (f"[magenta]alert[/]  {topic}: {lead} {kind} {data.get('temperature', '')} "
-            f"{score} owner={data.get('owner')} ({reasons})")
-
-
 async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
-                counts: dict[str, int]) -> None:
+                counts: dict[str, int], view: LiveSummary, live: bool) -> None:
     from aiokafka import AIOKafkaConsumer
 
     t = settings.topics
@@ -151,9 +131,35 @@ async def _tail(bootstrap: str, settings: Settings, stop: asyncio.Event,
                         data = orjson.loads(rec.value or b"{}")
                     except orjson.JSONDecodeError:
                         continue
-                    console.print(_describe(tp.topic, data), highlight=False)
+                    if not isinstance(data, dict):
+                        continue
+                    line = view.feed(tp.topic, data)
+                    if line is not None and not live:
+                        console.print(line, highlight=False)
     finally:
         await consumer.stop()
+
+
+async def _worker_status(port: int) -> WorkerStatus:
+    """The demo worker's /readyz and events counter (unreachable while it starts)."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = f"http://127.0.0.1:{port}"
+    timeout = aiohttp.ClientTimeout(total=2)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            async with s.get(f"{base}/readyz") as r:
+                ready = orjson.loads(await r.read())
+            async with s.get(f"{base}/metrics") as r:
+                text = await r.text()
+    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
+        return WorkerStatus()
+    scored = sum(sample.value for fam in text_string_to_metric_families(text)
+                 for sample in fam.samples if sample.name == "leadflow_events_scored_total")
+    return WorkerStatus(reachable=True, ready=bool(ready.get("ready")),
+                        assigned_partitions=int(ready.get("assigned_partitions") or 0),
+                        recovering=bool(ready.get("recovering")), events_scored=scored)
 
 
 async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) -> None:
@@ -207,14 +213,22 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
                   f"/leads/{run.lead(7)} (this run's leads are user-{run.id_prefix}…)")
     counts: dict[str, int] = {}
     t = settings.topics
+    view = LiveSummary(t.stage_changes, t.deadletter, t.routing_prefix)
+    # On a terminal the summary is redrawn in place; piped, every notable event is a line
+    # and the summary a line every SUMMARY_EVERY_S.
+    live = Live(view.render(), console=console, refresh_per_second=2,
+                redirect_stdout=False) if console.is_terminal else None
     topics = {"web": t.web, "email": t.email, "product": t.product, "crm": t.crm}
-    tail = asyncio.create_task(_tail(bootstrap, settings, stop, counts))
+    tail = asyncio.create_task(_tail(bootstrap, settings, stop, counts, view, live is not None))
     sim = asyncio.create_task(
         simulate(bootstrap, topics, rate=rate, visitors=visitors, stop=stop, progress=False,
                  seed=run.seed, id_prefix=run.id_prefix, security=security)
     )
     announced = False
     failed: int | None = None
+    last_line = loop.time()
+    if live is not None:
+        live.start()
     try:
         while not stop.is_set():
             if worker.poll() is not None:
@@ -224,10 +238,18 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
                 console.print(f"simulator finished: {sim.result()} messages sent; "
                               "still watching (Ctrl-C to stop)")
                 announced = True
+            view.observe(await _worker_status(settings.web_port), loop.time())
+            if live is not None:
+                live.update(view.render())
+            elif loop.time() - last_line >= SUMMARY_EVERY_S:
+                console.print(view.line(), highlight=False)
+                last_line = loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         stop.set()
+        if live is not None:
+            live.stop()
         console.print("stopping…")
         for task in (sim, tail):
             task.cancel()
@@ -243,6 +265,7 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
             from pipeline.devkafka.local import stop_local_broker
 
             stop_local_broker(settings)
+        console.print(view.line(), highlight=False)
         console.print(f"stopped. messages seen per topic: {counts}")
     if failed is not None:
         raise DemoError(f"the worker exited with status {failed}; its log is {log_path}")

@@ -26,3 +26,12 @@ def port_free(port: int) -> bool:
                 return False
             raise
     return True
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (for `--processes n`)."""
+    for _ in range(100):
+        first = free_port()
+        if first + n - 1 <= 65535 and all(port_free(first + i) for i in range(1, n)):
+            return first
+    raise OSError(f"no {n} consecutive free ports found on {HOST}")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.devkafka.ports import free_port
+from pipeline.devkafka.ports import free_ports
 from tests.support.scenario import offline_moves, scenario
 from tests.support.workers import REPO, Isolated, consume, poll
 
@@ -29,19 +28,6 @@ def _known_from_the_start(user: str) -> list[tuple[str, dict[str, Any]]]:
     # partition: their order, and so the expected moves, do not depend on the stitch.
     return [(src, {**body, "userId": user}) for src, body in scenario(f"anon-{user}", user)
             if src == "web"]
-
-
-def _two_free_ports() -> int:
-    for _ in range(50):
-        base = free_port()
-        if base < 65535:
-            try:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + 1))
-                return base
-            except OSError:
-                continue
-    raise AssertionError("no two consecutive free ports")
 
 
 async def _ready(port: int) -> dict[str, Any] | None:
@@ -77,7 +63,7 @@ def _alive(pid: int) -> bool:
 async def test_two_processes_share_the_partitions_and_stop_together(
     isolated: Isolated, producer: AIOKafkaProducer, tmp_path: Path,
 ) -> None:
-    base = _two_free_ports()
+    base = free_ports(2)
     log = tmp_path / "processes.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
