@@ -168,8 +168,9 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
     from pipeline.simulator import run as simulate
     from pipeline.stream.worker import load_configured_rules
 
-    # aiokafka logs every retried produce while fresh topics elect leaders: noise here.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # aiokafka logs retried produces and offset fetches (NotLeaderForPartition) at ERROR while
+    # fresh topics elect leaders; the demo's clients retry them, and real failures raise.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # SIGHUP too: closing the terminal must not leave the worker and the broker running.

@@ -136,7 +136,7 @@ class LiveSummary:
         head = Text.from_markup(
             f"[bold]{self.state_line()}[/]   {self.events_per_s:,.0f} events/s scored, "
             f"{self.worker.events_scored:,.0f} in all")
-        stages = Table(title="leads by stage (moves seen)", title_justify="left")
+        stages = Table(title="leads by stage", title_justify="left")
         stages.add_column("stage")
         stages.add_column("leads", justify="right")
         for stage, n in self.leads_by_stage.most_common():
