@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from faust import web
@@ -13,6 +14,15 @@ from pipeline.stream.steps import team_queue
 
 if TYPE_CHECKING:
     from pipeline.stream.app import LeadflowApp
+
+
+def free_web_port(host: str) -> int:
+    """A port nothing listens on at ``host`` now: ``--web-port 0`` resolved before Faust
+    starts, which refuses port 0 and must advertise the real port to route lead requests."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def install(lf: LeadflowApp) -> None:

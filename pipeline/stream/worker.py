@@ -17,6 +17,7 @@ from pipeline.metrics.registry import Metrics
 from pipeline.settings import Settings
 from pipeline.stream.access import check_web_exposure
 from pipeline.stream.app import LeadflowApp
+from pipeline.stream.web import free_web_port
 
 
 def load_configured_rules(settings: Settings) -> CompiledRules:
@@ -34,6 +35,8 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
     Refuses (ConfigError) a lead API on a network interface without LEADFLOW_API_TOKEN.
     """
     check_web_exposure(settings)
+    if settings.web_port == 0:
+        settings = settings.model_copy(update={"web_port": free_web_port(settings.web_host)})
     rules = load_configured_rules(settings)
     return LeadflowApp(
         settings,
@@ -91,8 +94,9 @@ def run(settings: Settings, *, bootstrap: str | None = None, loglevel: str = "in
 
     async def announce_rules() -> None:  # a task: Faust has set logging up by then
         logging.getLogger(__name__).info(
-            "deciding with rules version %s (%s)", lf.rules.version,
-            settings.rules_file or "the shipped rules")
+            "deciding with rules version %s (%s); web views on %s:%d", lf.rules.version,
+            settings.rules_file or "the shipped rules", lf.settings.web_host,
+            lf.settings.web_port)
 
     lf.app.task(announce_rules)
 

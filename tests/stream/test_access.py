@@ -114,3 +114,15 @@ def test_the_advertised_address_names_this_worker_even_on_a_wildcard_bind() -> N
     # k8s sets the pod IP (deploy/k8s/worker-statefulset.yaml)
     assert advertised_host(Settings(web_host="0.0.0.0", api_token="t",
                                     web_advertised_host="10.1.2.3"), "box-1") == "10.1.2.3"
+
+
+def test_web_port_0_is_a_free_port_chosen_before_faust_starts(tmp_path: Path) -> None:
+    # Faust refuses port 0, and must advertise the real port to route lead requests.
+    import socket
+
+    lf = build(Settings(home=tmp_path, web_port=0), bootstrap="127.0.0.1:1")
+    port = lf.app.conf.web_port
+    assert port == lf.settings.web_port and 1024 <= port <= 65535
+    assert lf.app.conf.canonical_url.port == port
+    with socket.socket() as s:  # nothing holds it: the worker's web server can bind it
+        s.bind(("127.0.0.1", port))
