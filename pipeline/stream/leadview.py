@@ -9,7 +9,7 @@ from pipeline.core.breakdown import breakdown
 from pipeline.core.rules import CompiledRules
 from pipeline.core.state import LeadState
 from pipeline.stream import dedup
-from pipeline.stream.steps import rec_traits
+from pipeline.stream.stages.score import rec_traits
 
 
 def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules) -> dict[str, Any]:
