@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline.core.state import LeadState
 from pipeline.metrics.registry import Metrics
 from pipeline.settings import Topics
 from pipeline.stream.codec import pack
@@ -77,3 +78,51 @@ def envelopes(topic: str, keyed: Iterable[tuple[bytes, bytes]], partitions: int)
     for key, line in keyed:
         by_part.setdefault(partition_for(key, partitions), []).append(line)
     return [Send(topic, None, env, p) for p, lines in by_part.items() for env in pack(lines)]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The team and last alert of a lead, so that its acknowledgements find the team."""
+
+    team: str | None
+    alert_id: str | None
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any] | None) -> Route | None:
+        """The route of a stored lead record, without decoding its state."""
+        route = stored.get("route") if stored is not None else None
+        return cls(route.get("team"), route.get("alert_id")) if route else None
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRecord:
+    """A lead as the leads table keeps it: the core state, the dedup window beside it (so
+    both go in one changelog record) and its route.
+
+    Stored as `{"s": state, "seen": window, "route": {...}}` (`to_stored`). The window is
+    `stream.dedup`'s (messageId digests by event time); the state's own short dedup list
+    is stored empty, as the window has dropped every repeat before the core sees it.
+    """
+
+    state: LeadState
+    seen: Mapping[str, Any] | None
+    route: Route | None = None
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> LeadRecord:
+        return cls(LeadState.from_dict(stored["s"]), stored.get("seen"),
+                   Route.from_stored(stored))
+
+    def to_stored(self) -> dict[str, Any]:
+        state = self.state.to_dict()
+        state["seen"] = {}
+        out: dict[str, Any] = {"s": state}
+        if self.seen is not None:
+            out["seen"] = self.seen
+        if self.route is not None:
+            out["route"] = {"team": self.route.team, "alert_id": self.route.alert_id}
+        return out
+
+    def traits(self) -> Mapping[str, Any]:
+        """The latest traits (from identify calls), for routing: values without their times."""
+        return {k: v[0] for k, v in self.state.traits.items()}

@@ -5,7 +5,7 @@ alerts and acknowledgements to the assign topic, one lead table write per lead."
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, St
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import CompiledRules, first_trait
 from pipeline.core.stages import ACK_EVENTS, DECAYS_TO_RECYCLED
-from pipeline.core.state import LeadState, with_owner
+from pipeline.core.state import with_owner
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
 from pipeline.models.timefmt import iso_offset
@@ -32,7 +32,7 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.dedup import SeenWindow
 from pipeline.stream.produce import Send
-from pipeline.stream.stages.records import Destinations, envelopes
+from pipeline.stream.stages.records import Destinations, LeadRecord, Route, envelopes
 
 
 @dataclass(slots=True)
@@ -44,11 +44,14 @@ class ScoreResult:
     duplicates: int = 0
 
 
-# A lead record in the table: {"s": core LeadState as dict, "seen": the dedup window}.
-# The window (`stream.dedup`: messageId digests by event time, settings.dedup_retention_s)
-# is kept beside the state so that both are written in one changelog record. The state's
-# own short dedup list is stored empty: the window has already dropped every repeat before
-# the core sees it, and the list would be rewritten with the record on every batch.
+@dataclass(slots=True)
+class _Scored:
+    outputs: list[Any] = field(default_factory=list)
+    records: dict[str, LeadRecord] = field(default_factory=dict)  # the batch's writes
+    duplicates: int = 0
+
+
+#: Most messageIds a lead's dedup window keeps (settings.dedup_retention_s bounds it in time).
 SEEN_CAP = 5000
 
 
@@ -63,61 +66,66 @@ def score_batch(
 ) -> ScoreResult:
     """Run the core over a batch, per lead in arrival order; one table write per lead.
 
-    `ticks` maps a lead to a time (ms) to run `tick` at after its events: the decay
-    timer's request for time-driven moves of leads that send nothing. `owners` maps a lead
-    to the owner, team and alert the assign step chose: written to the lead's state.
+    `get` reads a stored lead record (`LeadRecord.to_stored` form). `ticks` maps a lead to
+    a time (ms) to run `tick` at after its events: the decay timer's request for
+    time-driven moves of leads that send nothing. `owners` maps a lead to the owner, team
+    and alert the assign step chose: written to the lead's state.
     """
+    res = _score(events, get, rules, dedup_retention_ms, ticks or {}, owners or {})
+    return ScoreResult(res.outputs, {k: r.to_stored() for k, r in res.records.items()},
+                       res.duplicates)
+
+
+def _score(
+    events: Sequence[Event],
+    get: Callable[[str], Mapping[str, Any] | None],
+    rules: CompiledRules,
+    dedup_retention_ms: int,
+    ticks: Mapping[str, int],
+    owners: Mapping[str, OwnerUpdate],
+) -> _Scored:
     by_lead: dict[str, list[Event]] = {}
     for e in events:
         by_lead.setdefault(e.lead_id, []).append(e)
-    out = ScoreResult()
-    for lead in ticks or {}:
+    out = _Scored()
+    for lead in ticks:
         by_lead.setdefault(lead, [])
     for lead, evs in by_lead.items():
         stored = get(lead)
-        tick_at = (ticks or {}).get(lead)
+        tick_at = ticks.get(lead)
         if not evs:  # a tick alone
             if stored is None or tick_at is None:
                 continue
-            before = LeadState.from_dict(stored["s"])
-            res = tick(before, tick_at, rules)
-            if res.outputs or res.state.hot != before.hot:  # a move, or a hot lead cooled
+            rec = LeadRecord.from_stored(stored)
+            res = tick(rec.state, tick_at, rules)
+            if res.outputs or res.state.hot != rec.state.hot:  # a move, or a hot lead cooled
                 out.outputs.extend(res.outputs)
-                out.writes[lead] = {**stored, "s": _stored_state(res.state)}
+                out.records[lead] = replace(rec, state=res.state)
             continue
-        window = SeenWindow(stored["seen"] if stored is not None else None,
+        known = LeadRecord.from_stored(stored) if stored is not None else None
+        window = SeenWindow(known.seen if known is not None else None,
                             retention_ms=dedup_retention_ms)
         fresh = [e for e in evs if window.add(e.message_id, e.timestamp_ms)]
         out.duplicates += len(evs) - len(fresh)
         if not fresh:
             continue
-        state = LeadState.from_dict(stored["s"]) if stored is not None else None
-        res = apply_batch(state, fresh, rules)
+        res = apply_batch(known.state if known is not None else None, fresh, rules)
         out.outputs.extend(res.outputs)
         if tick_at is not None:
             res = tick(res.state, tick_at, rules)
             out.outputs.extend(res.outputs)
-        write: dict[str, Any] = {
-            "s": _stored_state(res.state),
-            "seen": window.to_dict(cap=SEEN_CAP),
-        }
-        if stored is not None and stored.get("route"):
-            write["route"] = stored["route"]
-        out.writes[lead] = write
-    for lead, own in (owners or {}).items():
-        rec = out.writes.get(lead) or get(lead)
-        if rec is None:
-            continue  # an owner for a lead this table never held: nothing to attach it to
-        state = with_owner(LeadState.from_dict(rec["s"]), own.owner, own.team)
-        out.writes[lead] = {**rec, "s": _stored_state(state),
-                            "route": {"team": own.team, "alert_id": own.alert_id}}
+        out.records[lead] = LeadRecord(res.state, window.to_dict(cap=SEEN_CAP),
+                                       known.route if known is not None else None)
+    for lead, own in owners.items():
+        known = out.records.get(lead)
+        if known is None:
+            stored = get(lead)
+            if stored is None:
+                continue  # an owner for a lead this table never held: nothing to attach it to
+            known = LeadRecord.from_stored(stored)
+        out.records[lead] = LeadRecord(with_owner(known.state, own.owner, own.team),
+                                       known.seen, Route(own.team, own.alert_id))
     return out
-
-
-def _stored_state(state: LeadState) -> dict[str, Any]:
-    d = state.to_dict()
-    d["seen"] = {}
-    return d
 
 
 def _scores(total: float, by_group: Mapping[str, float]) -> dict[str, float]:
@@ -173,7 +181,7 @@ def plan(
     outputs: Sequence[object],
     traits_of: Mapping[str, Mapping[str, Any]],
     events: Sequence[Event],
-    routes: Mapping[str, Mapping[str, Any]],
+    routes: Mapping[str, Route],
     routing: RoutingRules,
     topics: Topics,
     *,
@@ -249,7 +257,7 @@ def plan(
             if route is None:
                 continue
             aid = e.properties.get("alert_id")
-            p.assign.append((str(route["team"]), {
+            p.assign.append((str(route.team), {
                 "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
                 else None, "at_ms": e.timestamp_ms, "event": e.name}))
     return p
@@ -257,7 +265,7 @@ def plan(
 
 def plan_scored(
     outputs: Sequence[object],
-    writes: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, LeadRecord],
     events: Sequence[Event],
     get: Callable[[str], Mapping[str, Any] | None],
     routing: RoutingRules,
@@ -270,28 +278,24 @@ def plan_scored(
 
     Only the few leads that are alerted, handed off or acknowledged are looked up: reading
     the traits of every written lead was a measurable cost per event (README). `get` reads
-    a lead the batch did not write.
+    a stored lead the batch did not write.
     """
     routed = {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
-    traits = {lead: rec_traits(writes[lead]) for lead in routed if lead in writes}
-    owners = {lead: writes[lead]["s"].get("owner") for lead in routed if lead in writes}
-    routes: dict[str, Mapping[str, Any]] = {}
+    traits = {lead: records[lead].traits() for lead in routed if lead in records}
+    owners = {lead: records[lead].state.owner for lead in routed if lead in records}
+    routes: dict[str, Route] = {}
     for lead in {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}:
-        rec = writes.get(lead) or get(lead)
-        if rec is not None and rec.get("route"):
-            routes[lead] = rec["route"]
+        rec = records.get(lead)
+        route = rec.route if rec is not None else Route.from_stored(get(lead))
+        if route is not None:
+            routes[lead] = route
     return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail,
                 owners_of=owners, rules_version=rules_version)
 
 
 def rec_traits(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A lead record's latest traits (from identify calls), for routing."""
-    traits = record.get("s", {}).get("traits")
-    if not isinstance(traits, Mapping):
-        return {}
-    # LeadState.to_dict keeps each trait as [value, event ms] (latest identify wins).
-    return {k: v[0] if isinstance(v, list | tuple) and len(v) == 2 else v
-            for k, v in traits.items()}
+    """A stored lead record's latest traits (from identify calls), for routing."""
+    return LeadRecord.from_stored(record).traits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,20 +342,21 @@ def score(
             ticks[line.lead_id] = line.at_ms
         else:
             events.append(line)
-    res = score_batch(events, get, rules, dedup_retention_ms=dedup_retention_ms,
-                      ticks=ticks, owners=owners)
-    p = plan_scored(res.outputs, res.writes, events, get, rules.routing, dest.topics,
+    res = _score(events, get, rules, dedup_retention_ms, ticks, owners)
+    records = res.records
+    p = plan_scored(res.outputs, records, events, get, rules.routing, dest.topics,
                     free_mail=rules.free_email, rules_version=dest.rules_version)
     sends = [Send(name, key, value, None) for name, key, value in p.sends]
     for team, cmd in p.assign:
         if cmd["op"] == "alert":
             cmd["routed_ms"] = routed_ms
             lead = cmd["alert"]["lead_id"]
-            if lead in res.writes:  # remember the route so acknowledgements find the team
-                res.writes[lead]["route"] = {"team": team, "alert_id": cmd["alert"]["alert_id"]}
+            if lead in records:  # remember the route so acknowledgements find the team
+                records[lead] = replace(records[lead],
+                                        route=Route(team, cmd["alert"]["alert_id"]))
         sends.append(Send(dest.assign, team.encode(), dumps(cmd), None))
-    return Scored(tuple(sends), res.writes, res.duplicates, tuple(p.moves),
-                  tuple(e.timestamp_ms for e in events))
+    return Scored(tuple(sends), {k: r.to_stored() for k, r in records.items()},
+                  res.duplicates, tuple(p.moves), tuple(e.timestamp_ms for e in events))
 
 
 # The stages a quiet lead can decay out of, as the stored records spell them.
@@ -364,10 +369,11 @@ def tick_due(record: bytes, now_ms: int, rules: CompiledRules) -> bool:
     if not may_hold(record, _DECAY_MARKS):
         return False
     decoded = orjson.loads(record)
-    if decoded is None or (decoded["s"]["stage"] not in DECAYS_TO_RECYCLED
-                           and not decoded["s"].get("hot")):
+    if decoded is None:
         return False
-    state = LeadState.from_dict(decoded["s"])
+    state = LeadRecord.from_stored(decoded).state
+    if state.stage not in DECAYS_TO_RECYCLED and not state.hot:
+        return False
     res = tick(state, now_ms, rules)
     return bool(res.outputs) or res.state.hot != state.hot
 

@@ -22,6 +22,7 @@ from pipeline.stream.dedup import SeenWindow
 from pipeline.stream.keys import partition_for
 from pipeline.stream.stages.assign import assign_batch
 from pipeline.stream.stages.ingest import ingest_batch
+from pipeline.stream.stages.records import LeadRecord, Route
 from pipeline.stream.stages.score import (
     plan,
     plan_scored,
@@ -154,15 +155,15 @@ def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
         return {"route": {"team": "sales", "alert_id": "x"}} if lead == "u1" else None
 
     p = plan_scored([], {}, [ack, page], get, RULES.routing, Topics(),
-                  free_mail=RULES.free_email)
+                    free_mail=RULES.free_email)
     assert asked == ["u1"]
     assert p.assign == [("sales", {"op": "ack", "lead_id": "u1", "alert_id": "x",
                                    "at_ms": t0, "event": "Alert Acknowledged"})]
     # A lead written in the batch is read from its write, not from the table.
     asked.clear()
-    p = plan_scored([], {"u1": {"route": {"team": "emea", "alert_id": "y"}}},
-                         [ack], get, RULES.routing, Topics(),
-                  free_mail=RULES.free_email)
+    written = LeadRecord(apply(None, ack, RULES).state, None, Route("emea", "y"))
+    p = plan_scored([], {"u1": written}, [ack], get, RULES.routing, Topics(),
+                    free_mail=RULES.free_email)
     assert asked == [] and p.assign[0][0] == "emea"
 
 
@@ -255,3 +256,18 @@ def test_the_decay_dry_run_agrees_with_ticking_every_stored_record() -> None:
     for s in sends:  # each request on the partition of its lead
         assert {partition_for(decode_leads_line(line, None).lead_id.encode(), 4)
                 for line in unpack(s.value)} == {s.partition}
+
+
+def test_a_lead_record_is_stored_in_the_shape_the_table_and_lead_api_read() -> None:
+    ident = Event("i1", "u1", "identify", 1000, user_id="u1",
+                  traits={"email": "a@b.com", "title": "CTO"})
+    [stored] = score_batch([ident], {}.get, RULES, dedup_retention_ms=10**9).writes.values()
+    assert set(stored) == {"s", "seen"}  # no route until an alert or an owner sets one
+    rec = LeadRecord.from_stored(orjson.loads(dumps(stored)))
+    assert rec.state == LeadState.from_dict(stored["s"])
+    assert rec.traits() == {"email": "a@b.com", "title": "CTO"}
+    routed = replace(rec, route=Route("sales", "a1"))
+    again = routed.to_stored()
+    assert again["route"] == {"team": "sales", "alert_id": "a1"}
+    assert again["s"]["seen"] == {}  # the window beside the state holds the ids
+    assert LeadRecord.from_stored(orjson.loads(dumps(again))) == routed
