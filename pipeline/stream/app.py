@@ -5,7 +5,7 @@
         --> <app>-assign (by team) --assign--> routing.<team>, routing.escalations
 
 Each agent takes a batch (`take_events`), runs a pure stage from `stream.stages` over it,
-sends what the step emits together with its table's changelog records (one per key per
+sends what the stage emits together with its table's changelog records (one per key per
 batch), waits for the broker's acks, and only then writes its store and lets Faust ack
 the batch. Outputs are therefore never behind the state: a crash can repeat an output
 (at least once, with stable ids) but cannot lose one, and replayed input is recognised by

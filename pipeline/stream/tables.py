@@ -47,7 +47,7 @@ class BatchTable:
         return ev
 
     def get(self, key: str) -> Any:
-        """Read a key of this batch (str key, as the pure steps use)."""
+        """Read a key of this batch (str key, as the stages use)."""
         k = key.encode()
         ev = self._event(k)
         # The store's raw bytes, decoded here: `table.get` asks the store twice (contains,
