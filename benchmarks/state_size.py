@@ -1,7 +1,7 @@
 """State size per lead, measured (not a test): RocksDB bytes on disk and changelog bytes.
 
 Builds the worker's tables for N leads with the same pure steps the worker runs
-(`pipeline.stream.steps`: ingest -> stitch -> score, batches of `BATCH_MAX` messages) over the
+(`pipeline.stream.stages`: ingest -> stitch -> score, batches of `BATCH_MAX` messages) over the
 benchmark traffic (`benchmarks/traffic.py`: every lead identified first, then a skewed
 page/e-mail/product/CRM mix), then stores the final tables the way faust-streaming does:
 

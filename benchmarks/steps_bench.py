@@ -1,6 +1,6 @@
 """The worker's per-batch work without Kafka (not a test): CPU time per stage per event.
 
-Runs the same pure steps the stream agents run (`pipeline/stream/steps.py`: ingest, stitch,
+Runs the same pure steps the stream agents run (`pipeline/stream/stages/`: ingest, stitch,
 score) over the end-to-end benchmark's generated Segment traffic (`traffic.py`), batch by
 batch as the worker cuts them, with tables held as encoded bytes in dicts, so each read
 decodes and each write encodes exactly as the worker's RocksDB store does. What it leaves
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ from traffic import generate
 
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Topics
-from pipeline.stream import emit
-from pipeline.stream.codec import decode_event, dumps, encode_event, pack, unpack
-from pipeline.stream.keys import partition_for
-from pipeline.stream.steps import RawMessage, ingest_batch, score_batch, stitch_batch
+from pipeline.stream.codec import decode_event, decode_leads_line, dumps, unpack
+from pipeline.stream.stages.ingest import ingest
+from pipeline.stream.stages.records import Destinations, RawMessage
+from pipeline.stream.stages.score import score
+from pipeline.stream.stages.stitch import stitch
 from pipeline.stream.worker import tune_gc
 
 PARTITIONS = 4
@@ -49,21 +50,13 @@ class Table:
         raw = self.data.get(key.encode())
         return None if raw is None else orjson.loads(raw)
 
-    def write(self, writes: dict[str, Any]) -> int:
+    def write(self, writes: Mapping[str, Any]) -> int:
         n = 0
         for key, value in writes.items():
             v = dumps(value)
             n += len(v)
             self.data[key.encode()] = v
         return n
-
-
-def _envelopes(keyed: list[tuple[bytes, bytes]]) -> list[list[bytes]]:
-    """(key, line) -> envelopes per partition, as `LeadflowApp._envelopes` cuts them."""
-    by_part: dict[int, list[bytes]] = {}
-    for key, line in keyed:
-        by_part.setdefault(partition_for(key, PARTITIONS), []).append(line)
-    return [unpack(env) for lines in by_part.values() for env in pack(lines)]
 
 
 def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
@@ -82,30 +75,28 @@ def run(events: int, leads: int, batch: int, seed: int) -> dict[str, Any]:
     counts = {"events": 0, "outputs": 0, "lead_writes": 0}
     clock: Callable[[], float] = time.process_time
 
+    dest = Destinations.of(topics, "bench", PARTITIONS, rules.version)
     for i in range(0, len(raw), batch):
         t = clock()
-        res = ingest_batch(raw[i:i + batch], sources, max_bytes=64 * 1024,
-                           max_future_skew_ms=3_600_000)
-        envs = _envelopes([(emit.identity_key_bytes(e), line)
-                           for e, line in zip(res.events, res.encoded, strict=True)])
+        ing = ingest(raw[i:i + batch], sources, dest, max_bytes=64 * 1024,
+                     max_future_skew_ms=3_600_000)
         cpu["ingest"] += clock() - t
-        counts["events"] += len(res.events)
+        counts["events"] += len(ing.events)
 
         t = clock()
-        decoded = [decode_event(line) for env in envs for line in env]
-        st = stitch_batch(decoded, identity.get)
+        items = [(decode_event(line), line) for s in ing.sends if s.topic == dest.identity
+                 for line in unpack(s.value)]
+        st = stitch(items, identity.get, dest, max_buffer=200)
         bytes_written["identity"] += identity.write(st.writes)
-        lines = _envelopes([(e.lead_id.encode(), encode_event(e)) for e in st.forward])
         cpu["stitch"] += clock() - t
 
         t = clock()
-        evs = [decode_event(line) for env in lines for line in env]
-        sc = score_batch(evs, lead_table.get, rules, dedup_retention_ms=7 * 86_400_000)
-        p = emit.plan_scored(sc.outputs, sc.writes, evs, lead_table.get, rules.routing, topics,
-                                 free_mail=rules.free_email)
+        lines = [decode_leads_line(line, None) for s in st.sends for line in unpack(s.value)]
+        sc = score(lines, lead_table.get, rules, dest, dedup_retention_ms=7 * 86_400_000,
+                   routed_ms=T0 + 3_600_000)
         bytes_written["leads"] += lead_table.write(sc.writes)
         cpu["score"] += clock() - t
-        counts["outputs"] += len(p.sends) + len(p.assign)
+        counts["outputs"] += len(sc.sends)
         counts["lead_writes"] += len(sc.writes)
 
     total = sum(cpu.values())

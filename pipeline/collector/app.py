@@ -134,7 +134,7 @@ class KafkaSender:
         from aiokafka.errors import KafkaError
 
         from pipeline.stream.keys import partition_for
-        from pipeline.stream.produce import send_records
+        from pipeline.stream.produce import Send, send_records
 
         try:
             p = await self._started()
@@ -143,7 +143,7 @@ class KafkaSender:
                 counts: dict[str, int] = {}
                 for topic in {t for t, _, _ in records}:
                     counts[topic] = len(await p.partitions_for(topic))
-                await send_records(p, [(t, k, v, partition_for(k, counts[t]))
+                await send_records(p, [Send(t, k, v, partition_for(k, counts[t]))
                                        for t, k, v in records])
 
             await asyncio.wait_for(send(), self.ack_timeout_s)

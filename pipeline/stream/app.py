@@ -4,14 +4,14 @@
         --stitch--> <app>-leads (by lead id) --score--> leads.stage-changes, routing.*
         --> <app>-assign (by team) --assign--> routing.<team>, routing.escalations
 
-Each agent takes a batch (`take_events`), runs a pure step from `stream.steps` over it,
-sends what the step emits together with its table's changelog records (one per key per
+Each agent takes a batch (`take_events`), runs a pure stage from `stream.stages` over it,
+sends what the stage emits together with its table's changelog records (one per key per
 batch), waits for the broker's acks, and only then writes its store and lets Faust ack
 the batch. Outputs are therefore never behind the state: a crash can repeat an output
 (at least once, with stable ids) but cannot lose one, and replayed input is recognised by
 messageId in the lead state. The identity and leads topics carry envelopes (many events
 in one record, see `codec.pack`) sent to the partition of their keys, so a key's state,
-its changelog records and its events share one partition (see `_BatchTable`).
+its changelog records and its events share one partition (see `tables.BatchTable`).
 """
 
 from __future__ import annotations
@@ -20,55 +20,33 @@ import asyncio
 import logging
 import socket
 import time
-import weakref
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import orjson
-from faust.streams import _current_event
 from faust.types import TP, EventT
-from rocksdict import WriteBatch
 
-from pipeline.core.engine import tick
 from pipeline.core.rules import CompiledRules
-from pipeline.core.stages import DECAYS_TO_RECYCLED
-from pipeline.core.state import LeadState
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.metrics.registry import Metrics
-from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.settings import Settings
-from pipeline.stream import emit, transactions
+from pipeline.stream import faust_adapter, transactions, web
 from pipeline.stream.access import advertised_host
 from pipeline.stream.clock import Clock
-from pipeline.stream.codec import (
-    OWNER_PREFIX,
-    TICK_PREFIX,
-    decode_event,
-    dumps,
-    encode_event,
-    owner_line,
-    pack,
-    tick_line,
-    unpack,
-)
+from pipeline.stream.codec import decode_event, decode_leads_line, unpack
 from pipeline.stream.inputs import InputConsumer
-from pipeline.stream.keys import partition_for
 from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from pipeline.stream.produce import Send, send_records
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.progress import describe as describe_recovery
-from pipeline.stream.steps import (
-    RawMessage,
-    Rejected,
-    assign_batch,
-    ingest_batch,
-    overdue,
-    score_batch,
-    stitch_batch,
-)
+from pipeline.stream.stages.assign import assign_stage, sla_ticks
+from pipeline.stream.stages.ingest import failed, identity_key_bytes, ingest
+from pipeline.stream.stages.records import Destinations, RawMessage, StageOutput
+from pipeline.stream.stages.score import score, tick_due, tick_requests
+from pipeline.stream.stages.stitch import stitch
+from pipeline.stream.tables import BatchTable
 
 Event = EventT[Any]
 log = logging.getLogger(__name__)
@@ -127,20 +105,6 @@ def _header_items(headers: Any) -> Iterable[tuple[Any, Any]]:
                 headers.items() if hasattr(headers, "items") else headers)
 
 
-# orjson writes `"stage":"mql"` with no spaces: a cheap test before decoding a record.
-HOT_MARK = b'"hot":true'
-DECAY_STAGE_MARKS = tuple(f'"stage":"{st}"'.encode() for st in sorted(DECAYS_TO_RECYCLED))
-
-
-def _raw_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
-    """A table's active keys and encoded values, lazily where the store allows it."""
-    store = table.data
-    if hasattr(store, "_iteritems"):  # RocksDB: iterators over the active partitions
-        yield from store._iteritems()
-    else:  # in memory (tests): a snapshot, as the agents may write meanwhile
-        yield from list(store.data.items())
-
-
 def _guarded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """A timer body whose exceptions are logged: in Faust one would stop the whole worker.
 
@@ -182,106 +146,6 @@ class _Refetched:
 
 #: How long reading a partition's skipped records may take before the seek fallback.
 REFETCH_TIMEOUT_S = 30.0
-
-
-async def _no_gap(tp: Any, offset_from: int, offset_to: int) -> None:
-    """Stands in for Faust's `Consumer._add_gap` (see `LeadflowApp._on_assigned`)."""
-
-
-class _BatchTable:
-    """One batch's view of a Faust table: reads through its store, writes coalesced.
-
-    Faust's stores (RocksDB in particular) take the partition of a read or write from the
-    current event, which exists only while iterating a stream one event at a time. In a
-    batch each key uses the partition of the record it arrived in: every record of the topics
-    that feed a table is on its keys' partition (keyed, or an envelope sent to
-    `partition_for` its keys). Writes bypass ``table[key] = value``, whose changelog
-    records Faust would send one by one through its buffer: `stage` turns a batch's
-    writes into changelog sends that go out with the batch's outputs, and `apply` writes
-    the store and the changelog offsets once the broker has acknowledged them all.
-    """
-
-    def __init__(self, table: Any, by_key: dict[bytes, Event]) -> None:
-        self.table = table
-        self.by_key = by_key
-        self.changelog = cast(str, table.changelog_topic.get_topic_name())
-        self._staged: list[tuple[bytes, bytes, Event]] = []
-        # RocksDB (rocksdict) is read and written straight through the partition's database:
-        # Faust's `_get`/`_set` around each call cost more than the read or write. Any other
-        # store goes through Faust, which takes the partition from the current event.
-        self._direct = bool(getattr(table.data, "use_rocksdict", False))
-
-    def _event(self, key: bytes) -> Event:
-        """The record `key` arrived in (its partition is the key's)."""
-        ev = self.by_key.get(key)
-        if ev is None:
-            raise KeyError(f"table key {key!r} is not the key of any message in the batch")
-        return ev
-
-    def get(self, key: str) -> Any:
-        """Read a key of this batch (str key, as the pure steps use)."""
-        k = key.encode()
-        ev = self._event(k)
-        # The store's raw bytes, decoded here: `table.get` asks the store twice (contains,
-        # then get) and decodes through Faust's serializer registry.
-        store = self.table.data
-        if self._direct:
-            raw = store._db_for_partition(ev.message.partition).get(k)
-        else:
-            _current_event.set(weakref.ref(ev))
-            raw = store._get(k)
-        return None if raw is None else orjson.loads(raw)
-
-    def stage(self, writes: dict[str, Any]) -> list[Send]:
-        """Changelog records for `writes` (one per key), to send with the batch's outputs."""
-        sends: list[Send] = []
-        for key, value in writes.items():
-            k = key.encode()
-            ev = self._event(k)
-            v = dumps(value)
-            self._staged.append((k, v, ev))
-            sends.append((self.changelog, k, v, ev.message.partition))
-        return sends
-
-    def apply(self, acked: Sequence[Any]) -> None:
-        """Write the staged values to the store, and remember the changelog offsets.
-
-        The offsets are what Faust's own changelog callback keeps: on recovery the store
-        reads its changelog only past them. Under exactly-once both wait for the batch's
-        transaction to commit (see `stream.transactions`).
-        """
-        txn = transactions.current()
-        if txn is not None:
-            # Persisted: the commit marker that follows our records (`transactions.MARKER`),
-            # else every restart waits in Faust's recovery for a record that never comes.
-            txn.after_commit(lambda: self._write(acked, past=transactions.MARKER))
-        else:
-            self._write(acked)
-
-    def _write(self, acked: Sequence[Any], past: int = 0) -> None:
-        store = self.table.data
-        if self._direct:
-            # One write batch per partition database (Faust's changelog recovery writes the
-            # same way), not a call per key.
-            batches: dict[int, Any] = {}
-            for k, v, ev in self._staged:
-                wb = batches.get(ev.message.partition)
-                if wb is None:
-                    wb = batches[ev.message.partition] = WriteBatch(raw_mode=True)
-                wb.put(k, v)
-            for partition, wb in batches.items():
-                store._db_for_partition(partition).write(wb)
-        else:
-            for k, v, ev in self._staged:
-                _current_event.set(weakref.ref(ev))
-                store._set(k, v)
-        self._staged.clear()
-        last: dict[int, int] = {}
-        for meta in acked:
-            if meta.topic == self.changelog:
-                last[meta.partition] = max(meta.offset, last.get(meta.partition, -1))
-        for partition, offset in last.items():
-            store.set_persisted_offset(TP(self.changelog, partition), offset + past)
 
 
 def rocksdb_options(settings: Settings) -> dict[str, Any]:
@@ -372,9 +236,11 @@ class LeadflowApp:
             f"{settings.app_id}-assign", partitions=parts, internal=True, **raw
         )
         self.owners = self.app.Table("owners", default=None, **table, **opts())
-        self.identity_topic_name = f"{settings.app_id}-identity"
-        self.leads_topic_name = f"{settings.app_id}-leads"
-        self.assign_topic_name = f"{settings.app_id}-assign"
+        #: Where the stages send (topics, internal topics, partitions, rules version).
+        self.dest = Destinations.of(t, settings.app_id, parts, rules.version)
+        self.identity_topic_name = self.dest.identity
+        self.leads_topic_name = self.dest.leads
+        self.assign_topic_name = self.dest.assign
         self.input_consumer: InputConsumer | None = None
         # Offsets of the Faust-read partitions, to notice records its consumer skipped.
         self._offsets = OffsetWatch()
@@ -398,8 +264,6 @@ class LeadflowApp:
         )
         self.app.timer(5.0, name=f"{settings.app_id}.metrics")(_guarded(self._metrics_timer))
         self.app.on_partitions_assigned.connect(self._on_assigned)
-        from pipeline.stream import web  # late: the views close over this object
-
         web.install(self)
 
     # -- helpers ---------------------------------------------------------------------
@@ -414,17 +278,19 @@ class LeadflowApp:
         if txn is not None:
             return await txn.send_all(sends)
         producer = await self.app.maybe_start_producer()
-        return await send_records(cast(Any, producer)._ensure_producer(), sends)
+        return await send_records(faust_adapter.kafka_producer(producer), sends)
 
-    def _envelopes(self, topic: str, keyed: Iterable[tuple[bytes, bytes]]) -> list[Send]:
-        """(key, line) pairs -> one envelope (or a few) per partition of `topic`."""
-        parts = self.settings.partitions
-        by_part: dict[int, list[bytes]] = {}
-        for key, line in keyed:
-            by_part.setdefault(partition_for(key, parts), []).append(line)
-        return [
-            (topic, None, env, p) for p, lines in by_part.items() for env in pack(lines)
-        ]
+    async def _commit(self, out: StageOutput, table: BatchTable | None = None) -> None:
+        """The commit sequence of every stage: send its records with its table's changelog
+        records, wait for the acks, write the store, count. The input offsets are committed
+        after this returns (by Faust's ack of the batch, or the input consumer)."""
+        sends = list(out.sends)
+        if table is not None:
+            sends += table.stage(out.writes)
+        acked = await self._send_all(sends)
+        if table is not None:
+            table.apply(acked)
+        out.observe(self.metrics, self.clock.now_s())
 
     # -- agents ----------------------------------------------------------------------
     async def _run_batches(
@@ -531,14 +397,8 @@ class LeadflowApp:
         consumer = cast(Any, self.app.consumer)
         assigned = consumer.assignment()
         for tp, offsets in refetched.items():
-            if tp not in assigned:
-                continue
-            committed = consumer._committed_offset[tp]
-            index, acked = consumer._acked_index[tp], consumer._acked[tp]
-            for offset in offsets:
-                if (committed is None or offset >= committed) and offset not in index:
-                    index.add(offset)
-                    acked.append(offset)
+            if tp in assigned:
+                faust_adapter.count_as_acked(consumer, tp, offsets)
 
     def _holes(self, events: Sequence[Event]) -> dict[tuple[str, int], int]:
         """Partitions whose offsets jumped in this batch -> the first offset skipped.
@@ -548,7 +408,7 @@ class LeadflowApp:
         """
         if self.settings.processing_guarantee != "at_least_once":
             return {}
-        done = cast(Any, self.app.consumer)._committed_offset  # TP keys; tuples match
+        done = faust_adapter.committed_offsets(self.app.consumer)  # TP keys; tuples match
         starts = self._starts
 
         def committed(tp: tuple[str, int]) -> int | None:
@@ -581,15 +441,7 @@ class LeadflowApp:
         await self.input_consumer.run()
 
     async def _dead_letter_failed(self, msgs: list[RawMessage], exc: BaseException) -> None:
-        detail = f"{type(exc).__name__}: {exc}"[:2000]
-        for _ in msgs:
-            self.metrics.dead_letter("internal")
-        await self._send_all(
-            (self.settings.topics.deadletter, m.key,
-             emit.dead_letter(Rejected(m, "internal", detail),
-                              rules_version=self.rules.version), None)
-            for m in msgs
-        )
+        await self._commit(failed(msgs, exc, self.dest))
 
     async def _ingest(self, stream: Any) -> None:
         await self._run_batches(stream, self._ingest_batch, self.tuning.batch_max)
@@ -598,169 +450,69 @@ class LeadflowApp:
         await self._ingest_messages([_raw(ev) for ev in events])
 
     async def _ingest_messages(self, msgs: list[RawMessage]) -> None:
-        res = ingest_batch(
-            msgs,
-            self.sources,
-            max_bytes=self.settings.max_message_bytes,
-            max_future_skew_ms=int(self.settings.max_future_skew_s * 1000),
-        )
-        sends: list[Send] = []
-        for rej in res.rejected:
-            self.metrics.dead_letter(rej.reason)
-            sends.append((self.settings.topics.deadletter, rej.message.key,
-                          emit.dead_letter(rej, rules_version=self.rules.version), None))
-        for (source, kind), n in Counter((e.source, e.type) for e in res.events).items():
-            self.metrics.event_in(source, kind, n)
-        sends += self._envelopes(
-            self.identity_topic_name,
-            ((emit.identity_key_bytes(e), line)
-             for e, line in zip(res.events, res.encoded, strict=True)),
-        )
-        await self._send_all(sends)
+        await self._commit(ingest(
+            msgs, self.sources, self.dest, max_bytes=self.settings.max_message_bytes,
+            max_future_skew_ms=int(self.settings.max_future_skew_s * 1000)))
 
     async def _stitch(self, stream: Any) -> None:
         await self._run_batches(stream, self._stitch_batch, self.tuning.envelopes_max)
 
     async def _stitch_batch(self, events: list[Event]) -> None:
-        decoded = []
+        items = []
         by_key: dict[bytes, Event] = {}
-        lines: dict[int, bytes] = {}  # id(event) -> its line, to forward unchanged events as is
         for ev in events:
             for line in unpack(_value(ev)):
                 e = decode_event(line)
-                decoded.append(e)
-                lines[id(e)] = line
-                by_key[emit.identity_key_bytes(e)] = ev
-        ident = _BatchTable(self.identity, by_key)
-        res = stitch_batch(decoded, ident.get, max_buffer=self.tuning.visitor_buffer)
-        sends = self._envelopes(
-            self.leads_topic_name,
-            ((e.lead_id.encode(), lines.get(id(e)) or encode_event(e)) for e in res.forward),
-        )
-        sends += ident.stage(res.writes)
-        ident.apply(await self._send_all(sends))
-        if res.overflowed:
-            self.metrics.visitor_overflow(res.overflowed)
+                items.append((e, line))
+                by_key[identity_key_bytes(e)] = ev
+        ident = BatchTable(self.identity, by_key)
+        await self._commit(stitch(items, ident.get, self.dest,
+                                  max_buffer=self.tuning.visitor_buffer), ident)
 
     async def _score(self, stream: Any) -> None:
         await self._run_batches(stream, self._score_batch, self.tuning.envelopes_max)
 
     async def _score_batch(self, events: list[Event]) -> None:
-        topics = self.settings.topics
-        decoded = []
-        ticks: dict[str, int] = {}
-        owners: dict[str, dict[str, Any]] = {}
+        lines = []
         by_key: dict[bytes, Event] = {}
         for ev in events:
-            for line in unpack(_value(ev)):
-                if line.startswith(OWNER_PREFIX):
-                    own = orjson.loads(line)
-                    owners[own["owner_of"]] = own
-                    by_key[own["owner_of"].encode()] = ev
-                elif line.startswith(TICK_PREFIX):
-                    req = orjson.loads(line)
-                    lead = req.get("l") or _key(ev).decode()  # keyed ticks of older versions
-                    ticks[lead] = int(req["tick"])
-                    by_key[lead.encode()] = ev
-                else:
-                    e = decode_event(line)
-                    decoded.append(e)
-                    by_key[e.lead_id.encode()] = ev
-        leads = _BatchTable(self.leads, by_key)
-        res = score_batch(
-            decoded,
-            leads.get,
-            self.rules,
+            for raw in unpack(_value(ev)):
+                line = decode_leads_line(raw, ev.message.key)
+                lines.append(line)
+                by_key[line.lead_id.encode()] = ev
+        leads = BatchTable(self.leads, by_key)
+        await self._commit(score(
+            lines, leads.get, self.rules, self.dest,
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
-            ticks=ticks,
-            owners=owners,
-        )
-        p = emit.plan_scored(res.outputs, res.writes, decoded, leads.get, self.rules.routing,
-                             topics, free_mail=self.rules.free_email,
-                             rules_version=self.rules.version)
-        sends: list[Send] = [(name, key, value, None) for name, key, value in p.sends]
-        routed_ms = self.clock.now_ms()
-        for team, cmd in p.assign:
-            if cmd["op"] == "alert":
-                cmd["routed_ms"] = routed_ms  # the SLA clock starts here (see assign_batch)
-            sends.append((self.assign_topic_name, team.encode(), dumps(cmd), None))
-            if cmd["op"] == "alert":  # remember the route so acks find the team
-                lead = cmd["alert"]["lead_id"]
-                if lead in res.writes:
-                    res.writes[lead]["route"] = {
-                        "team": team, "alert_id": cmd["alert"]["alert_id"]}
-        sends += leads.stage(res.writes)
-        leads.apply(await self._send_all(sends))
-        m = self.metrics
-        for _ in range(res.duplicates):
-            m.duplicate()
-        for frm, to, refused, cause, detail in p.moves:
-            m.stage_move(frm, to, refused=refused, cause=cause, detail=detail)
-        now = self.clock.now_s()
-        m.processed(*(now - e.timestamp_ms / 1000 for e in decoded))
+            routed_ms=self.clock.now_ms()), leads)
 
     async def _assign(self, stream: Any) -> None:
         await self._run_batches(stream, self._assign_batch, self.tuning.batch_max)
 
     async def _assign_batch(self, events: list[Event]) -> None:
-        topics = self.settings.topics
         cmds = [(_key(ev).decode(), orjson.loads(_value(ev))) for ev in events]
-        owners = _BatchTable(self.owners, {_key(ev): ev for ev in events})
-        res = assign_batch(cmds, owners.get, self.rules.routing)
-        now = self.clock.now_s()
-        sends: list[Send] = self._envelopes(self.leads_topic_name, (
-            (o.key.encode(), owner_line(o.key, o.body)) for o in res.emitted if o.role == "owner"))
-        for out in res.emitted:
-            if out.role == "owner":
-                continue
-            if out.role == "assignment":
-                sends.append((topics.assignments, out.key.encode(),
-                              LeadAssignment.model_validate(out.body).to_bytes(), None))
-                continue
-            name = topics.escalations if out.role == "escalations" else \
-                topics.routing(out.team)
-            if out.role == "team":
-                latency = now - int(out.body["triggered_ms"]) / 1000
-                self.metrics.alert(out.team, out.body["kind"], max(0.0, latency))
-            wire = Escalation if out.role == "escalations" else RoutingAlert
-            sends.append(
-                (name, out.key.encode(), wire.model_validate(out.body).to_bytes(), None)
-            )
-        sends += owners.stage(res.writes)
-        owners.apply(await self._send_all(sends))
-        for team, kind in res.breaches:
-            self.metrics.sla_breach(team, kind)
-        for team, _kind, seconds in res.speed_to_lead:
-            self.metrics.speed_to_lead(team, seconds)
+        owners = BatchTable(self.owners, {_key(ev): ev for ev in events})
+        await self._commit(assign_stage(cmds, owners.get, self.rules.routing, self.dest), owners)
 
     async def _decay_timer(self) -> None:
         """Time-driven moves (decay below the recycle line) for leads that send nothing.
 
-        A dry run of the pure `tick` over the local leads that can decay into recycled;
-        only leads that would move get a tick request on their own partition, so the
-        change happens in-stream like any other. The store is read lazily and records in
-        other stages are skipped before decoding: a million leads must not become a
-        million dicts every few minutes.
+        A dry run of the pure `tick` over the local leads (`score.tick_due`); only leads
+        that would move get a tick request on their own partition, so the change happens
+        in-stream like any other. The store is read lazily: a million leads must not become
+        a million dicts every few minutes.
         """
         now_ms = self.clock.now_ms()
-        due: list[tuple[bytes, bytes]] = []
+        due: list[bytes] = []
         n = 0
-        for n, (key, raw) in enumerate(_raw_items(self.leads), start=1):
+        for n, (key, raw) in enumerate(faust_adapter.raw_items(self.leads), start=1):
             if n % 1000 == 0:
                 await asyncio.sleep(0)  # a big table must not starve the agents
-            if HOT_MARK not in raw and not any(p in raw for p in DECAY_STAGE_MARKS):
-                continue
-            record = orjson.loads(raw)
-            if record is None or (record["s"]["stage"] not in DECAYS_TO_RECYCLED
-                                  and not record["s"].get("hot")):
-                continue
-            state = LeadState.from_dict(record["s"])
-            res = tick(state, now_ms, self.rules)
-            if res.outputs or res.state.hot != state.hot:  # recycled, or a hot lead cooled
-                due.append((key, tick_line(key.decode(), now_ms)))
+            if tick_due(raw, now_ms, self.rules):
+                due.append(key)
         self.metrics.set_table_keys("leads", n)
         if due:
-            await self._send_all(self._envelopes(self.leads_topic_name, due))
+            await self._send_all(tick_requests(due, now_ms, self.dest))
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.metrics.rebalance()
@@ -789,13 +541,13 @@ class LeadflowApp:
             # Faust counts an offset jump as done and commits past it (faust #606); with no
             # transactions on our topics a jump is a skipped record, so never commit past
             # one: the commit waits until `_holes` has had it read again.
-            consumer._add_gap = _no_gap
+            faust_adapter.never_commit_past_gaps(consumer)
 
     async def _metrics_timer(self) -> None:
         """Lag per input partition and table recovery progress, for /metrics."""
         app = self.app
         consumer = cast(Any, app.consumer)
-        committed = consumer._committed_offset  # Faust keeps no public view of it
+        committed = faust_adapter.committed_offsets(consumer)
         reported: set[tuple[str, int]] = set()
         for tp in consumer.assignment():
             if tp.topic.endswith("-changelog"):
@@ -829,13 +581,11 @@ class LeadflowApp:
 
     async def _sla_timer(self) -> None:
         """Ask the assign agent to escalate lapsed alerts: tables change only in-stream."""
-        now_ms = self.clock.now_ms()
         items = list(self.owners.items())
         self.metrics.set_table_keys("owners", len(items))
-        for team, record in items:
-            if record is not None and overdue(record, now_ms):
-                await self._send_all([(self.assign_topic_name, team,
-                                       dumps({"op": "tick", "now_ms": now_ms}), None)])
+        ticks = sla_ticks(items, self.clock.now_ms(), self.dest)
+        if ticks:
+            await self._send_all(ticks)
 
     def topics_to_create(self) -> Sequence[str]:
         """Every topic name this app writes to or reads from (for the topic bootstrap)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -120,11 +121,79 @@ OWNER_PREFIX = b'{"owner_of":'
 CONTROL_PREFIXES = (TICK_PREFIX, OWNER_PREFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerUpdate:
+    """The owner, team and alert the assign step chose for a lead, for the lead's state."""
+
+    lead_id: str
+    owner: str | None
+    team: str | None
+    alert_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TickRequest:
+    """A request to run the core's `tick` for a lead at `at_ms` (decay without events)."""
+
+    lead_id: str
+    at_ms: int
+
+
+def encode_owner(update: OwnerUpdate) -> bytes:
+    """An `OwnerUpdate` as a leads-topic line."""
+    return orjson.dumps({"owner_of": update.lead_id, "owner": update.owner,
+                         "team": update.team, "alert_id": update.alert_id})
+
+
+def encode_tick(request: TickRequest) -> bytes:
+    """A `TickRequest` as a leads-topic line."""
+    return orjson.dumps({"tick": request.at_ms, "l": request.lead_id})
+
+
 def owner_line(lead: str, owner: Mapping[str, Any]) -> bytes:
     """The owner, team and alert the assign step chose for `lead`, for the lead's state."""
-    return orjson.dumps({"owner_of": lead, **owner})
+    return encode_owner(OwnerUpdate(lead, owner.get("owner"), owner.get("team"),
+                                    owner.get("alert_id")))
 
 
 def tick_line(lead: str, at_ms: int) -> bytes:
     """A request to run the core's `tick` for `lead` at `at_ms` (decay without events)."""
-    return orjson.dumps({"tick": at_ms, "l": lead})
+    return encode_tick(TickRequest(lead, at_ms))
+
+
+LeadsLine = Event | OwnerUpdate | TickRequest
+
+
+def decode_leads_line(line: bytes, record_key: bytes | None) -> LeadsLine:
+    """One line of a leads-topic envelope; `record_key` names the lead of a keyed tick
+    (the form older versions sent)."""
+    if line.startswith(OWNER_PREFIX):
+        own = orjson.loads(line)
+        return OwnerUpdate(own["owner_of"], own.get("owner"), own.get("team"),
+                           own.get("alert_id"))
+    if line.startswith(TICK_PREFIX):
+        req = orjson.loads(line)
+        lead = req.get("l")
+        if not lead:
+            if record_key is None:
+                raise ValueError("a tick request with no lead and no record key")
+            lead = record_key.decode()
+        return TickRequest(lead, int(req["tick"]))
+    return decode_event(line)
+
+
+# The decay timer scans every stored lead record; decoding each would cost more than the
+# scan. These test the bytes `dumps` writes for a lead state (orjson: no spaces), so the
+# layout they rely on is the one this module produces.
+_HOT_MARK = b'"hot":true'
+
+
+def stage_marks(stages: Iterable[str]) -> tuple[bytes, ...]:
+    """Byte patterns of `"stage":"<st>"` as `dumps` writes them, for `may_hold`."""
+    return tuple(f'"stage":"{st}"'.encode() for st in sorted(stages))
+
+
+def may_hold(raw: bytes, marks: tuple[bytes, ...]) -> bool:
+    """Whether an encoded lead record may be hot or in one of the stages of `marks`
+    (False only when it certainly is not; decode to be sure)."""
+    return _HOT_MARK in raw or any(m in raw for m in marks)

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from pipeline.stream.steps import RawMessage
+from pipeline.stream.stages.records import RawMessage
 
 log = logging.getLogger(__name__)
 

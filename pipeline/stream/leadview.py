@@ -7,17 +7,16 @@ from typing import Any
 
 from pipeline.core.breakdown import breakdown
 from pipeline.core.rules import CompiledRules
-from pipeline.core.state import LeadState
 from pipeline.stream import dedup
-from pipeline.stream.steps import rec_traits
+from pipeline.stream.stages.records import LeadRecord
 
 
 def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules) -> dict[str, Any]:
     """Stage, scores by group, breakdown, last events, owner and routing of one lead."""
-    state = LeadState.from_dict(record["s"])
+    rec = LeadRecord.from_stored(record)
+    state = rec.state
     bd = breakdown(state, rules)
-    route = record.get("route") or {}
-    traits = rec_traits(record)
+    traits = rec.traits()
     return {
         "lead_id": lead_id,
         "stage": bd["stage"],
@@ -27,12 +26,12 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "breakdown": {"top_rules": bd["top_rules"], "fit": bd["fit"],
                       "top_reasons": bd["top_reasons"]},
         "last_events": bd["recent_events"],
-        "team": state.team or route.get("team"),
-        "last_alert_id": route.get("alert_id"),
+        "team": state.team or (rec.route.team if rec.route else None),
+        "last_alert_id": rec.route.alert_id if rec.route else None,
         "owner": state.owner,
         "rejection": state.rejection,
         "traits": {k: traits[k] for k in ("title", "company", "country", "industry",
                                           "employees") if k in traits},
-        "events_seen": dedup.count(record.get("seen")),
+        "events_seen": dedup.count(rec.seen),
         "rules_version": rules.version,
     }

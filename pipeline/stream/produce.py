@@ -10,9 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-Send = tuple[str, bytes | None, bytes, int | None]  # topic, key, value, partition
+
+class Send(NamedTuple):
+    """One record to produce; `partition` None leaves it to the producer's partitioner."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None
 
 
 @dataclass(frozen=True, slots=True)

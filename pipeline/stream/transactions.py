@@ -67,6 +67,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, EventT
 
+from pipeline.stream import faust_adapter
 from pipeline.stream.produce import Send, send_records
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class ExactlyOnce(TransactionManager):
         # Faust's driver builds it with the app's settings and credentials (acks=all,
         # idempotence); `start` sends InitProducerId, which fences and aborts.
         producer = cast(AIOKafkaProducer,
-                        cast(Any, self.producer)._new_producer(transactional_id=tid))
+                        faust_adapter.new_transactional_producer(self.producer, tid))
         await producer.start()
         self._locks.setdefault(tid, asyncio.Lock())
         return producer
@@ -299,7 +300,7 @@ class _ConsumerThread(AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> dict[TP, int]:
         # Faust's version returns `last_stable_offset`, unknown (None) for a partition not
         # fetched yet; `end_offsets` asks the broker, at the consumer's isolation level.
-        consumer = self._ensure_consumer()
+        consumer = faust_adapter.aiokafka_consumer(self)
         ends = await consumer.end_offsets(list(partitions))
         return {TP(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
 
@@ -321,7 +322,7 @@ class _Consumer(AIOKafkaConsumer):
         again or not at all (see the module docstring).
         """
         tps = set(tps)
-        changelogs = cast(Any, self.app.tables)._changelogs
+        changelogs = faust_adapter.changelog_topics(self.app.tables)
         streams = {tp for tp in tps if tp.topic not in changelogs}
         if streams:
             self._held = (self._held or set()) | streams

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
+import faust
 from faust import web
 from faust.exceptions import SameNode
 
+from pipeline.core.rules import CompiledRules
+from pipeline.metrics.registry import Metrics
+from pipeline.settings import Settings
+from pipeline.stream import faust_adapter
 from pipeline.stream.access import authorized
 from pipeline.stream.leadview import lead_document
-from pipeline.stream.steps import team_queue
-
-if TYPE_CHECKING:
-    from pipeline.stream.app import LeadflowApp
+from pipeline.stream.progress import RecoveryProgress
+from pipeline.stream.stages.assign import team_queue
 
 
 def free_web_port(host: str) -> int:
@@ -25,7 +28,25 @@ def free_web_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def install(lf: LeadflowApp) -> None:
+class Served(Protocol):
+    """What the views read of the worker (`app.LeadflowApp` is one)."""
+
+    settings: Settings
+    rules: CompiledRules
+    metrics: Metrics
+    recovery_progress: RecoveryProgress
+
+    @property
+    def app(self) -> faust.App: ...
+
+    @property
+    def leads(self) -> Any: ...
+
+    @property
+    def owners(self) -> Any: ...
+
+
+def install(lf: Served) -> None:
     """Register the views on the app's web server."""
     app = lf.app
     leads = lf.leads
@@ -47,7 +68,7 @@ def install(lf: LeadflowApp) -> None:
         # producer's metadata of the changelog topic, which it only has once it has
         # written to it: fetch it first so that a fresh worker routes correctly.
         changelog = table.changelog_topic.get_topic_name()
-        await cast(Any, app.producer)._ensure_producer().partitions_for(changelog)
+        await faust_adapter.kafka_producer(app.producer).partitions_for(changelog)
         try:
             return await app.router.route_req(table.name, key, server, request)
         except SameNode:
@@ -108,7 +129,7 @@ def install(lf: LeadflowApp) -> None:
             return self.bytes(body, headers={"Content-Type": content_type})
 
 
-def readiness(lf: LeadflowApp) -> dict[str, Any]:
+def readiness(lf: Served) -> dict[str, Any]:
     """Whether the worker is ready to serve: assigned, not rebalancing, not recovering."""
     app = lf.app
     recovery = cast(Any, app.tables).recovery

@@ -1,0 +1,45 @@
+"""The internal topics' codec: events and the score stage's typed control lines."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.core.event import Event
+from pipeline.stream.codec import (
+    CONTROL_PREFIXES,
+    OwnerUpdate,
+    TickRequest,
+    decode_leads_line,
+    encode_event,
+    encode_owner,
+    encode_tick,
+    may_hold,
+    stage_marks,
+)
+
+
+def test_every_leads_line_decodes_to_its_typed_record() -> None:
+    e = Event("m1", "u1", "page", 1000, url="https://x.com", user_id="u1")
+    own = OwnerUpdate("u1", "r1", "sales", "a1")
+    req = TickRequest("u1", 5000)
+    assert decode_leads_line(encode_event(e), None) == e
+    assert decode_leads_line(encode_owner(own), None) == own
+    assert decode_leads_line(encode_tick(req), None) == req
+    assert encode_owner(own).startswith(CONTROL_PREFIXES)
+    assert encode_tick(req).startswith(CONTROL_PREFIXES)
+    assert not encode_event(e).startswith(CONTROL_PREFIXES)
+
+
+def test_a_keyed_tick_of_an_older_version_names_its_lead_by_the_record_key() -> None:
+    line = orjson.dumps({"tick": 7})
+    assert decode_leads_line(line, b"u9") == TickRequest("u9", 7)
+    with pytest.raises(ValueError, match="no lead and no record key"):
+        decode_leads_line(line, None)
+
+
+def test_the_decay_prefilter_only_rules_out_records_that_cannot_match() -> None:
+    marks = stage_marks({"mql", "sql"})
+    assert may_hold(orjson.dumps({"s": {"stage": "mql", "hot": False}}), marks)
+    assert may_hold(orjson.dumps({"s": {"stage": "lead", "hot": True}}), marks)
+    assert not may_hold(orjson.dumps({"s": {"stage": "lead", "hot": False}}), marks)
