@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.support.scenario import T0, offline_moves, scenario, ts
-from tests.support.workers import Isolated, WorkerProcess, consume
+from tests.support.workers import Isolated, WorkerProcess, consume, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -159,8 +159,9 @@ async def test_decay_timer_recycles_a_quiet_mql_without_new_events(
     assert ("u-e", "lead", "recycled") not in moves
     recycled = [d for _, _, d in got if d["to_stage"] == "recycled"]
     assert len(recycled) == 1 and recycled[0]["cause"]["rule"] == "decay", recycled
-    _, doc = await worker.get("/leads/u-d")
-    assert doc["stage"] == "recycled"
+    # The move is sent before the lead's table write (send, ack, write, commit): wait for it.
+    await poll(lambda: worker.get("/leads/u-d"),
+               lambda r: r[0] == 200 and r[1]["stage"] == "recycled", timeout=30)
     # marketing hears of it on the recycle routing topic
     back = await consume(iso.bootstrap, [t.recycle], until=lambda out: len(out) >= 1,
                          timeout=30)
