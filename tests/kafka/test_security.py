@@ -431,7 +431,7 @@ async def test_ae_principal_reads_only_its_team_topic(secured: Secured) -> None:
 @pytest.mark.slow
 async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path: Path) -> None:
     from tests.support.scenario import offline_moves, scenario
-    from tests.support.workers import Isolated, WorkerProcess
+    from tests.support.workers import Isolated, WorkerProcess, poll
 
     # SCRAM-SHA-512 from the environment only, as an operator would configure the worker.
     iso = Isolated(secured.bootstrap, tmp_path / "home", partitions=2,
@@ -478,8 +478,9 @@ async def test_worker_scores_and_routes_over_sasl_ssl(secured: Secured, tmp_path
         assert decoded and {d["lead_id"] for d in decoded} == {"u-sec"}, worker.tail()
         assert demo in {d["alert_id"] for d in decoded}, decoded
         assert {d["kind"] for d in decoded} <= {"instant", "hot_score"}, decoded
-        status, doc = await worker.get("/leads/u-sec")
-        assert status == 200 and doc["events_seen"] == len(msgs), doc
+        # The alerts are sent before the lead's table write: wait for the write.
+        await poll(lambda: worker.get("/leads/u-sec"),
+                   lambda r: r[0] == 200 and r[1]["events_seen"] == len(msgs), timeout=30)
     finally:
         code = worker.stop()
     assert code == 0, worker.tail()

@@ -69,9 +69,9 @@ async def test_scenario_stage_changes_and_alert_reach_plain_consumers(
     assert alerts, worker.tail()
     assert alerts[0][2]["lead_id"] == "u-1"
 
-    status, doc = await worker.get("/leads/u-1")
-    assert status == 200
-    assert doc["stage"] == "opportunity"
+    # The moves are sent before the lead's table write: wait for the write.
+    await poll(lambda: worker.get("/leads/u-1"),
+               lambda r: r[0] == 200 and r[1]["stage"] == "opportunity", timeout=30)
     status, _ = await worker.get("/leads/nobody")
     assert status == 404
 
