@@ -28,7 +28,8 @@ Left out on purpose, so tests generate traces that avoid them:
 - What is not a core decision: identity stitching, owners, teams, SLAs, business-hours
   calendars, the breakdown, refusal messages and reasons, rounded display totals.
 A late event older than the last `MAX_CAP_WINDOWS` windows a capped rule scored in scores 0
-for it (documented: its window's total is no longer known): that is modelled.
+for it (documented: its window's total is no longer known), and a counted rule counts a
+late event only with its last `MAX_COUNT_TIMES` event times: both are modelled.
 
 Where the documents leave a choice open, the model takes the engine's: a decay-timer tick
 that changes no score, stage or hot flag leaves the lead untouched, the time its scores are
@@ -56,7 +57,7 @@ from pipeline.core.rules import (
     TraitCondition,
     Trigger,
 )
-from pipeline.core.state import MAX_CAP_WINDOWS
+from pipeline.core.state import MAX_CAP_WINDOWS, MAX_COUNT_TIMES
 
 # -- what the model reports ----------------------------------------------------------------
 
@@ -488,9 +489,11 @@ class ReferenceModel:
         if r.count is not None:
             if r.id in ld.counted:
                 return 0.0
-            times = sorted([*ld.count_times.get(r.id, []), t])
-            ld.count_times[r.id] = times
             n, within = r.count.at_least, r.count.within
+            history = ld.count_times.setdefault(r.id, [])
+            # the newest times remembered (documented bound), and this one
+            times = sorted([*sorted(history)[-max(MAX_COUNT_TIMES, n - 1):], t])
+            history.append(t)
             if not any(times[i + n - 1] - times[i] <= within
                        for i in range(len(times) - n + 1)):
                 return 0.0
