@@ -1,13 +1,15 @@
 """A second, independent model of what the scoring core decides, for tests to compare against.
 
 Written from the documented semantics (README "The rules file", the shipped rules file's
-comments, docs/product, the rules models' docstrings in `pipeline/core/rules.py`, the move
-table documented in `pipeline/core/stages.py`), not from the engine: it imports nothing from
-`pipeline.core.engine`, the `pipeline.core.stages` helpers or `pipeline.core.breakdown`, and
-it reads the rules from the validated rules model (`CompiledRules.model`), matching events
-and testing traits itself rather than through the compiled predicates and match cache.
+comments, the product description, the rules models' docstrings in `pipeline/core/rules.py`,
+the move table documented in `pipeline/core/stages.py`), not from the engine: it imports
+nothing from `pipeline.core.engine`, the `pipeline.core.stages` helpers or
+`pipeline.core.breakdown`, and it reads the rules from the validated rules model
+(`CompiledRules.model`), matching events and testing traits itself rather than through the
+compiled predicates and match cache.
 It is written for clarity, not speed: every event checks every rule and every line, and
-history is kept whole (every cap window, every counted event time) instead of bounded.
+history is kept whole (every cap window, every counted event time), the documented bounds
+applied where it is read.
 
 Covered, per lead and per event in arrival order: dedup by message id; decay on inactivity
 (half-life or points per period, from event time, for the decaying groups, late events' own
