@@ -15,7 +15,9 @@ Order and idempotence:
   has its own points decayed as if the lead had been idle since it; that is exact when no
   other event lies between, an approximation otherwise. An event older than the last
   `MAX_CAP_WINDOWS` windows of a capped rule scores 0 for that rule (its window's total
-  is no longer known, and a cap must never be exceeded).
+  is no longer known, and a cap must never be exceeded). A counted rule remembers its last
+  `MAX_COUNT_TIMES` event times (at least `at_least - 1`), so a late event is counted with
+  any of those, as it would have been in time order.
 - Stage moves, alerts and routing decisions happen when an event arrives, so they depend
   on arrival order (a late event may cross a line at its arrival, not at its time).
 """
@@ -57,7 +59,14 @@ from pipeline.core.stages import (
     TRIGGER,
     decide,
 )
-from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState, make_state
+from pipeline.core.state import (
+    MAX_CAP_WINDOWS,
+    MAX_COUNT_TIMES,
+    MAX_RECENT,
+    MAX_SEEN,
+    LeadState,
+    make_state,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,13 +351,13 @@ def _award(w: _Work, cr: CompiledEventRule, t: int, late: bool, d: CompiledDecay
         if rid in w.achieved:
             return 0.0
         ts = sorted((*w.counts.get(rid, ()), t))
-        hi = ts[-1] - cr.count_within_ms
-        ts = [x for x in ts if x >= hi]
         if _count_reached(ts, cr.count_at_least, cr.count_within_ms):
             w.counts.pop(rid, None)
             w.achieved = w.achieved | {rid}
         else:
-            w.counts[rid] = tuple(ts)
+            # keep old times too, not only those within the window of the newest: a late
+            # event may fall between them
+            w.counts[rid] = tuple(ts[-max(MAX_COUNT_TIMES, cr.count_at_least - 1):])
             return 0.0
     elif cr.cap_points:
         win = t // cr.cap_window_ms

@@ -1,9 +1,10 @@
 """A lead's state between events: frozen, bounded, and JSON-friendly for the Faust table.
 
 Memory is bounded per lead whatever its activity: cap windows keep the last
-`MAX_CAP_WINDOWS` windows per rule, counted product rules keep only the timestamps that
-their window still needs, dedup keeps the last `MAX_SEEN` message ids, the breakdown keeps
-one entry per rule (rules are finite) and the last `MAX_RECENT` scoring events.
+`MAX_CAP_WINDOWS` windows per rule, counted product rules keep their last `MAX_COUNT_TIMES`
+event times (more if the rule counts more), dedup keeps the last `MAX_SEEN` message ids,
+the breakdown keeps one entry per rule (rules are finite) and the last `MAX_RECENT`
+scoring events.
 
 The mapping fields hold plain dicts for speed; treat them as read-only (the engine copies
 before it writes, so a LeadState is never changed after it is made).
@@ -19,6 +20,9 @@ from typing import Any
 MAX_SEEN = 64
 MAX_RECENT = 10
 MAX_CAP_WINDOWS = 8
+# Event times a counted rule remembers: a late event is counted with these, not only with
+# those inside the window of the newest.
+MAX_COUNT_TIMES = 16
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -33,7 +37,7 @@ class LeadState:
 
     Scores per group are as of `score_ms` (event time up to which decay was applied).
     `caps` is rule id -> ((window index, |points| awarded in that window), ...), oldest
-    first; `counts` is counted rule id -> event times still inside the rule's window;
+    first; `counts` is counted rule id -> its last event times, oldest first;
     `achieved` the counted rules already awarded. `contributions` is rule id ->
     (points, count, last message id, last event ms); `recent` the last scoring events as
     (rule id, message id, points, event ms). `traits` is trait -> (value, event ms): the

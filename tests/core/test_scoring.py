@@ -12,7 +12,7 @@ from pipeline.core.engine import apply, apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.outputs import AlertTrigger, RoutingDecision, StageMove
 from pipeline.core.rules import CompiledRules, parse_rules
-from pipeline.core.state import MAX_CAP_WINDOWS, MAX_SEEN, LeadState
+from pipeline.core.state import MAX_CAP_WINDOWS, MAX_COUNT_TIMES, MAX_SEEN, LeadState
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01, a Thursday; window boundaries are epoch-aligned
@@ -133,11 +133,35 @@ def test_product_count_over_window() -> None:
     spread = [ev(name="Invite Sent", t=T0 + i * 10 * DAY) for i in range(3)]
     s = run(PROD, spread)
     assert s.product == 0  # never three within 14 days
-    assert s.counts["invites"] == (T0 + 10 * DAY, T0 + 20 * DAY)
+    # all three kept: a late event between them may still complete a count
+    assert s.counts["invites"] == (T0, T0 + 10 * DAY, T0 + 20 * DAY)
     s = apply(s, ev(name="Invite Sent", t=T0 + 21 * DAY), PROD).state
     assert s.product == 25 and "invites" in s.achieved and "invites" not in s.counts
     s = apply(s, ev(name="Invite Sent", t=T0 + 22 * DAY), PROD).state
     assert s.product == 25  # awarded once
+
+
+def test_product_count_of_late_events() -> None:
+    # Invites on days 0 and 20, then late ones on days 5 and 10: days 0, 5 and 10 lie within
+    # 14 days of each other, so the day-10 invite completes the count (25), as in time
+    # order. Remembering only the times within 14 days of the newest (day 20) had dropped
+    # day 0 and day 5, and the count never completed.
+    arrival = [ev(name="Invite Sent", t=T0 + d * DAY, mid=f"i{d}") for d in (0, 20, 5, 10)]
+    s = run(PROD, arrival[:3])
+    assert s.product == 0 and s.counts["invites"] == (T0, T0 + 5 * DAY, T0 + 20 * DAY)
+    s = apply(s, arrival[3], PROD).state
+    assert s.product == 25 and "invites" in s.achieved
+    assert run(PROD, sorted(arrival, key=lambda e: e.timestamp_ms)).product == 25
+
+
+def test_product_count_remembers_a_bounded_number_of_times() -> None:
+    # One invite every 15 days never makes three within 14; only the last MAX_COUNT_TIMES
+    # times are kept, so a late pair next to the first (forgotten) invite stays unpaired.
+    spread = [ev(name="Invite Sent", t=T0 + i * 15 * DAY) for i in range(MAX_COUNT_TIMES + 1)]
+    s = run(PROD, spread)
+    assert s.counts["invites"] == tuple(T0 + i * 15 * DAY for i in range(1, MAX_COUNT_TIMES + 1))
+    s = run(PROD, [*spread, ev(name="Invite Sent", t=T0 + 1), ev(name="Invite Sent", t=T0 + 2)])
+    assert s.product == 0 and len(s.counts["invites"]) == MAX_COUNT_TIMES
 
 
 def test_pql_threshold_moves_and_alerts() -> None:

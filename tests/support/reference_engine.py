@@ -4,8 +4,10 @@
 into one hot loop over local variables. This file is the same per-event order written
 straightforwardly (`_step`), on the engine's own helpers for the rare paths (stage moves,
 alerts, trait merges, caps and counts, idle checks, the threshold checks), so that
-tests/core/test_engine_reference.py checks exactly the rewrite of the hot loop. What those
-helpers decide is checked by hand-derived cases in the other tests of tests/core.
+tests/core/test_engine_reference.py checks exactly the rewrite of the hot loop (a bug in a
+helper passes there). What those helpers decide is checked by hand-derived cases in the
+other tests of tests/core, and against the independent model of
+tests/support/reference_model.py in tests/core/test_reference_model.py.
 """
 
 from __future__ import annotations
