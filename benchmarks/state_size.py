@@ -35,7 +35,10 @@ from benchmarks.traffic import generate
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Settings
 from pipeline.stream.app import BATCH_MAX
-from pipeline.stream.steps import RawMessage, ingest_batch, score_batch, stitch_batch
+from pipeline.stream.stages.ingest import ingest_batch
+from pipeline.stream.stages.records import RawMessage
+from pipeline.stream.stages.score import score_batch
+from pipeline.stream.stages.stitch import stitch_batch
 
 PRODUCER_BATCH_BYTES = 16384  # aiokafka's max_batch_size, which Faust's producer keeps
 DAY_MS = 86_400_000

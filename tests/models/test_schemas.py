@@ -140,7 +140,7 @@ def test_routing_alerts_validate() -> None:
 
 
 def test_escalation_validates_with_the_stream_shape() -> None:
-    # The dict the assign step builds (pipeline/stream/steps.py) goes through the model.
+    # The dict the assign stage builds (pipeline/stream/stages/assign.py) goes through the model.
     esc = Escalation(
         alert_id="a-1", lead_id="u-42", team="enterprise", kind="instant", from_owner="rep-ana",
         to_owner="rep-bo", sla_seconds=300, triggered_at="2024-05-06T12:00:00.000+00:00",

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.stream.inputs import InputConsumer
-from pipeline.stream.steps import RawMessage
+from pipeline.stream.stages.records import RawMessage
 from tests.conftest import NewTopic as NewTopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

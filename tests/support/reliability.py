@@ -105,7 +105,7 @@ def _stitched(msgs: list[Message]) -> list[tuple[str, Any]]:
 
 
 def _handoff_id(o: RoutingDecision) -> str:
-    # The id `stream.emit.plan` gives a nurture/recycle hand-off.
+    # The id `stream.stages.score.plan` gives a nurture/recycle hand-off.
     return f"{o.lead_id}:{o.route}:{o.message_id or o.at_ms}"
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.calendar import closed_until, sla_due
 from pipeline.core.routing import RoutingRules, Team, TeamState, assign
-from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.models.timefmt import iso_offset
 from pipeline.stream.codec import OwnerUpdate, dumps, encode_owner
 from pipeline.stream.produce import Send
 from pipeline.stream.stages.records import Destinations, envelopes
+
+if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web server
+    from pipeline.metrics.registry import Metrics
 
 # -- assignment: one record per team on the <app>-assign topic --------------------------
 #

@@ -6,16 +6,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipeline import deadletters
 from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
 from pipeline.errors import InvalidEvent
-from pipeline.metrics.registry import Metrics
 from pipeline.models.events import parse_message
 from pipeline.stream.codec import encode_event
 from pipeline.stream.produce import Send
 from pipeline.stream.stages.records import Destinations, RawMessage, Rejected, envelopes
+
+if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web server
+    from pipeline.metrics.registry import Metrics
 
 
 @dataclass(slots=True)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.core.state import LeadState
-from pipeline.metrics.registry import Metrics
 from pipeline.settings import Topics
 from pipeline.stream.codec import pack
 from pipeline.stream.keys import partition_for
 from pipeline.stream.produce import Send
+
+if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web server
+    from pipeline.metrics.registry import Metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,7 +17,6 @@ from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import CompiledRules, first_trait
 from pipeline.core.stages import ACK_EVENTS, DECAYS_TO_RECYCLED
 from pipeline.core.state import with_owner
-from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
 from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
@@ -33,6 +32,9 @@ from pipeline.stream.codec import (
 from pipeline.stream.dedup import SeenWindow
 from pipeline.stream.produce import Send
 from pipeline.stream.stages.records import Destinations, LeadRecord, Route, envelopes
+
+if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web server
+    from pipeline.metrics.registry import Metrics
 
 
 @dataclass(slots=True)

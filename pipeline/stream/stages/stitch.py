@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.event import Event
 from pipeline.core.identity import (
@@ -15,10 +15,12 @@ from pipeline.core.identity import (
     record_to_dict,
     stitch_many,
 )
-from pipeline.metrics.registry import Metrics
 from pipeline.stream.codec import encode_event, event_from_dict, event_to_dict
 from pipeline.stream.produce import Send
 from pipeline.stream.stages.records import Destinations, envelopes
+
+if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web server
+    from pipeline.metrics.registry import Metrics
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.core.routing import Rep, RoutingRules, Team
-from pipeline.stream.steps import assign_batch
+from pipeline.stream.stages.assign import assign_batch
 
 
 def ms(text: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.routing import RoutingRules
-from pipeline.stream.steps import assign_batch, overdue, team_queue
+from pipeline.stream.stages.assign import assign_batch, overdue, team_queue
 
 ROUTING = RoutingRules.model_validate({
     "sla": {"instant": "5m", "hot_score": "1h"},
