@@ -9,7 +9,7 @@ import orjson
 import typer
 
 from pipeline.cli.errors import fail
-from pipeline.core.rules import CompiledRules, load_default_rules, load_rules
+from pipeline.core.rules import CompiledRules, load_default_rules, load_rules, parse_rules
 from pipeline.errors import LeadflowError, RulesError
 
 rules_app = typer.Typer(help="Validate scoring rules files.", no_args_is_help=True)
@@ -19,10 +19,15 @@ def _load(path: Path | None) -> CompiledRules:
     try:
         return load_rules(path) if path is not None else load_default_rules()
     except RulesError as exc:
-        *first, last = exc.problems  # every problem in the file, so one edit fixes them all
-        for problem in first:
-            typer.echo(f"error: {problem}", err=True)
-        raise fail(last) from None
+        raise _problems(exc) from None
+
+
+def _problems(exc: RulesError) -> typer.Exit:
+    """Every problem in the file, one line each, so one edit fixes them all."""
+    *first, last = exc.problems
+    for problem in first:
+        typer.echo(f"error: {problem}", err=True)
+    return fail(last)
 
 
 @rules_app.command("check")
@@ -38,6 +43,59 @@ def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) ->
                f"pql {th['pql']:g}")
     typer.echo(f"  triggers: {', '.join(s['triggers']) or 'none'}")
     typer.echo(f"  decay: {s['decay'] or 'none'}; alert cooldown {s['cooldown_ms'] // 60000} min")
+
+
+@rules_app.command("publish")
+def publish(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) -> None:
+    """Validate a rules file and publish it to the rules topic; every worker switches to it.
+
+    Refused (exit 1, nothing published): a file `rules check` refuses, every problem shown;
+    a revision below the published one, or the published revision with other rules.
+    """
+    import asyncio
+
+    from pipeline import published_rules as pr
+    from pipeline.cli.bootstrap import command_bootstrap
+    from pipeline.kafka.security import KafkaSecurity
+    from pipeline.kafka.topics import ensure_topics, topic_specs
+    from pipeline.settings import Settings
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{file}: cannot read rules file: {exc}") from None
+    rules = _parsed(text, str(file))
+    settings = Settings()
+    topic = settings.topics.rules
+    security = KafkaSecurity.from_settings(settings)
+
+    async def go() -> str:
+        bootstrap = command_bootstrap(settings)
+        # The rules topic, and the routing topics of teams these rules may add.
+        await ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()),
+                            security=security)
+        current = pr.latest(await pr.read_topic(bootstrap, topic, security=security))
+        if not pr.check_publish(rules, current):
+            return (f"{file}: rules version {rules.version} (revision "
+                    f"{rules.model.revision}) is already the published one; nothing to do")
+        offset = await pr.produce(bootstrap, topic, pr.message(rules, text, file.name),
+                                  security=security)
+        was = (f" (was {current.rules.version}, revision {current.revision})"
+               if current is not None else "")
+        return (f"{file}: published rules version {rules.version} (revision "
+                f"{rules.model.revision}) to {topic} at offset {offset}{was}")
+
+    try:
+        typer.echo(asyncio.run(go()))
+    except LeadflowError as exc:
+        raise fail(exc) from None
+
+
+def _parsed(text: str, source: str) -> CompiledRules:
+    try:
+        return parse_rules(text, source)
+    except RulesError as exc:
+        raise _problems(exc) from None
 
 
 def backtest_cmd(

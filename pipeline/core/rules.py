@@ -327,6 +327,9 @@ class RulesFile(_Model):
     """The whole rules file (top level). New sections are added here as optional fields."""
 
     version: Literal[1] = 1
+    #: Orders published rules (`leadflow rules publish` refuses one below the topic's):
+    #: the content hash in `rules_version` says which rules, not which came later.
+    revision: int = Field(default=0, ge=0)
     description: str = ""
     groups: Groups = Groups()
     thresholds: Thresholds
