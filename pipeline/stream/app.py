@@ -60,6 +60,7 @@ from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from pipeline.stream.produce import Send, send_records
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.progress import describe as describe_recovery
+from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.steps import (
     RawMessage,
     Rejected,
@@ -309,7 +310,9 @@ class LeadflowApp:
         store: str | None = None,
     ) -> None:
         self.settings = settings
-        self.rules = rules
+        self.rules = rules  # the batch's: set from the feed as each batch starts
+        self.rules_feed = RulesFeed(rules, origin=str(settings.rules_file or "the shipped rules"),
+                                    topic=settings.topics.rules, metrics=metrics)
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.tuning = tuning or Tuning()
@@ -398,6 +401,7 @@ class LeadflowApp:
         )
         self.app.timer(5.0, name=f"{settings.app_id}.metrics")(_guarded(self._metrics_timer))
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.task(self._follow_rules)
         from pipeline.stream import web  # late: the views close over this object
 
         web.install(self)
@@ -426,6 +430,10 @@ class LeadflowApp:
             (topic, None, env, p) for p, lines in by_part.items() for env in pack(lines)
         ]
 
+    async def _follow_rules(self) -> None:
+        await self.rules_feed.run(
+            self.bootstrap, KafkaSecurity.from_settings(self.settings).client_kwargs())
+
     # -- agents ----------------------------------------------------------------------
     async def _run_batches(
         self, stream: Any, handle: Callable[[list[Event]], Awaitable[None]], batch_max: int
@@ -436,7 +444,9 @@ class LeadflowApp:
         escape: the batch's messages are dead-lettered with the error (nothing lost
         silently) and the agent goes on with the next batch.
         """
+        await self.rules_feed.wait_caught_up()
         async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
+            self.rules = self.rules_feed.current()  # one rules version per batch
             if self.settings.processing_guarantee == "exactly_once":
                 # One transaction per source partition group, dead letters included.
                 await transactions.manager(self.app).run(
@@ -568,6 +578,7 @@ class LeadflowApp:
 
     async def _read_inputs(self) -> None:
         """The input topics through a plain consumer (see `stream.inputs`)."""
+        await self.rules_feed.wait_caught_up()
         self.input_consumer = InputConsumer(
             bootstrap=self.bootstrap,
             topics=list(self.sources),
@@ -598,6 +609,7 @@ class LeadflowApp:
         await self._ingest_messages([_raw(ev) for ev in events])
 
     async def _ingest_messages(self, msgs: list[RawMessage]) -> None:
+        self.rules = self.rules_feed.current()
         res = ingest_batch(
             msgs,
             self.sources,

@@ -111,6 +111,8 @@ def readiness(lf: LeadflowApp) -> dict[str, Any]:
         "recovering": recovering,
         "rebalancing": rebalancing,
         "rules_version": lf.rules.version,
+        # the rules in use, where from, and the last published version ignored (why)
+        "rules": lf.rules_feed.status(),
         # records left per table and partition while recovering, with a rate and time left
         "recovery": lf.recovery_progress.snapshot(),
     }

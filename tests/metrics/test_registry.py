@@ -54,6 +54,20 @@ def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
     assert val(reg, "leadflow_rules_info", version="1-0123456789ab") == 1
 
 
+def test_rules_switch_keeps_one_info_series_and_counts_ignored_rules(
+        m: Metrics, reg: CollectorRegistry) -> None:
+    assert val(reg, "leadflow_rules_load_failures_total", reason="invalid") == 0
+    m.set_rules("1-bbbbbbbbbbbb")
+    assert val(reg, "leadflow_rules_info", version="1-bbbbbbbbbbbb") == 1
+    assert val(reg, "leadflow_rules_info", version="1-0123456789ab") is None
+    m.rules_load_failed("invalid")
+    m.rules_load_failed("behind")
+    m.rules_load_failed("nonsense")
+    assert val(reg, "leadflow_rules_load_failures_total", reason="invalid") == 1
+    assert val(reg, "leadflow_rules_load_failures_total", reason="behind") == 1
+    assert val(reg, "leadflow_rules_load_failures_total", reason="other") == 1
+
+
 def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> None:
     for _ in range(3):
         m.stage_move("lead", "mql")
