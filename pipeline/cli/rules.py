@@ -91,6 +91,85 @@ def publish(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) 
         raise fail(exc) from None
 
 
+@rules_app.command("tune")
+def tune(
+    events: Annotated[Path | None, typer.Argument(
+        help="JSONL file of Segment messages (or --from-kafka).")] = None,
+    rules: Annotated[Path | None, typer.Option(
+        "--rules", help="Rules file (default: the shipped rules).")] = None,
+    team: Annotated[str | None, typer.Option(
+        "--team", help="Fit this team only (default: every team).")] = None,
+    capacity: Annotated[int | None, typer.Option(
+        "--capacity", help="Alerts per working day instead of the reps' daily_cap sum.")
+    ] = None,
+    from_kafka: Annotated[bool, typer.Option(
+        "--from-kafka", help="Read the retained input topics instead of a file.")] = False,
+    since: Annotated[str, typer.Option(
+        "--since", help="With --from-kafka: records since this ISO time or age (30d, 12h).")
+    ] = "30d",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for programs.")] = False,
+) -> None:
+    """Propose hot and MQL lines whose alerts over past events fit the teams' capacity."""
+    import dataclasses
+
+    from pipeline.backtest import load_events
+    from pipeline.tune import TuneError, propose
+
+    r = _load(rules)
+    if from_kafka:
+        if events is not None:
+            raise fail("give a JSONL file or --from-kafka, not both")
+        try:
+            loaded, _ = _from_kafka(since, progress=not as_json)
+        except LeadflowError as exc:
+            raise fail(exc) from None
+    else:
+        if events is None:
+            raise fail("give a JSONL file of Segment messages, or --from-kafka")
+        if not events.is_file():
+            raise fail(f"{events}: no such file")
+        loaded = load_events(events)
+    try:
+        p = propose(loaded.events, r, team=team, per_day=capacity)
+    except TuneError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(orjson.dumps(dataclasses.asdict(p), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _render_tune(p)
+
+
+def _render_tune(p: Any) -> None:
+    now, new = p.now, p.proposed
+    echo = typer.echo
+    echo(f"events from {p.first_day} to {p.last_day}")
+    for c in p.capacities:
+        echo(f"team {c.team}: capacity {c.total} alerts over {c.working_days} working day(s) "
+             f"of {c.days} ({c.per_working_day}); now {now.alerts.get(c.team, 0)}"
+             + (f", proposed {new.alerts.get(c.team, 0)}" if new is not None else ""))
+    for name, why in p.unfitted.items():
+        echo(f"team {name}: not fitted ({why.removeprefix(f'team {name!r}: ')})")
+    echo(f"now: hot {now.lines.hot:g}, mql {now.lines.mql:g}")
+    if new is None:
+        floor = ", ".join(f"{t} {n}" for t, n in p.floor.items())
+        echo("no hot line fits: the alerts no score line holds back (instant triggers and "
+             f"PQL) exceed the capacity even at the highest line ({floor}); raise the "
+             "capacity (daily_cap, more reps) or narrow the triggers")
+        raise typer.Exit(2)
+    if new.lines == now.lines:
+        echo("the current lines fit: nothing to change")
+    else:
+        echo(f"proposed: hot {new.lines.hot:g}, mql {new.lines.mql:g} (set thresholds.hot and "
+             "thresholds.mql, raise revision, then leadflow rules publish)")
+    echo("funnel, now -> proposed:")
+    echo(f"  leads moved to mql: {now.mql_moves} -> {new.mql_moves}")
+    for kind in ("instant", "hot_score", "pql"):
+        echo(f"  {kind} alerts: {now.alerts_by_kind.get(kind, 0)} -> "
+             f"{new.alerts_by_kind.get(kind, 0)}")
+    for st in sorted(set(now.stages) | set(new.stages)):
+        echo(f"  leads now in {st}: {now.stages.get(st, 0)} -> {new.stages.get(st, 0)}")
+
+
 def _parsed(text: str, source: str) -> CompiledRules:
     try:
         return parse_rules(text, source)

@@ -966,7 +966,7 @@ def _requirements(model: RulesFile) -> list[tuple[tuple[int | str, ...], Require
     return out
 
 
-def _fit_ceiling(model: RulesFile) -> float:
+def fit_ceiling(model: RulesFile) -> float:
     """The most a lead's fit can add to the total: weighted, capped, all positive rules."""
     top = float(sum(f.points for f in model.fit if f.points > 0))
     g = model.groups.fit
@@ -997,7 +997,7 @@ def _check_consistency(source: str, doc: Any, model: RulesFile) -> list[str]:
                     problem((*loc, "traits", j, "trait"),
                             f"unknown trait {path!r}: neither a Segment spec trait nor "
                             "read by a fit or negative rule (a misspelling?)")
-    fit = _fit_ceiling(model)
+    fit = fit_ceiling(model)
     th = model.thresholds
     if fit >= th.cooling_line():
         problem(("groups", "fit"),
