@@ -71,9 +71,11 @@ def publish(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) 
 
     async def go() -> str:
         bootstrap = command_bootstrap(settings)
-        # The rules topic, and the routing topics of teams these rules may add.
-        await ensure_topics(bootstrap, topic_specs(settings, teams=rules.teams()),
-                            security=security)
+        # The rules topic, and the routing topics of teams these rules may add: only
+        # those, so the publishing principal needs no access to the worker's topics.
+        mine = {topic, *(settings.topics.routing(team) for team in rules.teams())}
+        await ensure_topics(bootstrap, [spec for spec in topic_specs(settings, rules.teams())
+                                        if spec.name in mine], security=security)
         current = pr.latest(await pr.read_topic(bootstrap, topic, security=security))
         if not pr.check_publish(rules, current):
             return (f"{file}: rules version {rules.version} (revision "
