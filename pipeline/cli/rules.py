@@ -36,7 +36,7 @@ def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) ->
     r = _load(file)
     s = r.summary()
     th = s["thresholds"]
-    typer.echo(f"{file}: ok, rules version {r.version}")
+    typer.echo(f"{file}: ok, rules version {r.version}, revision {r.model.revision}")
     typer.echo(f"  rules: engagement {s['engagement']}, fit {s['fit']}, product {s['product']}, "
                f"negative {s['negative']}")
     typer.echo(f"  thresholds: mql {th['mql']:g}, hot {th['hot']:g}, recycle {th['recycle']:g}, "
