@@ -146,3 +146,47 @@ async def test_rules_published_under_traffic_switch_without_restart_and_lose_not
     assert not v.wrong_stage, v.wrong_stage[:5]
     assert not v.lost and not v.unexpected and v.duplicated == 0, (v.lost[:5], v.unexpected[:5])
     assert not v.alerts_lost and not v.alerts_unexpected and v.alerts_duplicated == 0
+
+
+async def test_fit_follows_published_rules_on_the_next_event_and_engagement_stays(
+    kafka_bootstrap: str, producer: AIOKafkaProducer,
+    worker_factory: Callable[..., WorkerProcess], tmp_path: Path,
+) -> None:
+    """A lead's fit 15 (senior title) becomes 25 under rules that give the title 25, on
+    its next event and not before; its engagement keeps what it earned."""
+    # the reliability tests' clock and timers: no decay tick between the two looks
+    isolated = await make_isolated(kafka_bootstrap, tmp_path / "home")
+    w = worker_factory(isolated)
+    await w.wait_ready()
+    web = isolated.settings.topics.web
+    v0 = load_default_rules().version
+
+    async def send(mid: str, body: dict[str, Any]) -> None:
+        msg = {"messageId": mid, "userId": "u-fit", "timestamp": "2026-01-05T10:00:00Z", **body}
+        await producer.send_and_wait(web, orjson.dumps(msg), key=b"u-fit")
+
+    async def doc(seen: int) -> dict[str, Any]:
+        async def get() -> Any:
+            return (await w.get("/leads/u-fit"))[1]
+        return dict(await poll(get, lambda d: bool(d) and d.get("events_seen") == seen, 60))
+
+    await send("f1", {"type": "identify", "traits": {"title": "VP Sales"}})
+    await send("f2", {"type": "page", "properties": {"url": "https://x.example/pricing"}})
+    before = await doc(2)
+    assert (before["scores"]["fit"], before["fit_rules_version"]) == (15, v0)
+
+    new_text = revised(1).replace("    points: 15\n", "    points: 25\n", 1)
+    new = parse_rules(new_text)
+    assert [r.points for r in new.traits if r.id == "senior_title"] == [25]
+    path = tmp_path / "fit.yaml"
+    path.write_text(new_text)
+    code, out = await publish(isolated, path)
+    assert code == 0, out
+    await poll(lambda: readyz(w), lambda s: s.get("rules", {}).get("version") == new.version, 60)
+    untouched = await doc(2)
+    assert (untouched["scores"]["fit"], untouched["fit_rules_version"]) == (15, v0)
+
+    await send("f3", {"type": "track", "event": "Email Opened"})
+    after = await doc(3)
+    assert (after["scores"]["fit"], after["fit_rules_version"]) == (25, new.version)
+    assert after["scores"]["engagement"] >= before["scores"]["engagement"] > 0
