@@ -327,13 +327,20 @@ class Metrics:
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
 
-    def set_rules(self, version: str) -> None:
-        """The worker decides with other rules now: one `leadflow_rules_info` series."""
+    def set_rules(self, version: str, teams: Iterable[str] = ()) -> None:
+        """The worker decides with other rules now: one `leadflow_rules_info` series, and
+        the teams those rules add become label values (at 0) instead of "other"."""
         if self._rules_version and self._rules_version != version:
             with contextlib.suppress(KeyError):
                 self.rules_info.remove(self._rules_version)
         self._rules_version = version
         self.rules_info.labels(version=version).set(1)
+        if self._teams is not None:
+            for team in set(teams) - self._teams:
+                for kind in ALERT_KINDS:
+                    self.alerts.labels(team=team, kind=kind)
+                    self.sla_breaches.labels(team=team, kind=kind)
+            self._teams = self._teams | frozenset(teams)
 
     def rules_load_failed(self, reason: str) -> None:
         """Published rules were ignored (`RULES_LOAD_FAILURES`)."""

@@ -76,7 +76,7 @@ class RulesFeed:
                     cur.version, cur.model.revision, self._origin)
         self._rules, self._origin = record.rules, at
         if self._metrics is not None:
-            self._metrics.set_rules(record.rules.version)
+            self._metrics.set_rules(record.rules.version, record.rules.teams())
         return True
 
     def _ignore(self, reason: str, at: str, revision: int | None, problems: list[str]) -> None:
