@@ -190,3 +190,24 @@ async def test_fit_follows_published_rules_on_the_next_event_and_engagement_stay
     after = await doc(3)
     assert (after["scores"]["fit"], after["fit_rules_version"]) == (25, new.version)
     assert after["scores"]["engagement"] >= before["scores"]["engagement"] > 0
+
+
+async def test_a_worker_started_after_a_publish_runs_the_published_rules_from_its_first_event(
+    kafka_bootstrap: str, producer: AIOKafkaProducer,
+    worker_factory: Callable[..., WorkerProcess], tmp_path: Path,
+) -> None:
+    iso = await make_isolated(kafka_bootstrap, tmp_path / "home")
+    path = tmp_path / "rules-1.yaml"
+    path.write_text(revised(1))
+    v1 = parse_rules(revised(1)).version
+    code, out = await publish(iso, path)
+    assert code == 0, out
+    msgs = messages(60, SEED)
+    await produce(producer, iso, msgs)  # waiting on the topic before the worker starts
+    w = worker_factory(iso)
+    await w.wait_ready()
+    await settled(w, events_per_lead(msgs))
+    rules = (await readyz(w))["rules"]
+    assert (rules["version"], rules["origin"]) == (v1, f"{iso.settings.topics.rules}[0]@0")
+    recs = await read_all(iso.bootstrap, [iso.settings.topics.stage_changes])
+    assert recs and {orjson.loads(r.value)["rules_version"] for r in recs} == {v1}
