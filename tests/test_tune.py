@@ -129,6 +129,9 @@ def test_cli_says_plainly_when_no_line_fits_and_names_bad_input(tmp_path: Path) 
                                     events])
     assert none.exit_code == 2
     assert "no hot line fits: the alerts no score line holds back" in none.output
+    js = CliRunner().invoke(app, ["rules", "tune", "--team", "enterprise", "--capacity", "0",
+                                  "--json", events])
+    assert js.exit_code == 2 and orjson.loads(js.stdout)["proposed"] is None
     bad = CliRunner().invoke(app, ["rules", "tune", "--team", "nope", events])
     assert bad.exit_code == 1
     assert "error: no team 'nope' in the rules" in bad.output

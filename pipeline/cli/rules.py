@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -11,6 +11,10 @@ import typer
 from pipeline.cli.errors import fail
 from pipeline.core.rules import CompiledRules, load_default_rules, load_rules, parse_rules
 from pipeline.errors import LeadflowError, RulesError
+
+if TYPE_CHECKING:
+    from pipeline.backtest import Loaded
+    from pipeline.tune import Proposal
 
 rules_app = typer.Typer(help="Validate scoring rules files.", no_args_is_help=True)
 
@@ -114,23 +118,10 @@ def tune(
     """Propose hot and MQL lines whose alerts over past events fit the teams' capacity."""
     import dataclasses
 
-    from pipeline.backtest import load_events
     from pipeline.tune import TuneError, propose
 
     r = _load(rules)
-    if from_kafka:
-        if events is not None:
-            raise fail("give a JSONL file or --from-kafka, not both")
-        try:
-            loaded, _ = _from_kafka(since, progress=not as_json)
-        except LeadflowError as exc:
-            raise fail(exc) from None
-    else:
-        if events is None:
-            raise fail("give a JSONL file of Segment messages, or --from-kafka")
-        if not events.is_file():
-            raise fail(f"{events}: no such file")
-        loaded = load_events(events)
+    loaded, _ = _past_events(events, from_kafka, since, progress=not as_json)
     try:
         p = propose(loaded.events, r, team=team, per_day=capacity)
     except TuneError as exc:
@@ -139,9 +130,30 @@ def tune(
         typer.echo(orjson.dumps(dataclasses.asdict(p), option=orjson.OPT_INDENT_2).decode())
     else:
         _render_tune(p)
+    if p.proposed is None:
+        raise typer.Exit(2)  # no line fits: not an error in the input, but not a proposal
 
 
-def _render_tune(p: Any) -> None:
+def _past_events(events: Path | None, from_kafka: bool, since: str, *,
+                 progress: bool) -> tuple[Loaded, str | None]:
+    """The events a backtest runs over, and where from (None: the file, by its path)."""
+    from pipeline.backtest import load_events
+
+    if from_kafka:
+        if events is not None:
+            raise fail("give a JSONL file or --from-kafka, not both")
+        try:
+            return _from_kafka(since, progress=progress)
+        except LeadflowError as exc:
+            raise fail(exc) from None
+    if events is None:
+        raise fail("give a JSONL file of Segment messages, or --from-kafka")
+    if not events.is_file():
+        raise fail(f"{events}: no such file")
+    return load_events(events), None
+
+
+def _render_tune(p: Proposal) -> None:
     now, new = p.now, p.proposed
     echo = typer.echo
     echo(f"events from {p.first_day} to {p.last_day}")
@@ -157,7 +169,7 @@ def _render_tune(p: Any) -> None:
         echo("no hot line fits: the alerts no score line holds back (instant triggers and "
              f"PQL) exceed the capacity even at the highest line ({floor}); raise the "
              "capacity (daily_cap, more reps) or narrow the triggers")
-        raise typer.Exit(2)
+        return
     if new.lines == now.lines:
         echo("the current lines fit: nothing to change")
     else:
@@ -198,21 +210,9 @@ def backtest_cmd(
 
     ra = _load(rules)
     rb = _load(compare) if compare is not None else None
-    if from_kafka:
-        if events is not None:
-            raise fail("give a JSONL file or --from-kafka, not both")
-        try:
-            loaded, source = _from_kafka(since, progress=not as_json)
-        except LeadflowError as exc:
-            raise fail(exc) from None
-        report = backtest(None, ra, other=rb, progress=not as_json, loaded=loaded,
-                          source=source)
-    else:
-        if events is None:
-            raise fail("give a JSONL file of Segment messages, or --from-kafka")
-        if not events.is_file():
-            raise fail(f"{events}: no such file")
-        report = backtest(events, ra, other=rb, progress=not as_json)
+    loaded, source = _past_events(events, from_kafka, since, progress=not as_json)
+    report = backtest(events, ra, other=rb, progress=not as_json, loaded=loaded,
+                      source=source)
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
