@@ -28,6 +28,11 @@ class RulesError(LeadflowError):
         return cls("\n".join(problems), problems)
 
 
+class RulesRefused(LeadflowError):
+    """Rules that are valid but may not be published: their revision goes backwards, or
+    reuses a published revision for other rules."""
+
+
 class InvalidEvent(LeadflowError):
     """An inbound message that cannot be scored; `reason` is a short machine-readable code."""
 

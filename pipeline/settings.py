@@ -30,6 +30,8 @@ class Topics(BaseSettings):
     review: str = "routing.review"
     escalations: str = "routing.escalations"
     deadletter: str = "events.deadletter"
+    #: Published rules (`leadflow rules publish`), compacted; every worker follows it.
+    rules: str = "leadflow.rules"
 
     def inputs(self) -> dict[str, str]:
         """Input topic name -> source name (web, email, product, crm)."""

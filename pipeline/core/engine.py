@@ -96,9 +96,10 @@ class _Work:
     """
 
     __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
-                 "first_event_ms", "fit", "fit_hits", "hot", "last_alert_id", "last_alert_ms",
-                 "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "rejection",
-                 "score_ms", "seen", "stage", "stage_since_ms", "team", "traits")
+                 "first_event_ms", "fit", "fit_hits", "fit_rules", "hot", "last_alert_id",
+                 "last_alert_ms", "last_event_ms", "lead_id", "outs", "owner", "product",
+                 "recent", "rejection", "score_ms", "seen", "stage", "stage_since_ms", "team",
+                 "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -125,6 +126,7 @@ class _Work:
         self.team = s.team
         self.last_alert_id = s.last_alert_id
         self.rejection = s.rejection
+        self.fit_rules = s.fit_rules
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -133,7 +135,7 @@ class _Work:
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
-            self.owner, self.team, self.last_alert_id, self.rejection,
+            self.owner, self.team, self.last_alert_id, self.rejection, self.fit_rules,
         )
 
     def groups(self) -> dict[str, float]:
@@ -265,6 +267,24 @@ def _recompute_fit(w: _Work, r: CompiledRules) -> str | None:
     w.fit_hits = tuple([(tr.id, tr.points) for tr in hit])
     w.fit = float(sum(tr.points for tr in hit))
     return next((tr.id for tr in hit if tr.disqualify), None)
+
+
+def refit(w: _Work, r: CompiledRules, at: int, mid: str | None) -> None:
+    """Fit from the stored traits when it was computed under other rules.
+
+    Rules published while the workers run change fit on a lead's next touch (an event
+    for it), not in a sweep over every stored lead: a sweep would rewrite the whole table
+    and its changelog at once, and emit stage moves for leads nobody touched, at the
+    worker's clock rather than at an event's time. Engagement and product keep their
+    history: points already earned stay as they were earned.
+    """
+    if w.fit_rules == r.version:
+        return
+    w.fit_rules = r.version
+    if w.traits:
+        dq = _recompute_fit(w, r)
+        if dq is not None:
+            _disqualify(w, r, dq, at, mid)
 
 
 def _disqualify(w: _Work, r: CompiledRules, rule: str, at: int, mid: str | None) -> None:
@@ -639,6 +659,7 @@ def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result
     if state is not None and event.message_id in state.seen:
         return Result(state, ())
     w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
+    refit(w, rules, event.timestamp_ms, event.message_id)
     _run(w, (event,), rules)
     return _result(w.freeze(), tuple(w.outs))
 
@@ -651,6 +672,10 @@ def apply_batch(state: LeadState | None, events: Iterable[Event], rules: Compile
             raise ValueError("apply_batch needs a state or at least one event")
         state = LeadState(lead_id=events[0].lead_id)
     w = _Work(state)
+    if w.fit_rules != rules.version:
+        events = events if isinstance(events, list | tuple) else list(events)
+        if events:
+            refit(w, rules, events[0].timestamp_ms, events[0].message_id)
     _run(w, events, rules)
     return _result(w.freeze(), tuple(w.outs))
 

@@ -327,6 +327,9 @@ class RulesFile(_Model):
     """The whole rules file (top level). New sections are added here as optional fields."""
 
     version: Literal[1] = 1
+    #: Orders published rules (`leadflow rules publish` refuses one below the topic's):
+    #: the content hash in `rules_version` says which rules, not which came later.
+    revision: int = Field(default=0, ge=0)
     description: str = ""
     groups: Groups = Groups()
     thresholds: Thresholds
@@ -963,7 +966,7 @@ def _requirements(model: RulesFile) -> list[tuple[tuple[int | str, ...], Require
     return out
 
 
-def _fit_ceiling(model: RulesFile) -> float:
+def fit_ceiling(model: RulesFile) -> float:
     """The most a lead's fit can add to the total: weighted, capped, all positive rules."""
     top = float(sum(f.points for f in model.fit if f.points > 0))
     g = model.groups.fit
@@ -994,7 +997,7 @@ def _check_consistency(source: str, doc: Any, model: RulesFile) -> list[str]:
                     problem((*loc, "traits", j, "trait"),
                             f"unknown trait {path!r}: neither a Segment spec trait nor "
                             "read by a fit or negative rule (a misspelling?)")
-    fit = _fit_ceiling(model)
+    fit = fit_ceiling(model)
     th = model.thresholds
     if fit >= th.cooling_line():
         problem(("groups", "fit"),

@@ -68,6 +68,9 @@ class LeadState:
     team: str | None = None  # the owner's team, written back with it
     last_alert_id: str | None = None  # the lead's latest alert: a later hand-raise updates it
     rejection: str | None = None  # the reason sales gave with the latest "Lead Rejected"
+    #: The rules version `fit` was computed under (None: before versions were kept); the
+    #: engine recomputes fit from `traits` when it sees the lead under other rules.
+    fit_rules: str | None = None
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -106,6 +109,7 @@ class LeadState:
             "team": self.team,
             "last_alert_id": self.last_alert_id,
             "rejection": self.rejection,
+            "fit_rules": self.fit_rules,
         }
 
     @classmethod
@@ -143,6 +147,7 @@ class LeadState:
             get("team"),
             get("last_alert_id"),
             get("rejection"),
+            get("fit_rules"),
         )
 
 
@@ -151,7 +156,7 @@ class LeadState:
 _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product", "score_ms",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
-           "alert_rules", "owner", "team", "last_alert_id", "rejection")
+           "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -183,6 +188,7 @@ def make_state(
     team: str | None = None,
     last_alert_id: str | None = None,
     rejection: str | None = None,
+    fit_rules: str | None = None,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -215,6 +221,7 @@ def make_state(
     _SET[21](s, team)
     _SET[22](s, last_alert_id)
     _SET[23](s, rejection)
+    _SET[24](s, fit_rules)
     return s
 
 

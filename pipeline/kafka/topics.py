@@ -85,7 +85,7 @@ def topic_specs(
           for table in tables),
     ]
     specs: list[TopicSpec] = []
-    seen: set[str] = set()
+    seen: set[str] = {t.rules}
     for name, configs in names:
         if name in seen:  # e.g. a team called "nurture" is the nurture topic
             continue
@@ -96,6 +96,12 @@ def topic_specs(
             # one broker may fail without losing an acknowledged record or stopping writes.
             cfg["min.insync.replicas"] = "2"
         specs.append(TopicSpec(name, parts, rf, cfg))
+    # Published rules: the latest record per revision, forever; one partition, so every
+    # worker reads the revisions in the order they were published.
+    rules_cfg = {"cleanup.policy": "compact"}
+    if rf >= 3:
+        rules_cfg["min.insync.replicas"] = "2"
+    specs.append(TopicSpec(t.rules, 1, rf, rules_cfg))
     return specs
 
 

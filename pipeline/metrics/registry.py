@@ -47,6 +47,8 @@ ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture
 LEAD_REJECTED_CAUSE = "crm:Lead Rejected"
 REJECTABLE_STAGES: tuple[str, ...] = ("mql", "pql", "sal")
 UNSPECIFIED_REASON = "unspecified"  # the engine's word for a rejection without a reason
+# Why a worker ignored published rules (`stream.rules_feed`).
+RULES_LOAD_FAILURES: frozenset[str] = frozenset({"invalid", "behind"})
 # Team names come from the rules file; without a known set they are only length-capped.
 MAX_LABEL_LEN = 64
 
@@ -161,8 +163,14 @@ class Metrics:
         self.rules_info = Gauge(
             "leadflow_rules_info", "Always 1; the version label names the rules this worker "
             "decides with (`rules_version` on its outputs).", ["version"], registry=r)
+        self._rules_version = rules_version
         if rules_version:
             self.rules_info.labels(version=rules_version).set(1)
+        self.rules_load_failures = Counter(
+            "leadflow_rules_load_failures",
+            "Published rules this worker ignored, keeping the ones it runs: `invalid` (fails "
+            "the checks of `leadflow rules check`) or `behind` (a lower revision).",
+            ["reason"], registry=r)
 
         # -- funnel ---------------------------------------------------------------------
         self.stage_moves = Counter(
@@ -202,6 +210,8 @@ class Metrics:
         its first value already 10 would lose those 10 from every funnel ratio. Starting at
         0 on the first scrape also keeps ratios defined (0, not "no data") before traffic.
         """
+        for reason in RULES_LOAD_FAILURES:
+            self.rules_load_failures.labels(reason=reason)
         for source in self._sources:
             for type_ in EVENT_TYPES:
                 self.events_in.labels(source=source, type=type_)
@@ -316,6 +326,25 @@ class Metrics:
         self.recovery_remaining.labels(table=table).set(remaining)
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
+
+    def set_rules(self, version: str, teams: Iterable[str] = ()) -> None:
+        """The worker decides with other rules now: one `leadflow_rules_info` series, and
+        the teams those rules add become label values (at 0) instead of "other"."""
+        if self._rules_version and self._rules_version != version:
+            with contextlib.suppress(KeyError):
+                self.rules_info.remove(self._rules_version)
+        self._rules_version = version
+        self.rules_info.labels(version=version).set(1)
+        if self._teams is not None:
+            for team in set(teams) - self._teams:
+                for kind in ALERT_KINDS:
+                    self.alerts.labels(team=team, kind=kind)
+                    self.sla_breaches.labels(team=team, kind=kind)
+            self._teams = self._teams | frozenset(teams)
+
+    def rules_load_failed(self, reason: str) -> None:
+        """Published rules were ignored (`RULES_LOAD_FAILURES`)."""
+        self.rules_load_failures.labels(reason=bounded(reason, RULES_LOAD_FAILURES)).inc()
 
     def rebalance(self) -> None:
         """The consumer group rebalanced."""

@@ -311,6 +311,28 @@ class DeadLetter(_Message):
         return _utc(v)
 
 
+class PublishedRules(_Message):
+    """A rules file as `leadflow rules publish` put it on the rules topic.
+
+    Topic `leadflow.rules` (compacted, one partition); key = the revision, so compaction
+    keeps the latest record of every revision. Workers compile `source` themselves: the
+    text is what is trusted, `rules_version` and `revision` say what the publisher saw.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "published-rules.json"
+
+    revision: int = Field(ge=0, description="The file's `revision`: publishing refuses one "
+                          "below the latest published, and workers never go back to one.")
+    source: str = Field(description="The rules file's YAML text, as validated.")
+    file: str = Field(description="The name of the file it was published from.")
+    published_at: AwareDatetime = Field(description="When it was published, UTC.")
+
+    @field_validator("published_at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
 #: Every outbound model, by schema file name (for schemagen and the docs).
 OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, LeadAssignment,
-                                        DeadLetter)
+                                        DeadLetter, PublishedRules)

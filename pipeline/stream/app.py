@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import faust
@@ -41,6 +41,7 @@ from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from pipeline.stream.produce import Send, send_records
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.progress import describe as describe_recovery
+from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.stages.assign import assign_stage, sla_ticks
 from pipeline.stream.stages.ingest import failed, identity_key_bytes, ingest
 from pipeline.stream.stages.records import Destinations, RawMessage, StageOutput
@@ -173,7 +174,9 @@ class LeadflowApp:
         store: str | None = None,
     ) -> None:
         self.settings = settings
-        self.rules = rules
+        self.rules = rules  # the batch's: set from the feed as each batch starts
+        self.rules_feed = RulesFeed(rules, origin=str(settings.rules_file or "the shipped rules"),
+                                    topic=settings.topics.rules, metrics=metrics)
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.tuning = tuning or Tuning()
@@ -264,6 +267,7 @@ class LeadflowApp:
         )
         self.app.timer(5.0, name=f"{settings.app_id}.metrics")(_guarded(self._metrics_timer))
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.task(self._follow_rules)
         web.install(self)
 
     # -- helpers ---------------------------------------------------------------------
@@ -292,6 +296,17 @@ class LeadflowApp:
             table.apply(acked)
         out.observe(self.metrics, self.clock.now_s())
 
+    def _take_rules(self) -> None:
+        """The feed's latest good rules for the next batch; every output names their version."""
+        rules = self.rules_feed.current()
+        if rules is not self.rules:
+            self.rules = rules
+            self.dest = replace(self.dest, rules_version=rules.version)
+
+    async def _follow_rules(self) -> None:
+        await self.rules_feed.run(
+            self.bootstrap, KafkaSecurity.from_settings(self.settings).client_kwargs())
+
     # -- agents ----------------------------------------------------------------------
     async def _run_batches(
         self, stream: Any, handle: Callable[[list[Event]], Awaitable[None]], batch_max: int
@@ -302,7 +317,9 @@ class LeadflowApp:
         escape: the batch's messages are dead-lettered with the error (nothing lost
         silently) and the agent goes on with the next batch.
         """
+        await self.rules_feed.wait_caught_up()
         async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
+            self._take_rules()  # one rules version per batch
             if self.settings.processing_guarantee == "exactly_once":
                 # One transaction per source partition group, dead letters included.
                 await transactions.manager(self.app).run(
@@ -428,6 +445,7 @@ class LeadflowApp:
 
     async def _read_inputs(self) -> None:
         """The input topics through a plain consumer (see `stream.inputs`)."""
+        await self.rules_feed.wait_caught_up()
         self.input_consumer = InputConsumer(
             bootstrap=self.bootstrap,
             topics=list(self.sources),

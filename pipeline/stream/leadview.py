@@ -34,4 +34,6 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
                                           "employees") if k in traits},
         "events_seen": dedup.count(rec.seen),
         "rules_version": rules.version,
+        # the rules its fit was computed under: older until its next event (engine.refit)
+        "fit_rules_version": state.fit_rules,
     }

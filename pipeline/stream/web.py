@@ -16,6 +16,7 @@ from pipeline.stream import faust_adapter
 from pipeline.stream.access import authorized
 from pipeline.stream.leadview import lead_document
 from pipeline.stream.progress import RecoveryProgress
+from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.stages.assign import team_queue
 
 
@@ -35,6 +36,7 @@ class Served(Protocol):
     rules: CompiledRules
     metrics: Metrics
     recovery_progress: RecoveryProgress
+    rules_feed: RulesFeed
 
     @property
     def app(self) -> faust.App: ...
@@ -142,6 +144,8 @@ def readiness(lf: Served) -> dict[str, Any]:
         "recovering": recovering,
         "rebalancing": rebalancing,
         "rules_version": lf.rules.version,
+        # the rules in use, where from, and the last published version ignored (why)
+        "rules": lf.rules_feed.status(),
         # records left per table and partition while recovering, with a rate and time left
         "recovery": lf.recovery_progress.snapshot(),
     }

@@ -16,7 +16,7 @@ def test_check_ok(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["rules", "check", str(p)])
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[:3] == [
-        f"{p}: ok, rules version {load_default_rules().version}",
+        f"{p}: ok, rules version {load_default_rules().version}, revision 0",
         "  rules: engagement 20, fit 8, product 3, negative 7",
         "  thresholds: mql 60, hot 90, recycle 20, pql 40",
     ]
@@ -58,3 +58,11 @@ def test_check_missing_file(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["rules", "check", str(tmp_path / "none.yaml")])
     assert out.exit_code == 1
     assert "cannot read rules file" in out.output
+
+
+def test_check_names_the_revision(tmp_path: Path) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_text("revision: 3\n" + default_rules_text())
+    out = CliRunner().invoke(app, ["rules", "check", str(p)])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0].endswith(", revision 3")

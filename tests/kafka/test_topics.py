@@ -68,9 +68,13 @@ def test_topic_specs_cover_every_topic() -> None:
         "events.deadletter",
         "lf-identity", "lf-leads", "lf-assign",
         "lf-leads-changelog", "lf-identity-changelog", "lf-owners-changelog",
+        "leadflow.rules",
     ]
-    assert {(t.partitions, t.replication_factor) for t in specs} == {(6, 1)}
     by_name = {t.name: t for t in specs}
+    assert {(t.partitions, t.replication_factor) for t in specs[:-1]} == {(6, 1)}
+    # one partition: workers read published revisions in the order they came
+    assert (by_name["leadflow.rules"].partitions, by_name["leadflow.rules"].configs) == (
+        1, {"cleanup.policy": "compact"})
     assert by_name["events.deadletter"].configs["retention.ms"] == str(DEADLETTER_RETENTION_MS)
     assert by_name["events.web"].configs["retention.ms"] == str(EVENT_RETENTION_MS)
     assert DEADLETTER_RETENTION_MS > EVENT_RETENTION_MS
@@ -123,7 +127,8 @@ async def test_ensure_topics_twice(kafka_bootstrap: str) -> None:
     assert str(second) == f"0 created, {len(names)} already there"
 
     parts, configs = await _describe(kafka_bootstrap, names)
-    assert parts == dict.fromkeys(names, 3)
+    assert parts == {n: 1 if n == settings.topics.rules else 3 for n in names}
+    assert configs[settings.topics.rules]["cleanup.policy"] == "compact"
     changelog = f"{settings.app_id}-leads-changelog"
     assert configs[changelog]["cleanup.policy"] == "compact"
     assert configs[settings.topics.web]["cleanup.policy"] == "delete"
@@ -182,4 +187,4 @@ def test_cli_topics_create(kafka_bootstrap: str) -> None:
     assert again.exit_code == 0, again.output
     assert again.output.splitlines()[-1].endswith(f": 0 created, {len(expected)} already there")
     parts, _ = asyncio.run(_describe(kafka_bootstrap, expected))
-    assert parts == dict.fromkeys(expected, 2)
+    assert parts == {n: 1 if n == settings.topics.rules else 2 for n in expected}

@@ -54,6 +54,31 @@ def test_counters(m: Metrics, reg: CollectorRegistry) -> None:
     assert val(reg, "leadflow_rules_info", version="1-0123456789ab") == 1
 
 
+def test_rules_switch_keeps_one_info_series_and_counts_ignored_rules(
+        m: Metrics, reg: CollectorRegistry) -> None:
+    assert val(reg, "leadflow_rules_load_failures_total", reason="invalid") == 0
+    m.set_rules("1-bbbbbbbbbbbb")
+    assert val(reg, "leadflow_rules_info", version="1-bbbbbbbbbbbb") == 1
+    assert val(reg, "leadflow_rules_info", version="1-0123456789ab") is None
+    m.rules_load_failed("invalid")
+    m.rules_load_failed("behind")
+    m.rules_load_failed("nonsense")
+    assert val(reg, "leadflow_rules_load_failures_total", reason="invalid") == 1
+    assert val(reg, "leadflow_rules_load_failures_total", reason="behind") == 1
+    assert val(reg, "leadflow_rules_load_failures_total", reason="other") == 1
+
+
+
+def test_teams_of_new_rules_are_labels_not_other(m: Metrics, reg: CollectorRegistry) -> None:
+    m.alert("apac", "instant", 1.0)
+    assert val(reg, "leadflow_alerts_total", team="other", kind="instant") == 1
+    m.set_rules("1-cccccccccccc", ["apac", "na"])
+    assert val(reg, "leadflow_alerts_total", team="apac", kind="hot_score") == 0
+    m.alert("apac", "instant", 1.0)
+    assert val(reg, "leadflow_alerts_total", team="apac", kind="instant") == 1
+    assert val(reg, "leadflow_alerts_total", team="na", kind="instant") == 0
+
+
 def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> None:
     for _ in range(3):
         m.stage_move("lead", "mql")

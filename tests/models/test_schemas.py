@@ -160,6 +160,21 @@ def test_dead_letter_validates_and_keeps_original_bytes() -> None:
     assert base64.b64decode(orjson.loads(dl.to_bytes())["value_b64"]) == original
 
 
+def test_published_rules_validate_and_carry_the_text() -> None:
+    from pipeline.core.rules import default_rules_text, load_default_rules
+    from pipeline.published_rules import message
+
+    text = default_rules_text()
+    msg = message(load_default_rules(), text, "default.yaml", now=AT)
+    check("published-rules.json", msg.to_bytes())
+    wire = orjson.loads(msg.to_bytes())
+    assert (wire["source"], wire["revision"], wire["rules_version"]) == (
+        text, 0, load_default_rules().version)
+    bad = {**wire, "revision": -1}
+    with pytest.raises(jsonschema.ValidationError):
+        check("published-rules.json", orjson.dumps(bad))
+
+
 @pytest.mark.parametrize(
     ("name", "change"),
     [

@@ -25,6 +25,7 @@ from pipeline.core.engine import (
     _move,
     _thresholds,
     _Work,
+    refit,
     tick,
 )
 from pipeline.core.event import Event
@@ -127,6 +128,7 @@ def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result
         return Result(state, ())
     w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
     _own(w)
+    refit(w, rules, event.timestamp_ms, event.message_id)
     _step(w, event, rules)
     return Result(w.freeze(), tuple(w.outs))
 
@@ -140,6 +142,7 @@ def apply_batch(state: LeadState | None, events: Iterable[Event], rules: Compile
         if w is None:
             w = _Work(LeadState(lead_id=e.lead_id))
             _own(w)
+        refit(w, rules, e.timestamp_ms, e.message_id)
         _step(w, e, rules)
     if w is None:
         raise ValueError("apply_batch needs a state or at least one event")
