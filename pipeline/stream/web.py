@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, cast
 from faust import web
 from faust.exceptions import SameNode
 
+from pipeline.errors import InvalidQuery
 from pipeline.stream.access import authorized
-from pipeline.stream.leadview import lead_document
+from pipeline.stream.leadview import lead_document, search_leads, search_text
 from pipeline.stream.steps import team_queue
 
 if TYPE_CHECKING:
@@ -57,6 +58,23 @@ def install(lf: LeadflowApp) -> None:
             if stored is None:
                 return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
             return self.json(lead_document(lead_id, stored, lf.rules))
+
+    @app.page("/search")
+    class SearchView(web.View):
+        """GET /search?q=: leads of this worker's partitions whose id, e-mail or company
+        contains the text (each worker answers for its own; the console asks them all)."""
+
+        async def get(self, request: web.Request) -> web.Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
+            try:
+                q = search_text(request.query.get("q"))
+            except InvalidQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
+            from pipeline.stream.app import _raw_items
+
+            found = search_leads(q, _raw_items(leads), lf.rules)
+            return self.json({"query": q, "matches": [m.to_dict() for m in found]})
 
     @app.page("/teams/{team}/queue")
     class TeamQueueView(web.View):
