@@ -21,14 +21,11 @@ async def serve(settings: Settings, bootstrap: str, stop: asyncio.Event) -> None
     from pipeline.console.app import make_app
     from pipeline.console.sources import LiveBackend
     from pipeline.core.rules import load_default_rules, load_rules
-    from pipeline.stream.clock import Clock
 
     rules = load_rules(settings.rules_file) if settings.rules_file else load_default_rules()
     backend = LiveBackend(settings, bootstrap)
     app = make_app(backend, token=settings.console_token,
-                   teams=[t.name for t in rules.routing.teams],
-                   # the worker's clock settings, so SLA countdowns agree with its timers
-                   clock=Clock.starting(settings.clock_start, settings.clock_rate))
+                   teams=[t.name for t in rules.routing.teams])
     runner = web.AppRunner(app, access_log=None)  # paths and searches carry personal data
     await runner.setup()
     try:

@@ -71,7 +71,8 @@ def page(status: int, title: str, detail: str, **headers: str) -> web.Response:
 
 def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
              clock: Clock | None = None) -> web.Application:
-    """The console over `backend`; `token` guards every page but /healthz."""
+    """The console over `backend`; `token` guards every page but /healthz. SLA countdowns
+    count on the worker's clock (its queue's `as_of`), else on `clock`."""
     clock = clock or Clock.starting(None)
 
     @web.middleware
@@ -130,12 +131,14 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
             return page(404, "Unknown lead", f"No lead with id {lead_id!r}: search by e-mail "
                         "or company instead.")
         alert_id = doc.get("last_alert_id")
-        state, open_item = "none", None  # type: tuple[str, QueueItem | None]
+        state: str = "none"
+        open_item: QueueItem | None = None
+        now_ms: int | None = None  # the worker's clock, when its queue answered
         if alert_id:
-            state, open_item = await _alert_state(backend, str(doc.get("team") or ""),
-                                                  str(alert_id))
+            state, open_item, now_ms = await _alert_state(
+                backend, str(doc.get("team") or ""), str(alert_id))
         return web.Response(text=pages.lead_page(doc, backend.history(lead_id), state,
-                                                 open_item, clock.now_ms()),
+                                                 open_item, now_ms or clock.now_ms()),
                             content_type=html)
 
     async def queue(r: web.Request) -> web.Response:
@@ -147,7 +150,8 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
         acked = {i.alert_id: s for i in q.items if (s := backend.acked(i.alert_id))}
         flash = f"Alert {r.query['acked']} acknowledged." if "acked" in r.query else ""
         return web.Response(text=pages.queue_page(q, backend.escalations(team), acked,
-                                                  clock.now_ms(), flash), content_type=html)
+                                                  q.as_of_ms or clock.now_ms(), flash),
+                            content_type=html)
 
     async def ack(r: web.Request) -> web.Response:
         team, alert_id = r.match_info["team"], r.match_info["alert_id"]
@@ -157,7 +161,7 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
         raise web.HTTPSeeOther(pages.url("teams", team) + f"?acked={alert_id}")
 
     async def funnel_view(_r: web.Request) -> web.Response:
-        return web.Response(text=pages.funnel_page(funnel(await backend.metrics())),
+        return web.Response(text=pages.funnel_page(funnel(await backend.metrics(), teams)),
                             content_type=html)
 
     app.router.add_get("/", index)
@@ -172,18 +176,19 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
 
 
 async def _alert_state(backend: Backend, team: str,
-                       alert_id: str) -> tuple[str, QueueItem | None]:
+                       alert_id: str) -> tuple[str, QueueItem | None, int | None]:
     """What became of a lead's latest alert: open (with its item), acknowledged, escalated."""
     q = await backend.queue(team) if team else None
     item: QueueItem | None = q.find(alert_id) if q is not None else None
+    as_of = q.as_of_ms if q is not None else None
     escalated = [e for e in backend.escalations(team) if e.alert_id == alert_id]
     if backend.acked(alert_id) is not None:
-        return "acknowledged", None
+        return "acknowledged", None, as_of
     if item is not None:
         what = {"owned": "open", "unowned": "unowned", "waiting": "waiting for opening hours"}
         state = what.get(item.section, item.section)
-        return (f"{state}, escalated" if escalated else state), item
-    return "closed (acknowledged)", None
+        return (f"{state}, escalated" if escalated else state), item, as_of
+    return "closed (acknowledged)", None, as_of
 
 
 def _same_origin(request: web.Request) -> bool:

@@ -104,8 +104,9 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     return lower
 
 
-def funnel(metrics_texts: list[str]) -> Funnel:
-    """The KPIs from the `/metrics` text of every worker (counters summed over workers)."""
+def funnel(metrics_texts: list[str], teams: Iterable[str] | None = None) -> Funnel:
+    """The KPIs from the `/metrics` text of every worker (counters summed over workers);
+    routing KPIs for `teams` only when given (the counters also label nurture, recycle...)."""
     samples = _samples(metrics_texts)
 
     def total(name: str, pred: Callable[[_Sample], bool] | None = None) -> float:
@@ -128,6 +129,7 @@ def funnel(metrics_texts: list[str]) -> Funnel:
         Ratio("acceptance", "Acceptance", accepted, accepted + rejected),
         Ratio("recycle", "Recycle rate", moves(None, ["recycled"]), moves(None, QUALIFIED)),
     )
+    keep = None if teams is None else frozenset(teams)
     alerts: dict[str, float] = defaultdict(float)
     breaches: dict[str, float] = defaultdict(float)
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
@@ -139,10 +141,11 @@ def funnel(metrics_texts: list[str]) -> Funnel:
             breaches[team] += s.value
         elif s.name == "leadflow_speed_to_lead_seconds_bucket":
             buckets[team][float(s.label("le"))] += s.value
-    teams = tuple(
+    routing = tuple(
         TeamRouting(team, alerts[team], breaches[team],
                     max(buckets[team].values(), default=0.0),
                     histogram_quantile(0.5, buckets[team].items()),
                     histogram_quantile(0.9, buckets[team].items()))
-        for team in sorted(set(alerts) | set(breaches) | set(buckets)) if team)
-    return Funnel(ratios, teams, len(metrics_texts))
+        for team in sorted(set(alerts) | set(breaches) | set(buckets))
+        if team and (keep is None or team in keep))
+    return Funnel(ratios, routing, len(metrics_texts))

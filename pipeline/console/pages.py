@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.console.funnel import Funnel
 from pipeline.console.sources import AckSent, EscalationSeen, QueueItem, StageMove, TeamQueue
+from pipeline.stream.leadview import company_name
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -72,7 +73,7 @@ def countdown(due_ms: int | None, now_ms: int) -> str:
 def _rows(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str, attrs: str = "") -> str:
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     if not body:
-        return f"<p class=muted>{escape(empty)}</p>"
+        return f"<p class=muted {attrs}>{escape(empty)}</p>"
     heads = "".join(f"<th>{escape(h)}</th>" for h in head)
     return f"<table {attrs}><tr>{heads}</tr>{body}</table>"
 
@@ -117,7 +118,7 @@ def lead_page(doc: Mapping[str, Any], history: Sequence[StageMove], alert_state:
         "No stage change seen since the console started reading leads.stage-changes.",
         "id=history")
     traits = doc.get("traits") or {}
-    trait_rows = _rows(["trait", "value"], ([escape(str(k)), escape(_trait(v))]
+    trait_rows = _rows(["trait", "value"], ([escape(str(k)), escape(_trait(k, v))]
                                             for k, v in traits.items()), "No traits.")
     events = _rows(["when", "rule", "points"], (
         [when(e.get("at_ms")), escape(str(e["rule"])), f"{float(e['points']):g}"]
@@ -146,7 +147,9 @@ def lead_page(doc: Mapping[str, Any], history: Sequence[StageMove], alert_state:
     return layout(f"Lead {lead_id}", body)
 
 
-def _trait(v: Any) -> str:
+def _trait(name: str, v: Any) -> str:
+    if name == "company" and (company := company_name(v)):
+        return company
     if isinstance(v, Mapping):
         return ", ".join(f"{k}: {x}" for k, x in v.items())
     return str(v)

@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
+from pipeline.alerts import topic_partitions
 from pipeline.alerts.ack import AlertNotFound, ack_event, find_alert, send_ack
 from pipeline.errors import InvalidQuery, LeadflowError, WorkerUnreachable
 from pipeline.kafka.security import KafkaSecurity, start_client
@@ -58,6 +59,7 @@ class TeamQueue:
     team: str
     items: tuple[QueueItem, ...]
     unowned_dropped: int
+    as_of_ms: int | None = None  # the worker's clock when it answered
 
     def find(self, alert_id: str) -> QueueItem | None:
         return next((i for i in self.items if i.alert_id == alert_id), None)
@@ -80,7 +82,8 @@ def parse_queue(doc: Mapping[str, Any]) -> TeamQueue:
             items.append(QueueItem(section, str(a["alert_id"]), str(a["lead_id"]),
                                    str(a.get("kind") or ""), _ms(a.get("due_at")),
                                    a.get("owner"), a.get("since"), a.get("reason")))
-    return TeamQueue(str(doc["team"]), tuple(items), int(doc.get("unowned_dropped") or 0))
+    return TeamQueue(str(doc["team"]), tuple(items), int(doc.get("unowned_dropped") or 0),
+                     _ms(doc.get("as_of")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,17 +303,22 @@ class LiveBackend:
         await self.workers.close()
 
     async def _follow(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         t = self.settings.topics
+        # From the cluster's metadata: a consumer without a subscription knows no partitions.
+        tps, missing = await topic_partitions(self.bootstrap, [t.stage_changes, t.escalations],
+                                              security=self.security)
+        if missing:
+            log.warning("topics %s do not exist (yet): `leadflow topics create` makes them; "
+                        "stage history and escalations stay empty until a restart",
+                        ", ".join(missing))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
             **self.security.client_kwargs())
         await start_client(consumer, self.bootstrap, self.security)
         try:
-            tps = [TopicPartition(topic, p) for topic in (t.stage_changes, t.escalations)
-                   for p in sorted(consumer.partitions_for_topic(topic) or ())]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)

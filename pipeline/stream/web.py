@@ -8,6 +8,7 @@ from faust import web
 from faust.exceptions import SameNode
 
 from pipeline.errors import InvalidQuery
+from pipeline.models.timefmt import iso_offset
 from pipeline.stream.access import authorized
 from pipeline.stream.leadview import lead_document, search_leads, search_text
 from pipeline.stream.steps import team_queue
@@ -89,7 +90,9 @@ def install(lf: LeadflowApp) -> None:
             routed = await on_owner(owners, team, self.web, request)
             if routed is not None:
                 return routed
-            return self.json(team_queue(team, owners.get(team.encode())))
+            # as_of: the worker's clock (a test's fast clock too), that SLA countdowns count from
+            return self.json({**team_queue(team, owners.get(team.encode())),
+                              "as_of": iso_offset(lf.clock.now_ms())})
 
     @app.page("/healthz")
     class Health(web.View):

@@ -86,7 +86,17 @@ async def test_lead_page_shows_stage_score_breakdown_owner_alert_and_traits(
     assert "id=owner>rep-sam<" in html and "href='/teams/sales'" in html
     assert "data-sla-state='open'" in html and "4m 32s left" in html
     assert "VP &lt;Sales&gt;" in html and "<Sales>" not in html  # traits escaped
+    assert "<td>Acme</td>" in html
     assert "<td>lead</td><td>mql</td><td>applied</td>" in html  # stage history
+
+
+async def test_countdowns_count_on_the_workers_clock(
+    client: TestClient, backend: MemoryBackend,
+) -> None:
+    # a worker on a test's fast clock is ahead of the console's
+    backend.queues["sales"] = TeamQueue("sales", QUEUE.items, 0, as_of_ms=NOW_MS + 72_000)
+    assert "3m 20s left" in await (await client.get("/teams/sales")).text()
+    assert "3m 20s left" in await (await client.get("/leads/u-1")).text()
 
 
 async def test_unknown_lead_is_a_404_page(client: TestClient) -> None:

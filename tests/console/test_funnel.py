@@ -64,6 +64,7 @@ def test_sla_breaches_and_speed_to_lead_by_team() -> None:
     assert teams["sales"].p50_s is not None and teams["sales"].p90_s is not None
     assert teams["sales"].p50_s <= 60 < teams["sales"].p90_s  # the quantiles' buckets
     assert teams["emea"].p50_s is None
+    assert [t.team for t in funnel([worker_text({})], teams=["emea"]).teams] == ["emea"]
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:

@@ -1,10 +1,20 @@
-"""A console backend held in memory, for the console's page tests (no worker, no Kafka)."""
+"""The console in tests: a backend held in memory for the page tests (no worker, no Kafka),
+and a real `leadflow console` process for the browser tests."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pipeline.console.sources import (
     AckSent,
@@ -14,7 +24,9 @@ from pipeline.console.sources import (
     TeamQueue,
     UnknownAlert,
 )
+from pipeline.devkafka.ports import free_port
 from pipeline.errors import WorkerUnreachable
+from tests.support.workers import REPO, Isolated, WorkerProcess
 
 
 @dataclass
@@ -76,3 +88,59 @@ class MemoryBackend:
             raise UnknownAlert(f"no alert {alert_id} in team {team}'s queue")
         self.sent[alert_id] = AckSent(alert_id, item.lead_id, 0, len(self.sent), 0)
         return self.sent[alert_id]
+
+
+class ConsoleProcess:
+    """A real `leadflow console` process with an isolated test's settings."""
+
+    def __init__(self, iso: Isolated, worker: WorkerProcess, log: Path, *,
+                 token: str | None = None) -> None:
+        self.port = free_port()
+        self.log_path = log
+        self.env = {**os.environ, **iso.env, "LEADFLOW_CONSOLE_PORT": str(self.port),
+                    "LEADFLOW_CONSOLE_WORKERS": orjson.dumps([worker.url("")]).decode()}
+        if token is not None:
+            self.env["LEADFLOW_CONSOLE_TOKEN"] = token
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self, timeout: float = 60.0) -> None:
+        import aiohttp
+
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "console"], env=self.env, cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"console exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                async with aiohttp.ClientSession() as s, s.get(self.url("/healthz")) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"console not up after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
