@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 from faust import web
@@ -10,7 +12,7 @@ from faust.exceptions import SameNode
 from pipeline.errors import InvalidQuery
 from pipeline.models.timefmt import iso_offset
 from pipeline.stream.access import authorized
-from pipeline.stream.leadview import lead_document, search_leads, search_text
+from pipeline.stream.leadview import MAX_MATCHES, lead_document, search_leads, search_text
 from pipeline.stream.steps import team_queue
 
 if TYPE_CHECKING:
@@ -74,7 +76,12 @@ def install(lf: LeadflowApp) -> None:
                 return self.json({"error": str(exc)}, status=400)
             from pipeline.stream.app import _raw_items
 
-            found = search_leads(q, _raw_items(leads), lf.rules)
+            # In slices, yielding between them: a scan of a big table must not stall the agents.
+            found: list[Any] = []
+            items = _raw_items(leads)
+            while len(found) < MAX_MATCHES and (chunk := list(islice(items, 1000))):
+                found += search_leads(q, chunk, lf.rules, limit=MAX_MATCHES - len(found))
+                await asyncio.sleep(0)
             return self.json({"query": q, "matches": [m.to_dict() for m in found]})
 
     @app.page("/teams/{team}/queue")
