@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         "password of HTTP basic auth (any user name), so a browser shows its own login box. "
         "Empty means unset.",
     )
+    console_prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus (with deploy/prometheus/recording_rules.yml loaded) the funnel "
+        "page reads the recorded KPIs from; unset: computed from the workers' /metrics.",
+    )
     console_workers: list[str] = Field(
         default=[],
         description="Worker web addresses the console reads (lead API, search, queues, "

@@ -17,7 +17,6 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from pipeline.console import pages
-from pipeline.console.funnel import funnel
 from pipeline.console.sources import AckRefused, Backend, QueueItem
 from pipeline.errors import ConfigError, InvalidQuery, LeadflowError
 from pipeline.settings import Settings
@@ -161,7 +160,7 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
         raise web.HTTPSeeOther(pages.url("teams", team) + f"?acked={alert_id}")
 
     async def funnel_view(_r: web.Request) -> web.Response:
-        return web.Response(text=pages.funnel_page(funnel(await backend.metrics(), teams)),
+        return web.Response(text=pages.funnel_page(await backend.funnel(teams)),
                             content_type=html)
 
     app.router.add_get("/", index)

@@ -1,6 +1,7 @@
-"""The funnel KPIs of the recording rules (deploy/prometheus/recording_rules.yml), computed
-from workers' `/metrics` text: the same ratios over the counters since the workers started,
-summed over every worker, instead of over a Prometheus window."""
+"""The funnel KPIs of the recording rules (deploy/prometheus/recording_rules.yml): read from
+Prometheus (the recorded series, over their windows), or computed from the workers'
+`/metrics` text (the same ratios over the counters since the workers started, summed over
+every worker) when no Prometheus is configured."""
 
 from __future__ import annotations
 
@@ -20,43 +21,60 @@ class MetricsUnreadable(LeadflowError):
     """A worker's /metrics text is not Prometheus exposition format."""
 
 
+#: (key, label, recorded series) of each conversion KPI, in the funnel's order.
+RATIOS = (
+    ("mql_to_sal", "MQL → SAL", "leadflow:funnel_mql_to_sal:ratio_rate1d"),
+    ("sal_to_sql", "SAL → SQL", "leadflow:funnel_sal_to_sql:ratio_rate1d"),
+    ("sql_to_opportunity", "SQL → opportunity", "leadflow:funnel_sql_to_opportunity:ratio_rate1d"),
+    ("acceptance", "Acceptance", "leadflow:acceptance:ratio_rate1d"),
+    ("recycle", "Recycle rate", "leadflow:recycle:ratio_rate1d"),
+)
+#: The recorded series of the routing KPIs, by team.
+TEAM_SERIES = {
+    "alerts": "leadflow_team:alerts:increase1h",
+    "breach_ratio": "leadflow_team:sla_breach:ratio_rate1h",
+    "p50_s": "leadflow_team:speed_to_lead_seconds:p50_rate1d",
+    "p90_s": "leadflow_team:speed_to_lead_seconds:p90_rate1d",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """One conversion KPI: numerator over denominator (None while the denominator is 0)."""
+    """One conversion KPI (None: no denominator). Counted from /metrics, the numerator and
+    denominator come with it; read from Prometheus, only the recorded ratio."""
 
     key: str
     label: str
-    numerator: float
-    denominator: float
+    value: float | None
+    numerator: float | None = None
+    denominator: float | None = None
 
-    @property
-    def value(self) -> float | None:
-        return self.numerator / self.denominator if self.denominator > 0 else None
+    @classmethod
+    def of(cls, key: str, label: str, numerator: float, denominator: float) -> Ratio:
+        value = numerator / denominator if denominator > 0 else None
+        return cls(key, label, value, numerator, denominator)
 
 
 @dataclass(frozen=True, slots=True)
 class TeamRouting:
-    """A team's alerts, SLA breaches and speed-to-lead quantiles (seconds; None: no touch)."""
+    """A team's alerts, the share that breached their SLA, speed-to-lead quantiles
+    (seconds; None: no first touch yet). `breaches` is None when only the ratio is known."""
 
     team: str
     alerts: float
-    breaches: float
-    touches: float
+    breach_ratio: float | None
     p50_s: float | None
     p90_s: float | None
-
-    @property
-    def breach_ratio(self) -> float | None:
-        return self.breaches / self.alerts if self.alerts > 0 else None
+    breaches: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Funnel:
-    """Every KPI the console charts."""
+    """Every KPI the console charts, and where they come from (said on the page)."""
 
     ratios: tuple[Ratio, ...]
     teams: tuple[TeamRouting, ...]
-    workers: int
+    source: str
 
     def ratio(self, key: str) -> Ratio:
         return next(r for r in self.ratios if r.key == key)
@@ -121,14 +139,14 @@ def funnel(metrics_texts: list[str], teams: Iterable[str] | None = None) -> Funn
 
     accepted = moves(QUALIFIED, ["sal"])
     rejected = total("leadflow_leads_rejected_total")
-    ratios = (
-        Ratio("mql_to_sal", "MQL → SAL", moves(["mql"], ["sal"]), moves(None, ["mql"])),
-        Ratio("sal_to_sql", "SAL → SQL", moves(["sal"], ["sql"]), moves(None, ["sal"])),
-        Ratio("sql_to_opportunity", "SQL → opportunity", moves(["sql"], ["opportunity"]),
-              moves(None, ["sql"])),
-        Ratio("acceptance", "Acceptance", accepted, accepted + rejected),
-        Ratio("recycle", "Recycle rate", moves(None, ["recycled"]), moves(None, QUALIFIED)),
-    )
+    counted = {
+        "mql_to_sal": (moves(["mql"], ["sal"]), moves(None, ["mql"])),
+        "sal_to_sql": (moves(["sal"], ["sql"]), moves(None, ["sal"])),
+        "sql_to_opportunity": (moves(["sql"], ["opportunity"]), moves(None, ["sql"])),
+        "acceptance": (accepted, accepted + rejected),
+        "recycle": (moves(None, ["recycled"]), moves(None, QUALIFIED)),
+    }
+    ratios = tuple(Ratio.of(key, label, *counted[key]) for key, label, _ in RATIOS)
     keep = None if teams is None else frozenset(teams)
     alerts: dict[str, float] = defaultdict(float)
     breaches: dict[str, float] = defaultdict(float)
@@ -142,10 +160,38 @@ def funnel(metrics_texts: list[str], teams: Iterable[str] | None = None) -> Funn
         elif s.name == "leadflow_speed_to_lead_seconds_bucket":
             buckets[team][float(s.label("le"))] += s.value
     routing = tuple(
-        TeamRouting(team, alerts[team], breaches[team],
-                    max(buckets[team].values(), default=0.0),
+        TeamRouting(team, alerts[team],
+                    breaches[team] / alerts[team] if alerts[team] > 0 else None,
                     histogram_quantile(0.5, buckets[team].items()),
-                    histogram_quantile(0.9, buckets[team].items()))
+                    histogram_quantile(0.9, buckets[team].items()), breaches[team])
         for team in sorted(set(alerts) | set(breaches) | set(buckets))
         if team and (keep is None or team in keep))
-    return Funnel(ratios, routing, len(metrics_texts))
+    n = len(metrics_texts)
+    return Funnel(ratios, routing, f"counted since the workers started (summed over {n} "
+                                   f"worker{'s' if n != 1 else ''})")
+
+
+Vector = list[tuple[dict[str, str], float]]
+
+
+def funnel_from_prometheus(results: dict[str, Vector], teams: Iterable[str] | None = None,
+                           *, window: str = "the recording rules' windows") -> Funnel:
+    """The KPIs from instant queries of the recorded series (`RATIOS`, `TEAM_SERIES`):
+    series name -> [(labels, value)]. A series with no sample (no denominator) is None."""
+
+    def one(series: str) -> float | None:
+        values = [v for _, v in results.get(series, []) if not math.isnan(v)]
+        return values[0] if values else None
+
+    ratios = tuple(Ratio(key, label, one(series)) for key, label, series in RATIOS)
+    by_team: dict[str, dict[str, float]] = defaultdict(dict)
+    for field, series in TEAM_SERIES.items():
+        for labels, v in results.get(series, []):
+            if labels.get("team") and not math.isnan(v):
+                by_team[labels["team"]][field] = v
+    keep = None if teams is None else frozenset(teams)
+    routing = tuple(
+        TeamRouting(team, f.get("alerts", 0.0), f.get("breach_ratio"), f.get("p50_s"),
+                    f.get("p90_s"))
+        for team, f in sorted(by_team.items()) if keep is None or team in keep)
+    return Funnel(ratios, routing, f"from Prometheus, over {window}")

@@ -228,11 +228,14 @@ def _secs(v: float | None) -> str:
 
 def funnel_page(f: Funnel) -> str:
     conv = bar_chart("conversion", [
-        (r.label, r.value, f"{_pct(r.value)} ({r.numerator:g}/{r.denominator:g})")
+        (r.label, r.value, _pct(r.value) + (f" ({r.numerator:g}/{r.denominator:g})"
+                                            if r.numerator is not None else ""))
         for r in f.ratios], 1.0)
     teams = f.teams
     breach = bar_chart("sla-breaches", [
-        (t.team, t.breach_ratio, f"{_pct(t.breach_ratio)} ({t.breaches:g} of {t.alerts:g} alerts)")
+        (t.team, t.breach_ratio, _pct(t.breach_ratio) + (
+            f" ({t.breaches:g} of {t.alerts:g} alerts)" if t.breaches is not None
+            else f" of {t.alerts:.0f} alerts"))
         for t in teams], 1.0) if teams else "<p class=muted>No alert yet.</p>"
     speeds = [t for t in teams if t.p50_s is not None]
     top = max((t.p90_s or 0.0 for t in speeds), default=0.0)
@@ -240,9 +243,8 @@ def funnel_page(f: Funnel) -> str:
         (f"{t.team} {q}", v, _secs(v)) for t in speeds
         for q, v in (("p50", t.p50_s), ("p90", t.p90_s))], top) if speeds else \
         "<p class=muted>No first sales touch measured yet.</p>"
-    body = ("<h1>Funnel</h1><p class=muted>Counted since the workers started (summed over "
-            f"{f.workers} worker{'s' if f.workers != 1 else ''}), the ratios of "
-            "deploy/prometheus/recording_rules.yml.</p>"
+    body = (f"<h1>Funnel</h1><p class=muted id=source>The KPIs of "
+            f"deploy/prometheus/recording_rules.yml, {escape(f.source)}.</p>"
             f"<h2>Conversion</h2>{conv}<h2>SLA breaches by team</h2>{breach}"
             f"<h2>Speed to lead</h2>{speed}")
     return layout("Funnel", body)

@@ -25,6 +25,14 @@ from pydantic import SecretStr
 
 from pipeline.alerts import topic_partitions
 from pipeline.alerts.ack import AlertNotFound, ack_event, find_alert, send_ack
+from pipeline.console.funnel import (
+    RATIOS,
+    TEAM_SERIES,
+    Funnel,
+    Vector,
+    funnel,
+    funnel_from_prometheus,
+)
 from pipeline.errors import InvalidQuery, LeadflowError, WorkerUnreachable
 from pipeline.kafka.security import KafkaSecurity, start_client
 from pipeline.settings import Settings
@@ -147,7 +155,7 @@ class Backend(Protocol):
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None: ...
     async def search(self, q: str) -> list[Mapping[str, Any]]: ...
     async def queue(self, team: str) -> TeamQueue | None: ...
-    async def metrics(self) -> list[str]: ...
+    async def funnel(self, teams: Sequence[str]) -> Funnel: ...
     def history(self, lead_id: str) -> list[StageMove]: ...
     def escalations(self, team: str | None = None) -> list[EscalationSeen]: ...
     def acked(self, alert_id: str) -> AckSent | None: ...
@@ -277,6 +285,39 @@ class WorkerClient:
         return doc
 
 
+class PrometheusUnreachable(LeadflowError):
+    """The configured Prometheus did not answer a query (or answered with an error)."""
+
+
+class PrometheusClient:
+    """Instant queries of the recorded funnel series on a Prometheus server."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def query(self, session: aiohttp.ClientSession, promql: str) -> Vector:
+        try:
+            async with session.get(f"{self.url}/api/v1/query", params={"query": promql}) as r:
+                body = await r.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise PrometheusUnreachable(
+                f"Prometheus at {self.url} did not answer ({exc or type(exc).__name__}): "
+                "check LEADFLOW_CONSOLE_PROMETHEUS_URL") from None
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error") if isinstance(body, dict) else body
+            raise PrometheusUnreachable(f"Prometheus at {self.url} refused {promql}: {error}")
+        return [(dict(s.get("metric") or {}), float(s["value"][1]))
+                for s in body["data"]["result"]]
+
+    async def funnel(self, teams: Sequence[str]) -> Funnel:
+        series = [s for _, _, s in RATIOS] + list(TEAM_SERIES.values())
+        async with aiohttp.ClientSession(timeout=self._timeout) as session:
+            answers = await asyncio.gather(*(self.query(session, s) for s in series))
+        return funnel_from_prometheus(dict(zip(series, answers, strict=True)), teams,
+                                      window="their windows (a day; SLA breaches an hour)")
+
+
 class LiveBackend:
     """The workers over HTTP, Kafka for the feed and the acknowledgements."""
 
@@ -286,6 +327,8 @@ class LiveBackend:
         self.bootstrap = bootstrap
         self.security = KafkaSecurity.from_settings(settings)
         self.workers = WorkerClient(urls, settings.api_token)
+        self.prometheus = (PrometheusClient(settings.console_prometheus_url)
+                           if settings.console_prometheus_url else None)
         self.feed = Feed()
         self._acks: dict[str, AckSent] = {}
         self._task: asyncio.Task[None] | None = None
@@ -350,8 +393,10 @@ class LiveBackend:
     async def queue(self, team: str) -> TeamQueue | None:
         return await self.workers.queue(team)
 
-    async def metrics(self) -> list[str]:
-        return await self.workers.metrics()
+    async def funnel(self, teams: Sequence[str]) -> Funnel:
+        if self.prometheus is not None:
+            return await self.prometheus.funnel(teams)
+        return funnel(await self.workers.metrics(), teams)
 
     def history(self, lead_id: str) -> list[StageMove]:
         return self.feed.history(lead_id)

@@ -241,3 +241,17 @@ def test_refuses_a_network_bind_without_a_token() -> None:
         check_console_exposure(Settings(console_host="0.0.0.0", console_token=SecretStr(" ")))
     check_console_exposure(Settings(console_host="0.0.0.0", console_token=SecretStr("x" * 32)))
     check_console_exposure(Settings())  # loopback by default
+
+
+def test_funnel_page_from_prometheus_says_so_and_shows_the_ratios() -> None:
+    from pipeline.console.funnel import TEAM_SERIES, funnel_from_prometheus
+    from pipeline.console.pages import funnel_page
+
+    html = funnel_page(funnel_from_prometheus({
+        "leadflow:funnel_mql_to_sal:ratio_rate1d": [({}, 0.4)],
+        TEAM_SERIES["alerts"]: [({"team": "sales"}, 8.0)],
+        TEAM_SERIES["breach_ratio"]: [({"team": "sales"}, 0.25)]}, ["sales"], window="a day"))
+    assert "from Prometheus, over a day" in html
+    assert "data-label='MQL → SAL' data-value='0.4'" in html and "40.0%<" in html
+    assert "data-label='SAL → SQL' data-value=''" in html  # no sample: no bar, "no data"
+    assert "25.0% of 8 alerts" in html

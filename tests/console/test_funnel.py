@@ -7,7 +7,14 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.console.funnel import MetricsUnreadable, funnel, histogram_quantile
+from pipeline.console.funnel import (
+    RATIOS,
+    TEAM_SERIES,
+    MetricsUnreadable,
+    funnel,
+    funnel_from_prometheus,
+    histogram_quantile,
+)
 from pipeline.metrics.registry import Metrics
 
 
@@ -37,7 +44,7 @@ def test_ratios_follow_the_recording_rules_summed_over_workers() -> None:
     w2 = worker_text({("lead", "mql"): 2, ("pql", "sal"): 1, ("sql", "opportunity"): 1,
                       ("lead", "pql"): 2, ("sal", "recycled"): 1}, rejected=1)
     f = funnel([w1, w2])
-    assert f.workers == 2
+    assert f.source == "counted since the workers started (summed over 2 workers)"
     got = {r.key: (r.numerator, r.denominator) for r in f.ratios}
     assert got == {
         "mql_to_sal": (2, 8),  # mql->sal over moves into mql
@@ -60,7 +67,7 @@ def test_sla_breaches_and_speed_to_lead_by_team() -> None:
                             touches={"sales": [30.0, 30.0, 200.0, 200.0]})])
     teams = {t.team: t for t in f.teams}
     assert teams["sales"].breach_ratio == 0.25 and teams["emea"].breach_ratio == 0.0
-    assert teams["sales"].touches == 4
+    assert teams["sales"].breaches == 1
     assert teams["sales"].p50_s is not None and teams["sales"].p90_s is not None
     assert teams["sales"].p50_s <= 60 < teams["sales"].p90_s  # the quantiles' buckets
     assert teams["emea"].p50_s is None
@@ -79,3 +86,21 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
 def test_unreadable_text_names_the_worker() -> None:
     with pytest.raises(MetricsUnreadable, match="worker 2's /metrics"):
         funnel([worker_text({}), 'x{a="1" 1\n'])
+
+
+def test_from_prometheus_reads_the_recorded_series() -> None:
+    series = {s: k for k, _, s in RATIOS}
+    results = {s: [({}, 0.1 * (n + 1))] for n, s in enumerate(series) if series[s] != "recycle"}
+    results[TEAM_SERIES["alerts"]] = [({"team": "sales"}, 8.0), ({"team": "nurture"}, 3.0)]
+    results[TEAM_SERIES["breach_ratio"]] = [({"team": "sales"}, 0.25)]
+    results[TEAM_SERIES["p50_s"]] = [({"team": "sales"}, 42.0)]
+    results[TEAM_SERIES["p90_s"]] = [({"team": "sales"}, float("nan"))]  # too few to say
+    f = funnel_from_prometheus(results, ["sales", "emea"])
+    assert [(r.key, r.value) for r in f.ratios] == [
+        ("mql_to_sal", 0.1), ("sal_to_sql", 0.2), ("sql_to_opportunity", 0.30000000000000004),
+        ("acceptance", 0.4), ("recycle", None)]  # no sample: no denominator
+    assert all(r.numerator is None for r in f.ratios)
+    (sales,) = f.teams  # nurture is no team of the rules; emea has no series yet
+    assert (sales.team, sales.alerts, sales.breach_ratio, sales.p50_s, sales.p90_s) == \
+        ("sales", 8.0, 0.25, 42.0, None)
+    assert f.source.startswith("from Prometheus")

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline.console.funnel import Funnel, funnel
 from pipeline.console.sources import (
     AckSent,
     AlreadyAcknowledged,
@@ -64,9 +65,9 @@ class MemoryBackend:
         self._up()
         return self.queues.get(team)
 
-    async def metrics(self) -> list[str]:
+    async def funnel(self, teams: Sequence[str]) -> Funnel:
         self._up()
-        return self.metrics_texts
+        return funnel(self.metrics_texts, teams)
 
     def history(self, lead_id: str) -> list[StageMove]:
         return self.moves.get(lead_id, [])
