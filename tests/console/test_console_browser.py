@@ -199,6 +199,13 @@ async def test_lead_page_queue_acknowledge_and_funnel_in_chromium(
 
                 # the SLA timer stopped: the alert left the worker's queue...
                 await poll(lambda: _queue(worker), lambda d: KNOWN not in _owned(d), 30)
+                # a second acknowledgement, and one of an alert the team's topic never had
+                again = await page.request.post(
+                    console.url(f"/teams/sales/alerts/{known_alert['alert_id']}/ack"))
+                assert again.status == 409 and "already acknowledged" in await again.text()
+                unknown = await page.request.post(console.url("/teams/sales/alerts/nope/ack"))
+                assert unknown.status == 404, await unknown.text()
+                assert "no alert nope in team sales" in await unknown.text()
                 # ...and when the other alert (due later) escalates, this one has not
                 got = await consume(kafka_bootstrap, [t.escalations],
                                     until=lambda o: any(d["lead_id"] == OTHER for *_, d in o),
