@@ -13,7 +13,14 @@ from html import escape
 from typing import Any
 
 from pipeline.console.funnel import Funnel
-from pipeline.console.sources import AckSent, EscalationSeen, QueueItem, StageMove, TeamQueue
+from pipeline.console.sources import (
+    AckSent,
+    EscalationSeen,
+    QueueItem,
+    SearchResult,
+    StageMove,
+    TeamQueue,
+)
 from pipeline.stream.leadview import company_name
 
 CSS = """
@@ -90,11 +97,15 @@ def teams_page(teams: Sequence[str]) -> str:
     return layout("Team queues", f"<h1>Team queues</h1><ul>{links}</ul>")
 
 
-def search_page(q: str, matches: Sequence[Mapping[str, Any]]) -> str:
+def search_page(q: str, result: SearchResult) -> str:
+    matches = result.matches
+    missing = "".join(
+        f"<p class=error id=unanswered>The worker at {escape(u)} did not answer: leads of its "
+        "partitions may be missing here.</p>" for u in result.unanswered)
     rows = ([f"<a href='{url('leads', m['lead_id'])}'>{escape(m['lead_id'])}</a>",
              escape(str(m.get("email") or "")), escape(str(m.get("company") or "")),
              escape(str(m["stage"])), f"{float(m['score']):g}"] for m in matches)
-    return layout(f"Search {q}", f"<h1>Leads matching “{escape(q)}”</h1>" + _rows(
+    return layout(f"Search {q}", f"<h1>Leads matching “{escape(q)}”</h1>{missing}" + _rows(
         ["lead", "e-mail", "company", "stage", "score"], rows,
         f"No lead's id, e-mail or company contains “{q}”.", "id=results"), q=q)
 

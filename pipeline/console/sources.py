@@ -131,6 +131,15 @@ class AckSent:
     at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """Leads a search found (best score first) and the workers that did not answer, whose
+    partitions' leads may be missing from it."""
+
+    matches: tuple[Mapping[str, Any], ...]
+    unanswered: tuple[str, ...] = ()
+
+
 class AckRefused(LeadflowError):
     """Base of the acknowledgements the console refuses; `status` is the HTTP answer."""
 
@@ -153,7 +162,7 @@ class Backend(Protocol):
     """What the console's pages read and do."""
 
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None: ...
-    async def search(self, q: str) -> list[Mapping[str, Any]]: ...
+    async def search(self, q: str) -> SearchResult: ...
     async def queue(self, team: str) -> TeamQueue | None: ...
     async def funnel(self, teams: Sequence[str]) -> Funnel: ...
     def history(self, lead_id: str) -> list[StageMove]: ...
@@ -261,16 +270,30 @@ class WorkerClient:
             return None
         return parse_queue(self._ok(status, body))
 
-    async def search(self, q: str) -> list[Mapping[str, Any]]:
+    async def search(self, q: str) -> SearchResult:
+        """Every worker's matches; one that does not answer is named, not fatal (unless none
+        answers): each worker holds only its own partitions' leads."""
         path = "/search?" + urllib.parse.urlencode({"q": q})
-        answers = await asyncio.gather(*(self._get(b, path) for b in self.urls))
+        got = await asyncio.gather(*(self._get(b, path) for b in self.urls),
+                                   return_exceptions=True)
+        failed = [(u, a) for u, a in zip(self.urls, got, strict=True)
+                  if isinstance(a, BaseException)]
+        for _, a in failed:
+            if not isinstance(a, WorkerUnreachable):
+                raise a
+        if len(failed) == len(self.urls):
+            raise failed[0][1]
         out: dict[str, Mapping[str, Any]] = {}
-        for status, body in answers:
+        for answer in got:
+            if isinstance(answer, BaseException):
+                continue
+            status, body = answer
             if status == 400:
                 raise InvalidQuery(str(orjson.loads(body).get("error", "malformed search")))
             for m in self._ok(status, body)["matches"]:
-                out.setdefault(m["lead_id"], m)  # a standby may not answer; actives do once
-        return sorted(out.values(), key=lambda m: (-float(m["score"]), m["lead_id"]))
+                out.setdefault(m["lead_id"], m)  # each lead is active on one worker only
+        best = sorted(out.values(), key=lambda m: (-float(m["score"]), m["lead_id"]))
+        return SearchResult(tuple(best), tuple(u for u, _ in failed))
 
     async def metrics(self) -> list[str]:
         answers = await asyncio.gather(*(self._get(b, "/metrics") for b in self.urls))
@@ -387,7 +410,7 @@ class LiveBackend:
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None:
         return await self.workers.lead(lead_id)
 
-    async def search(self, q: str) -> list[Mapping[str, Any]]:
+    async def search(self, q: str) -> SearchResult:
         return await self.workers.search(q)
 
     async def queue(self, team: str) -> TeamQueue | None:

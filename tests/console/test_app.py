@@ -124,6 +124,15 @@ async def test_search_lists_matches_with_links(client: TestClient) -> None:
     assert r.status == 200 and "No lead" in await r.text()
 
 
+async def test_search_says_which_worker_did_not_answer(
+    client: TestClient, backend: MemoryBackend,
+) -> None:
+    backend.unanswered = ["http://w2:6066"]
+    html = await (await client.get("/search", params={"q": "u-1"})).text()
+    assert "href='/leads/u-1'" in html
+    assert "The worker at http://w2:6066 did not answer" in html
+
+
 async def test_queue_shows_owned_with_countdown_unowned_and_escalations(
     client: TestClient,
 ) -> None:

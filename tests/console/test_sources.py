@@ -109,7 +109,8 @@ async def two_workers() -> AsyncIterator[list[str]]:
 async def test_search_asks_every_worker_and_merges_by_score(two_workers: list[str]) -> None:
     client = WorkerClient(two_workers, SecretStr("tok"))
     try:
-        assert [m["lead_id"] for m in await client.search("x")] == ["b", "c", "a"]
+        found = await client.search("x")
+        assert [m["lead_id"] for m in found.matches] == ["b", "c", "a"] and not found.unanswered
         with pytest.raises(InvalidQuery, match="the search is empty"):
             await client.search(" ")
         assert await client.lead("nobody") is None
@@ -131,3 +132,14 @@ async def test_a_wrong_worker_token_or_no_worker_is_named(two_workers: list[str]
             await dead.lead("a")
     finally:
         await dead.close()
+
+
+async def test_search_names_a_worker_that_does_not_answer(two_workers: list[str]) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    client = WorkerClient([*two_workers, gone], SecretStr("tok"))
+    try:
+        found = await client.search("x")
+        assert [m["lead_id"] for m in found.matches] == ["b", "c", "a"]
+        assert found.unanswered == (gone,)
+    finally:
+        await client.close()

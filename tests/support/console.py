@@ -21,6 +21,7 @@ from pipeline.console.sources import (
     AckSent,
     AlreadyAcknowledged,
     EscalationSeen,
+    SearchResult,
     StageMove,
     TeamQueue,
     UnknownAlert,
@@ -46,6 +47,7 @@ class MemoryBackend:
     escalated: list[EscalationSeen] = field(default_factory=list)
     sent: dict[str, AckSent] = field(default_factory=dict)
     down: bool = False
+    unanswered: list[str] = field(default_factory=list)
 
     def _up(self) -> None:
         if self.down:
@@ -55,11 +57,11 @@ class MemoryBackend:
         self._up()
         return self.leads.get(lead_id)
 
-    async def search(self, q: str) -> list[Mapping[str, Any]]:
+    async def search(self, q: str) -> SearchResult:
         self._up()
-        return [{"lead_id": k, "stage": d["stage"], "score": d["scores"]["total"],
+        return SearchResult(tuple({"lead_id": k, "stage": d["stage"], "score": d["scores"]["total"],
                  "email": d.get("email"), "company": d["traits"].get("company")}
-                for k, d in self.leads.items() if q in k.casefold()]
+                for k, d in self.leads.items() if q in k.casefold()), tuple(self.unanswered))
 
     async def queue(self, team: str) -> TeamQueue | None:
         self._up()
