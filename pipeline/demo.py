@@ -212,6 +212,13 @@ async def _main(settings: Settings, rate: float, visitors: int, run: DemoRun) ->
     console.print(f"worker started (pid {worker.pid}, log {log_path}); lead API on "
                   f"http://{settings.web_host}:{settings.web_port}/leads/<id>, e.g. "
                   f"/leads/{run.lead(7)} (this run's leads are user-{run.id_prefix}…)")
+    # The console reads the worker on LEADFLOW_WEB_PORT: name it when the demo moved it.
+    default_port = type(settings).model_fields["web_port"].default
+    port_env = "" if settings.web_port == default_port else \
+        f"LEADFLOW_WEB_PORT={settings.web_port} "
+    console.print(f"web pages for sales (lead pages, team queues, funnel): run "
+                  f"`{port_env}leadflow console` in another terminal, then open "
+                  f"http://{settings.console_host}:{settings.console_port}", highlight=False)
     counts: dict[str, int] = {}
     t = settings.topics
     view = LiveSummary(t.stage_changes, t.deadletter, t.routing_prefix)

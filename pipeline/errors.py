@@ -48,3 +48,7 @@ class BrokerError(LeadflowError):
 
 class WorkerUnreachable(LeadflowError):
     """No worker answered a request for its web API (or it answered with an error)."""
+
+
+class InvalidQuery(LeadflowError):
+    """A search the lead API or the console cannot run (empty, too long, control characters)."""

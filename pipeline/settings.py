@@ -92,6 +92,30 @@ class Settings(BaseSettings):
         "health, readiness and metrics stay open. Empty means unset.",
     )
     web_port: int = Field(default=6066, ge=0, le=65535)
+    # -- the console (leadflow console): web pages for revenue teams ----------------------
+    console_host: str = Field(
+        default="127.0.0.1",
+        description="Address the console binds to; not loopback requires LEADFLOW_CONSOLE_TOKEN.",
+    )
+    console_port: int = Field(default=6070, ge=0, le=65535)
+    console_token: SecretStr | None = Field(
+        default=None,
+        description="The console's secret: sent as 'Authorization: Bearer <token>' or as the "
+        "password of HTTP basic auth (any user name), so a browser shows its own login box. "
+        "Empty means unset.",
+    )
+    console_prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus (with deploy/prometheus/recording_rules.yml loaded) the funnel "
+        "page reads the recorded KPIs from; unset: computed from the workers' /metrics.",
+    )
+    console_workers: list[str] = Field(
+        default=[],
+        description="Worker web addresses the console reads (lead API, search, queues, "
+        "/metrics); search asks each. JSON in the environment: "
+        '\'["http://w1:6066", "http://w2:6066"]\'. Empty: this machine\'s worker on '
+        "LEADFLOW_WEB_PORT.",
+    )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
@@ -201,7 +225,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"LEADFLOW_{name.upper()}={path}: no such file")
         return self
 
-    @field_validator("api_token")
+    @field_validator("api_token", "console_token")
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # `LEADFLOW_API_TOKEN=` (an unset compose variable) must not mean "the empty token".

@@ -74,6 +74,10 @@ def _hang_up_and_check(demo: subprocess.Popen[str], home: Path) -> None:
             break
         assert time.monotonic() < deadline and demo.poll() is None, "".join(seen)
     assert worker_pid is not None, "".join(seen)
+    # the demo's worker is on another port than the default: the hint says how to reach it
+    port = demo.args[demo.args.index("--web-port") + 1]
+    said = " ".join(" ".join(seen).split())  # whatever width the output was wrapped at
+    assert f"`LEADFLOW_WEB_PORT={port} leadflow console`" in said, seen
     assert _pids_using(home), "the demo's broker and worker should be running now"
     os.killpg(demo.pid, signal.SIGHUP)  # what closing the terminal sends
     rest, _ = demo.communicate(timeout=120)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import alerts, bench, collector, deadletters, kafka, rules, stream
+from pipeline.cli import alerts, bench, collector, console, deadletters, kafka, rules, stream
 
 app = typer.Typer(
     name="leadflow",
@@ -15,6 +15,7 @@ app = typer.Typer(
 alerts.register(app)
 bench.register(app)
 collector.register(app)
+console.register(app)
 deadletters.register(app)
 kafka.register(app)
 rules.register(app)

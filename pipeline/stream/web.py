@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from itertools import islice
 from typing import Any, Protocol, cast
 
 import faust
@@ -10,11 +12,14 @@ from faust import web
 from faust.exceptions import SameNode
 
 from pipeline.core.rules import CompiledRules
+from pipeline.errors import InvalidQuery
 from pipeline.metrics.registry import Metrics
+from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Settings
 from pipeline.stream import faust_adapter
 from pipeline.stream.access import authorized
-from pipeline.stream.leadview import lead_document
+from pipeline.stream.clock import Clock
+from pipeline.stream.leadview import MAX_MATCHES, lead_document, search_leads, search_text
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.stages.assign import team_queue
@@ -37,6 +42,7 @@ class Served(Protocol):
     metrics: Metrics
     recovery_progress: RecoveryProgress
     rules_feed: RulesFeed
+    clock: Clock
 
     @property
     def app(self) -> faust.App: ...
@@ -91,6 +97,26 @@ def install(lf: Served) -> None:
                 return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
             return self.json(lead_document(lead_id, stored, lf.rules))
 
+    @app.page("/search")
+    class SearchView(web.View):
+        """GET /search?q=: leads of this worker's partitions whose id, e-mail or company
+        contains the text (each worker answers for its own; the console asks them all)."""
+
+        async def get(self, request: web.Request) -> web.Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
+            try:
+                q = search_text(request.query.get("q"))
+            except InvalidQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
+            # In slices, yielding between them: a scan of a big table must not stall the agents.
+            found: list[Any] = []
+            items = faust_adapter.raw_items(leads)
+            while len(found) < MAX_MATCHES and (chunk := list(islice(items, 1000))):
+                found += search_leads(q, chunk, lf.rules, limit=MAX_MATCHES - len(found))
+                await asyncio.sleep(0)
+            return self.json({"query": q, "matches": [m.to_dict() for m in found]})
+
     @app.page("/teams/{team}/queue")
     class TeamQueueView(web.View):
         """GET /teams/{team}/queue: alerts waiting for the team to open, unowned, and owned."""
@@ -104,7 +130,9 @@ def install(lf: Served) -> None:
             routed = await on_owner(owners, team, self.web, request)
             if routed is not None:
                 return routed
-            return self.json(team_queue(team, owners.get(team.encode())))
+            # as_of: the worker's clock (a test's fast clock too), that SLA countdowns count from
+            return self.json({**team_queue(team, owners.get(team.encode())),
+                              "as_of": iso_offset(lf.clock.now_ms())})
 
     @app.page("/healthz")
     class Health(web.View):

@@ -131,12 +131,20 @@ async def test_the_lead_api_needs_the_token_and_health_does_not(
 
     refusal = {"error": "this path needs 'Authorization: Bearer <token>' "
                         "(the worker's LEADFLOW_API_TOKEN)"}
-    for path in ("/leads/api-1", "/leads/unknown", "/teams/sales/queue"):
+    for path in ("/leads/api-1", "/leads/unknown", "/teams/sales/queue", "/search?q=co"):
         for wrong in (None, "", "t0ken", token + "x"):
             assert await w.get(path, token=wrong) == (401, refusal), (path, wrong)
     status, doc = await w.get("/leads/api-1", token=token)
     assert status == 200 and doc["traits"]["title"] == body["traits"]["title"]
     assert (await w.get("/teams/sales/queue", token=token))[0] == 200
+    # the search the console asks every worker: by company, by e-mail; a malformed one is 400
+    for q in ("co%201", "API-1@CO1"):
+        status, found = await w.get(f"/search?q={q}", token=token)
+        assert status == 200, found
+        assert [m["lead_id"] for m in found["matches"]] == ["api-1"], (q, found)
+        assert found["matches"][0]["company"] == "Co 1"
+    status, doc = await w.get("/search?q=%20", token=token)
+    assert status == 400 and "the search is empty" in doc["error"], doc
     # Open, and free of personal data: no lead id, title or company in any of them.
     for path in ("/healthz", "/readyz", "/metrics"):
         import aiohttp

@@ -1,4 +1,5 @@
-"""What the real-Chromium tests share: the browser, its flags, and a site embedding leadflow.js.
+"""What the real-Chromium tests share: the browser, its flags, a site embedding leadflow.js,
+and the folder screenshots are kept in.
 
 Used by tests/collector/test_browser.py and tests/collector/test_browser_scored.py; the
 Debian `chromium` package provides the browser (playwright's own download is not used).
@@ -7,8 +8,10 @@ Debian `chromium` package provides the browser (playwright's own download is not
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -63,3 +66,13 @@ async def serve_site(collector_url: str) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def artifacts_dir(test: str) -> Path:
+    """Where a browser test keeps its screenshots: $LEADFLOW_TEST_ARTIFACTS/<test>, else
+    <repo>/.leadflow/test-artifacts/<test> (git-ignored); created empty of nothing else."""
+    root = os.environ.get("LEADFLOW_TEST_ARTIFACTS") or str(
+        Path(__file__).resolve().parents[2] / ".leadflow" / "test-artifacts")
+    path = Path(root) / test
+    path.mkdir(parents=True, exist_ok=True)
+    return path
