@@ -38,6 +38,7 @@ def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) ->
                f"pql {th['pql']:g}")
     typer.echo(f"  triggers: {', '.join(s['triggers']) or 'none'}")
     typer.echo(f"  decay: {s['decay'] or 'none'}; alert cooldown {s['cooldown_ms'] // 60000} min")
+    typer.echo(f"  channels: {', '.join(s['channels']) or 'none'} (else other)")
 
 
 def backtest_cmd(

@@ -26,11 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.attribution import deal_amount, weights
 from pipeline.core.breakdown import top_reasons
 from pipeline.core.event import Event
 from pipeline.core.outputs import (
+    ATTRIBUTED_STAGES,
     AlertKind,
     AlertTrigger,
+    Attribution,
     MoveRefused,
     Output,
     RoutingDecision,
@@ -58,6 +61,7 @@ from pipeline.core.stages import (
     decide,
 )
 from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState, make_state
+from pipeline.core.touches import add, extract, mark_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ class _Work:
     __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
                  "first_event_ms", "fit", "fit_hits", "hot", "last_alert_id", "last_alert_ms",
                  "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "rejection",
-                 "score_ms", "seen", "stage", "stage_since_ms", "team", "traits")
+                 "score_ms", "seen", "stage", "stage_since_ms", "team", "touches", "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -116,6 +120,7 @@ class _Work:
         self.team = s.team
         self.last_alert_id = s.last_alert_id
         self.rejection = s.rejection
+        self.touches = s.touches
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -124,7 +129,7 @@ class _Work:
             self.product, self.score_ms, self.first_event_ms, self.last_event_ms, self.traits,
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
-            self.owner, self.team, self.last_alert_id, self.rejection,
+            self.owner, self.team, self.last_alert_id, self.rejection, self.touches,
         )
 
     def groups(self) -> dict[str, float]:
@@ -167,8 +172,13 @@ def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
 
 
 def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
-          mid: str | None, detail: str | None = None) -> bool:
-    """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable."""
+          mid: str | None, detail: str | None = None,
+          deal: tuple[float | None, str | None, str | None] = (None, None, None)) -> bool:
+    """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable.
+
+    A move marks the lead's latest touch as the one before it, and a move to an attributed
+    stage emits its Attribution (with `deal`: amount, currency, issue) after the StageMove.
+    """
     ok, reason = decide(w.stage, to, cause)
     if not ok:
         if reason is not None:
@@ -176,6 +186,13 @@ def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
         return False
     total = round(r.total(w.fit, w.engagement, w.product), 2)
     w.outs.append(StageMove(w.lead_id, w.stage, to, at, rule, mid, total, w.groups(), detail))
+    if w.touches:
+        w.touches = mark_last(w.touches, to)
+    if to in ATTRIBUTED_STAGES:
+        j = w.touches
+        w.outs.append(Attribution(
+            w.lead_id, to, w.stage, at, rule, mid, j,
+            tuple([(m, weights(m, j)) for m in r.attribution_models]), *deal))
     w.stage = to
     w.stage_since_ms = at
     if to == "recycled" or to == "customer" or to == "disqualified":
@@ -285,7 +302,9 @@ def _crm(w: _Work, r: CompiledRules, e: Event) -> None:
         if _move(w, r, target, CRM, f"crm:{name}", t, mid, detail):
             w.rejection = detail or "unspecified"
         return
-    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail)
+    deal = deal_amount(e.properties) if target in ("opportunity", "customer") else (
+        None, None, None)
+    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal)
 
 
 def _idle(w: _Work, r: CompiledRules, eng: float, prod: float, total: float, t: int,
@@ -419,6 +438,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     # r.total(fit, eng, prod), written out (here and below) to save a call per event
     cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
            + wp * (prod if prod < mp else mp))
+    channels = r.channels
 
     for e in events:
         mid = e.message_id
@@ -456,6 +476,13 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
                 last_ms = t
             if t < first_ms:
                 first_ms = t
+
+        # a touch first, so that a move this event makes is attributed to it too
+        if channels and (e.utm or e.referrer or "utm_" in e.url
+                         or (not w.touches and e.type == "page")):
+            touch = extract(e, channels, not w.touches)
+            if touch is not None:
+                w.touches = add(w.touches, touch)
 
         stage0 = w.stage
         prev_total = cur

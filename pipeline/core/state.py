@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from pipeline.core.touches import Touch
+
 MAX_SEEN = 64
 MAX_RECENT = 10
 MAX_CAP_WINDOWS = 8
@@ -64,6 +66,7 @@ class LeadState:
     team: str | None = None  # the owner's team, written back with it
     last_alert_id: str | None = None  # the lead's latest alert: a later hand-raise updates it
     rejection: str | None = None  # the reason sales gave with the latest "Lead Rejected"
+    touches: tuple[Touch, ...] = ()  # the marketing journey, bounded (pipeline.core.touches)
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -102,6 +105,7 @@ class LeadState:
             "team": self.team,
             "last_alert_id": self.last_alert_id,
             "rejection": self.rejection,
+            "touches": [t.to_list() for t in self.touches],
         }
 
     @classmethod
@@ -139,6 +143,8 @@ class LeadState:
             get("team"),
             get("last_alert_id"),
             get("rejection"),
+            # states stored before touches existed have none
+            tuple(map(Touch.from_list, get("touches") or ())),
         )
 
 
@@ -147,7 +153,7 @@ class LeadState:
 _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product", "score_ms",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
-           "alert_rules", "owner", "team", "last_alert_id", "rejection")
+           "alert_rules", "owner", "team", "last_alert_id", "rejection", "touches")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -179,6 +185,7 @@ def make_state(
     team: str | None = None,
     last_alert_id: str | None = None,
     rejection: str | None = None,
+    touches: tuple[Touch, ...] = (),
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -211,6 +218,7 @@ def make_state(
     _SET[21](s, team)
     _SET[22](s, last_alert_id)
     _SET[23](s, rejection)
+    _SET[24](s, touches)
     return s
 
 

@@ -29,6 +29,7 @@ from pipeline.core.event import Event
 from pipeline.core.rules import ENGAGEMENT, CompiledEventRule, CompiledRules
 from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED
 from pipeline.core.state import MAX_SEEN, LeadState
+from pipeline.core.touches import add, extract
 
 __all__ = ["apply", "apply_batch", "tick"]
 
@@ -66,6 +67,10 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
             w.last_event_ms = t
         if t < w.first_event_ms:
             w.first_event_ms = t
+
+    touch = extract(e, r.channels, not w.touches) if r.channels else None
+    if touch is not None:
+        w.touches = add(w.touches, touch)
 
     stage0 = w.stage
     prev_total = r.total(w.fit, w.engagement, w.product)
