@@ -29,6 +29,7 @@ class Topics(BaseSettings):
     recycle: str = "routing.recycle"
     review: str = "routing.review"
     escalations: str = "routing.escalations"
+    attribution: str = "leads.attribution"
     deadletter: str = "events.deadletter"
 
     def inputs(self) -> dict[str, str]:

@@ -87,8 +87,15 @@ def weights(model: str, journey: Sequence[Touch]) -> tuple[float, ...]:
     return _MODELS[model](len(journey), created_index(journey))
 
 
+#: The channel credited with a conversion whose lead had no touch at all.
+UNATTRIBUTED = "unattributed"
+
+
 def by_channel(journey: Sequence[Touch], ws: Sequence[float]) -> dict[str, float]:
-    """Credit summed per channel, in the order channels first appear."""
+    """Credit summed per channel, in the order channels first appear; a conversion without
+    touches is credited to `UNATTRIBUTED`, so that the credit always sums to one move."""
+    if not journey:
+        return {UNATTRIBUTED: 1.0}
     out: dict[str, float] = {}
     for t, w in zip(journey, ws, strict=True):
         out[t.channel] = out.get(t.channel, 0.0) + w

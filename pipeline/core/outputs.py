@@ -118,7 +118,8 @@ class RoutingDecision:
 
 
 #: The stages whose moves are attributed to the lead's touches.
-ATTRIBUTED_STAGES: frozenset[str] = frozenset({"mql", "sql", "opportunity", "customer"})
+AttributedStage = Literal["mql", "sql", "opportunity", "customer"]
+ATTRIBUTED_STAGES: frozenset[str] = frozenset(get_args(AttributedStage))
 
 
 @dataclass(frozen=True, slots=True)

@@ -696,6 +696,8 @@ class LeadflowApp:
             m.duplicate()
         for frm, to, refused, cause, detail in p.moves:
             m.stage_move(frm, to, refused=refused, cause=cause, detail=detail)
+        for att in p.attributions:
+            m.attribution(att)
         now = self.clock.now_s()
         m.processed(*(now - e.timestamp_ms / 1000 for e in decoded))
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import deadletters
+from pipeline.core.attribution import by_channel
 from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
-from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
+from pipeline.core.outputs import AlertTrigger, Attribution, MoveRefused, RoutingDecision, StageMove
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import first_trait
 from pipeline.core.stages import ACK_EVENTS
-from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
+from pipeline.models.outputs import LeadAttribution, RoutingAlert, StageChange, TopReason
 from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
@@ -87,6 +88,7 @@ class Plan:
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
     # from, to, refused, cause rule, detail (for metrics)
     moves: list[tuple[str, str, bool, str | None, str | None]] = field(default_factory=list)
+    attributions: list[Attribution] = field(default_factory=list)  # for metrics by channel
 
 
 def plan(
@@ -163,6 +165,10 @@ def plan(
             )
             p.sends.append((topic, o.lead_id.encode(), handoff.to_bytes()))
             p.alerts.append((o.route, o.route))
+        elif isinstance(o, Attribution):
+            p.sends.append((topics.attribution, o.lead_id.encode(),
+                            attribution_message(o, rules_version).to_bytes()))
+            p.attributions.append(o)
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:
             route = routes.get(e.lead_id)
@@ -173,6 +179,27 @@ def plan(
                 "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
                 else None, "at_ms": e.timestamp_ms, "event": e.name}))
     return p
+
+
+def attribution_message(a: Attribution, rules_version: str | None) -> LeadAttribution:
+    """The wire form of an attribution: touches, credit per model and channel, the deal."""
+    deal = None
+    if a.stage in ("opportunity", "customer"):
+        deal = {"kind": "pipeline" if a.stage == "opportunity" else "revenue",
+                "amount": a.amount, "currency": a.currency, "amount_issue": a.amount_issue}
+    return LeadAttribution(
+        attribution_id=f"{a.lead_id}:{a.stage}:{a.cause_message_id or a.at_ms}",
+        lead_id=a.lead_id, stage=a.stage, from_stage=a.from_stage,
+        at=iso_offset(a.at_ms), at_ms=a.at_ms,
+        cause={"rule": a.cause_rule, "message_id": a.cause_message_id},
+        touches=[{"channel": t.channel, "source": t.source, "medium": t.medium,
+                  "campaign": t.campaign, "referrer": t.referrer, "at": iso_offset(t.at_ms),
+                  "at_ms": t.at_ms, "message_id": t.message_id, "count": t.count,
+                  "marks": list(t.marks)} for t in a.touches],
+        credits=[{"model": m, "weights": list(ws), "channels": by_channel(a.touches, ws)}
+                 for m, ws in a.credits],
+        deal=deal, rules_version=rules_version,
+    )
 
 
 def plan_scored(

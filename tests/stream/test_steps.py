@@ -134,7 +134,8 @@ def test_plan_maps_outputs_to_topics_and_assign_commands() -> None:
     traits = {"u1": {"email": "a@stark.de", "country": "DE", "employees": 50}}
     p = emit.plan(outs, traits, [ident, e], {}, RULES.routing, Topics(),
                   free_mail=RULES.free_email)
-    assert {t for t, _, _ in p.sends} == {"leads.stage-changes"}
+    # the move to mql comes with its attribution (the lead had no touch: none credited)
+    assert {t for t, _, _ in p.sends} == {"leads.stage-changes", "leads.attribution"}
     assert [(team, c["op"], c["alert"]["kind"]) for team, c in p.assign] == [
         ("emea", "alert", "instant")]
     alert = p.assign[0][1]["alert"]
