@@ -30,6 +30,7 @@ class Topics(BaseSettings):
     review: str = "routing.review"
     escalations: str = "routing.escalations"
     attribution: str = "leads.attribution"
+    nurture_changes: str = "leads.nurture"
     deadletter: str = "events.deadletter"
 
     def inputs(self) -> dict[str, str]:

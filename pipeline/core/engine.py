@@ -35,6 +35,8 @@ from pipeline.core.outputs import (
     AlertTrigger,
     Attribution,
     MoveRefused,
+    NurtureChange,
+    NurtureReason,
     Output,
     RoutingDecision,
     StageMove,
@@ -58,6 +60,7 @@ from pipeline.core.stages import (
     PRODUCT,
     SCORE,
     TRIGGER,
+    UNSUBSCRIBED,
     decide,
 )
 from pipeline.core.state import MAX_CAP_WINDOWS, MAX_RECENT, MAX_SEEN, LeadState, make_state
@@ -90,10 +93,36 @@ class _Work:
     writes once per call, so a LeadState is never changed after it is made.
     """
 
-    __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
-                 "first_event_ms", "fit", "fit_hits", "hot", "last_alert_id", "last_alert_ms",
-                 "last_event_ms", "lead_id", "outs", "owner", "product", "recent", "rejection",
-                 "score_ms", "seen", "stage", "stage_since_ms", "team", "touches", "traits")
+    __slots__ = (
+        "achieved",
+        "alert_rules",
+        "caps",
+        "contrib",
+        "counts",
+        "engagement",
+        "first_event_ms",
+        "fit",
+        "fit_hits",
+        "hot",
+        "last_alert_id",
+        "last_alert_ms",
+        "last_event_ms",
+        "lead_id",
+        "nurture",
+        "opted_out",
+        "outs",
+        "owner",
+        "product",
+        "recent",
+        "rejection",
+        "score_ms",
+        "seen",
+        "stage",
+        "stage_since_ms",
+        "team",
+        "touches",
+        "traits",
+    )
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -121,6 +150,8 @@ class _Work:
         self.last_alert_id = s.last_alert_id
         self.rejection = s.rejection
         self.touches = s.touches
+        self.nurture = s.nurture
+        self.opted_out = s.opted_out
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -130,6 +161,7 @@ class _Work:
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
             self.owner, self.team, self.last_alert_id, self.rejection, self.touches,
+            self.nurture, self.opted_out,
         )
 
     def groups(self) -> dict[str, float]:
@@ -168,6 +200,30 @@ def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
     return True
 
 
+# -- nurture -------------------------------------------------------------------------------
+
+# A move to one of these stages takes the lead out of nurture: sales works it, or nobody does.
+_EXIT_ON: dict[str, NurtureReason] = {
+    "sal": "sales_accepted", "sql": "qualified", "opportunity": "opportunity_opened",
+    "customer": "customer", "disqualified": "disqualified"}
+
+
+def _enroll(w: _Work, reason: NurtureReason, at: int, mid: str | None,
+            detail: str | None = None) -> None:
+    """Put the lead in nurture, unless it is already there or unsubscribed."""
+    if w.nurture is None and not w.opted_out:
+        w.nurture = reason
+        w.outs.append(NurtureChange(w.lead_id, "enroll", reason, w.stage, at, mid, detail))
+
+
+def _exit(w: _Work, reason: NurtureReason, at: int, mid: str | None,
+          detail: str | None = None) -> None:
+    """Take the lead out of nurture, if it is there."""
+    if w.nurture is not None:
+        w.nurture = None
+        w.outs.append(NurtureChange(w.lead_id, "exit", reason, w.stage, at, mid, detail))
+
+
 # -- moves, alerts -------------------------------------------------------------------------
 
 
@@ -200,6 +256,9 @@ def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
     if to == "recycled":
         w.outs.append(RoutingDecision(w.lead_id, "recycle", "cold", at, f"{cause}:{rule}", mid,
                                       total, w.groups()))
+        _enroll(w, "recycled", at, mid, rule)
+    elif to in _EXIT_ON:
+        _exit(w, _EXIT_ON[to], at, mid, rule)
     return True
 
 
@@ -260,6 +319,7 @@ def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
         top_reasons(w.contrib, w.fit_hits), updates)
     w.last_alert_id = a.alert_id
     w.outs.append(a)
+    _exit(w, "sales_alerted", at, mid, rule)  # a rep gets the lead: no nurture meanwhile
     return True
 
 
@@ -501,6 +561,9 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             if name in CRM_EVENTS:
                 w.engagement, w.product = eng, prod
                 _crm(w, r, e)
+            elif name == UNSUBSCRIBED:
+                w.opted_out = True
+                _exit(w, "unsubscribed", t, mid, UNSUBSCRIBED)
         elif e.traits and (etype == "identify" or etype == "group"):
             w.engagement, w.product = eng, prod
             _merge_traits(w, e, r)
@@ -642,6 +705,7 @@ def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | 
     if to_mql and not alerted and not w.hot:
         w.outs.append(RoutingDecision(w.lead_id, "nurture", "warm", t, "crossed mql", mid,
                                       round(total, 2), w.groups()))
+        _enroll(w, "warm", t, mid, "crossed mql")
 
 
 # -- public API ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ All outputs are frozen dataclasses with a `to_dict()` giving a JSON-friendly dic
 `output` key names the kind; the stream shell maps them to topics:
 `StageMove` -> leads.stage-changes, `MoveRefused` -> leads.stage-changes (as a refusal),
 `AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / recycle / review,
-`Attribution` -> leads.attribution.
+`Attribution` -> leads.attribution, `NurtureChange` -> leads.nurture.
 """
 
 from __future__ import annotations
@@ -154,4 +154,32 @@ class Attribution:
                 "amount_issue": self.amount_issue}
 
 
-Output = StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution
+NurtureAction = Literal["enroll", "exit"]
+#: Why a lead enters a nurture track (`warm`: crossed the mql line without an alert) or
+#: leaves it; the one list the core, the wire model and the schema use.
+NurtureReason = Literal["warm", "recycled", "sales_alerted", "sales_accepted", "qualified",
+                        "opportunity_opened", "customer", "disqualified", "unsubscribed"]
+NURTURE_REASONS: tuple[str, ...] = get_args(NurtureReason)
+
+
+@dataclass(frozen=True, slots=True)
+class NurtureChange:
+    """A lead enters or leaves marketing's nurture track, and why (`detail`: the cause)."""
+
+    lead_id: str
+    action: NurtureAction
+    reason: NurtureReason
+    stage: str
+    at_ms: int
+    message_id: str | None
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "nurture", "lead_id": self.lead_id, "action": self.action,
+                "reason": self.reason, "stage": self.stage, "at_ms": self.at_ms,
+                "message_id": self.message_id, "detail": self.detail}
+
+
+Output = (StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution
+          | NurtureChange)

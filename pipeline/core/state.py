@@ -67,6 +67,8 @@ class LeadState:
     last_alert_id: str | None = None  # the lead's latest alert: a later hand-raise updates it
     rejection: str | None = None  # the reason sales gave with the latest "Lead Rejected"
     touches: tuple[Touch, ...] = ()  # the marketing journey, bounded (pipeline.core.touches)
+    nurture: str | None = None  # why the lead is in a nurture track; None: it is not
+    opted_out: bool = False  # the lead unsubscribed: never enrolled in nurture again
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -106,6 +108,8 @@ class LeadState:
             "last_alert_id": self.last_alert_id,
             "rejection": self.rejection,
             "touches": [t.to_list() for t in self.touches],
+            "nurture": self.nurture,
+            "opted_out": self.opted_out,
         }
 
     @classmethod
@@ -145,6 +149,8 @@ class LeadState:
             get("rejection"),
             # states stored before touches existed have none
             tuple(map(Touch.from_list, get("touches") or ())),
+            get("nurture"),
+            bool(get("opted_out", False)),
         )
 
 
@@ -153,7 +159,8 @@ class LeadState:
 _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product", "score_ms",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
-           "alert_rules", "owner", "team", "last_alert_id", "rejection", "touches")
+           "alert_rules", "owner", "team", "last_alert_id", "rejection", "touches", "nurture",
+           "opted_out")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -186,6 +193,8 @@ def make_state(
     last_alert_id: str | None = None,
     rejection: str | None = None,
     touches: tuple[Touch, ...] = (),
+    nurture: str | None = None,
+    opted_out: bool = False,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -219,6 +228,8 @@ def make_state(
     _SET[22](s, last_alert_id)
     _SET[23](s, rejection)
     _SET[24](s, touches)
+    _SET[25](s, nurture)
+    _SET[26](s, opted_out)
     return s
 
 

@@ -20,7 +20,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from pipeline.core.attribution import AmountIssue, Model
 from pipeline.core.outputs import AlertKind as CoreAlertKind
-from pipeline.core.outputs import AttributedStage, Route, Temperature
+from pipeline.core.outputs import (
+    AttributedStage,
+    NurtureAction,
+    NurtureReason,
+    Route,
+    Temperature,
+)
 
 #: Version of every outbound schema in this module; consumers should accept unknown *higher*
 #: minor additions but must check this number before relying on a removed/renamed field.
@@ -381,6 +387,36 @@ class LeadAttribution(_Message):
         return _utc(v)
 
 
+class NurtureMessage(_Message):
+    """A lead enters (`enroll`) or leaves (`exit`) marketing's nurture track, and why.
+
+    Topic `leads.nurture`, key = lead_id. For the marketing automation side: start a
+    lead's nurture e-mails on enroll, stop them on exit. A lead is never enrolled while
+    a rep works it (alerted, accepted, qualified, with an opportunity) or after it
+    unsubscribed.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "lead-nurture.json"
+
+    nurture_id: str = Field(description="`<lead_id>:<action>:<messageId or at_ms>`: the "
+                            "same change replayed gives the same id.")
+    lead_id: str = Field(min_length=1, description="The lead (userId, or anon:<anonymousId>).")
+    action: NurtureAction = Field(description="`enroll`: start nurture; `exit`: stop it.")
+    reason: NurtureReason = Field(
+        description="Why: enroll `warm` (crossed the mql line without an alert) or "
+        "`recycled` (sent back to marketing); exit `sales_alerted`, `sales_accepted`, "
+        "`qualified`, `opportunity_opened`, `customer`, `disqualified` or `unsubscribed`.")
+    stage: str = Field(description="The lead's stage after the change.")
+    at: AwareDatetime = Field(description="When it happened (event time), ISO-8601 UTC.")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    cause: Cause = Field(description="The rule or CRM move and the inbound message behind it.")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
 #: Every outbound model, by schema file name (for schemagen and the docs).
 OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, LeadAssignment,
-                                        DeadLetter, LeadAttribution)
+                                        DeadLetter, LeadAttribution, NurtureMessage)

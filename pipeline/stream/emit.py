@@ -14,11 +14,24 @@ from pipeline import deadletters
 from pipeline.core.attribution import by_channel
 from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
-from pipeline.core.outputs import AlertTrigger, Attribution, MoveRefused, RoutingDecision, StageMove
+from pipeline.core.outputs import (
+    AlertTrigger,
+    Attribution,
+    MoveRefused,
+    NurtureChange,
+    RoutingDecision,
+    StageMove,
+)
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import first_trait
 from pipeline.core.stages import ACK_EVENTS
-from pipeline.models.outputs import LeadAttribution, RoutingAlert, StageChange, TopReason
+from pipeline.models.outputs import (
+    LeadAttribution,
+    NurtureMessage,
+    RoutingAlert,
+    StageChange,
+    TopReason,
+)
 from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
 from pipeline.stream.steps import Rejected, rec_traits
@@ -169,6 +182,13 @@ def plan(
             p.sends.append((topics.attribution, o.lead_id.encode(),
                             attribution_message(o, rules_version).to_bytes()))
             p.attributions.append(o)
+        elif isinstance(o, NurtureChange):
+            p.sends.append((topics.nurture_changes, o.lead_id.encode(), NurtureMessage(
+                nurture_id=f"{o.lead_id}:{o.action}:{o.message_id or o.at_ms}",
+                lead_id=o.lead_id, action=o.action, reason=o.reason, stage=o.stage,
+                at=iso_offset(o.at_ms), at_ms=o.at_ms,
+                cause={"rule": o.detail, "message_id": o.message_id},
+                rules_version=rules_version).to_bytes()))
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:
             route = routes.get(e.lead_id)

@@ -79,3 +79,26 @@ def test_topic_name_is_a_setting() -> None:
     p = emit.plan(res.outputs, {}, JOURNEY[:4], {}, RULES.routing,
                   Topics(attribution="mkt.attribution"), free_mail=RULES.free_email)
     assert "mkt.attribution" in {t for t, _, _ in p.sends}
+
+
+def test_nurture_changes_go_to_their_topic_and_match_the_schema() -> None:
+    warm = [
+        _ev("i1", 0, "identify", traits={"email": "ann@corp.example"}),
+        *(_ev(f"p{i}", 1, "page", url="https://acme.io/pricing") for i in range(3)),
+        _ev("c1", 2, name="Document Downloaded"),
+        *(_ev(f"b{i}", 3, "page", url=f"https://acme.io/blog/{i}") for i in range(5)),
+        _ev("cmp", 4, "page", url="https://acme.io/compare/rival"),
+        _ev("a1", 5, name="Lead Accepted"),
+        _ev("r1", 6, name="Lead Rejected", properties={"reason": "bad_timing"}),
+    ]
+    res = apply_batch(None, warm, RULES)
+    p = emit.plan(res.outputs, {}, warm, {}, RULES.routing, Topics(),
+                  free_mail=RULES.free_email, rules_version=RULES.version)
+    sent = [orjson.loads(v) for t, _, v in p.sends if t == "leads.nurture"]
+    for m in sent:
+        check("lead-nurture.json", orjson.dumps(m))
+    assert [(m["action"], m["reason"], m["stage"], m["cause"]["rule"]) for m in sent] == [
+        ("enroll", "warm", "mql", "crossed mql"),
+        ("exit", "sales_accepted", "sal", "crm:Lead Accepted"),
+        ("enroll", "recycled", "recycled", "crm:Lead Rejected")]
+    assert sent[1]["nurture_id"] == "u1:exit:a1"

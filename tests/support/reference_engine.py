@@ -18,6 +18,7 @@ from pipeline.core.engine import (
     _crm,
     _decay_to,
     _disqualify,
+    _exit,
     _idle,
     _merge_traits,
     _move,
@@ -27,7 +28,7 @@ from pipeline.core.engine import (
 )
 from pipeline.core.event import Event
 from pipeline.core.rules import ENGAGEMENT, CompiledEventRule, CompiledRules
-from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED
+from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED, UNSUBSCRIBED
 from pipeline.core.state import MAX_SEEN, LeadState
 from pipeline.core.touches import add, extract
 
@@ -84,6 +85,9 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
     if e.type == "track":
         if e.name in CRM_EVENTS:
             _crm(w, r, e)
+        elif e.name == UNSUBSCRIBED:
+            w.opted_out = True
+            _exit(w, "unsubscribed", t, mid, UNSUBSCRIBED)
     elif e.traits and e.type in ("identify", "group"):
         _merge_traits(w, e, r)
 
