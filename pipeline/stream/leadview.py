@@ -34,5 +34,11 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "traits": {k: traits[k] for k in ("title", "company", "country", "industry",
                                           "employees") if k in traits},
         "events_seen": dedup.count(record.get("seen")),
+        # where the lead came from (campaigns and referring hosts, no personal data) and
+        # whether marketing nurtures it now
+        "touches": [{"channel": t.channel, "source": t.source, "medium": t.medium,
+                     "campaign": t.campaign, "referrer": t.referrer, "at_ms": t.at_ms,
+                     "count": t.count, "marks": list(t.marks)} for t in state.touches],
+        "nurture": state.nurture,
         "rules_version": rules.version,
     }
