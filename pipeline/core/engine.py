@@ -213,7 +213,10 @@ def _enroll(w: _Work, reason: NurtureReason, at: int, mid: str | None,
     """Put the lead in nurture, unless it is already there or unsubscribed."""
     if w.nurture is None and not w.opted_out:
         w.nurture = reason
-        w.outs.append(NurtureChange(w.lead_id, "enroll", reason, w.stage, at, mid, detail))
+        # what the lead cared about most, by the rules' points: a track to pick
+        top = max(((c[0], rid) for rid, c in w.contrib.items() if c[0] > 0), default=None)
+        w.outs.append(NurtureChange(w.lead_id, "enroll", reason, w.stage, at, mid, detail,
+                                    top[1] if top else None))
 
 
 def _exit(w: _Work, reason: NurtureReason, at: int, mid: str | None,

@@ -173,12 +173,14 @@ class NurtureChange:
     at_ms: int
     message_id: str | None
     detail: str | None = None
+    interest: str | None = None  # enroll: the rule that earned the lead most points
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {"output": "nurture", "lead_id": self.lead_id, "action": self.action,
                 "reason": self.reason, "stage": self.stage, "at_ms": self.at_ms,
-                "message_id": self.message_id, "detail": self.detail}
+                "message_id": self.message_id, "detail": self.detail,
+                "interest": self.interest}
 
 
 Output = (StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution

@@ -410,6 +410,9 @@ class NurtureMessage(_Message):
     at: AwareDatetime = Field(description="When it happened (event time), ISO-8601 UTC.")
     at_ms: int = Field(description="`at` in epoch milliseconds.")
     cause: Cause = Field(description="The rule or CRM move and the inbound message behind it.")
+    interest: str | None = Field(
+        description="Enroll: the engagement or product rule that earned the lead the most "
+        "points (e.g. `pricing_page`), to pick a nurture track by; null on exit.")
 
     @field_validator("at")
     @classmethod

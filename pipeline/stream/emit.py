@@ -187,7 +187,7 @@ def plan(
                 nurture_id=f"{o.lead_id}:{o.action}:{o.message_id or o.at_ms}",
                 lead_id=o.lead_id, action=o.action, reason=o.reason, stage=o.stage,
                 at=iso_offset(o.at_ms), at_ms=o.at_ms,
-                cause={"rule": o.detail, "message_id": o.message_id},
+                cause={"rule": o.detail, "message_id": o.message_id}, interest=o.interest,
                 rules_version=rules_version).to_bytes()))
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:

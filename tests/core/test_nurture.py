@@ -49,6 +49,16 @@ def warm_lead() -> Lead:
     return lead
 
 
+def test_enroll_names_the_lead_s_interest() -> None:
+    lead = Lead()
+    lead.send("identify", traits=MappingProxyType({"email": "a@corp.example"}))
+    lead.send("page")
+    e = Event("x1", "u1", "page", T0 + 99_000, user_id="u1")
+    (change,) = [o for o in apply_batch(lead.state, [e], RULES).outputs
+                 if isinstance(o, NurtureChange)]
+    assert (change.action, change.interest) == ("enroll", "view")  # the page rule, 12 points
+
+
 def test_accepted_exits_and_recycled_re_enrolls() -> None:
     lead = warm_lead()
     assert lead.send(name="Lead Accepted") == [("exit", "sales_accepted")]

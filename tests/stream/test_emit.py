@@ -102,3 +102,5 @@ def test_nurture_changes_go_to_their_topic_and_match_the_schema() -> None:
         ("exit", "sales_accepted", "sal", "crm:Lead Accepted"),
         ("enroll", "recycled", "recycled", "crm:Lead Rejected")]
     assert sent[1]["nurture_id"] == "u1:exit:a1"
+    # the enroll names what the lead cared about most; an exit names nothing
+    assert sent[0]["interest"] == "pricing_page" and sent[1]["interest"] is None
