@@ -1,10 +1,13 @@
 """The scoring engine: (state, event, rules) -> (new state, outputs). Pure and deterministic.
 
 Per event, in order: dedup by message id; decay the decaying groups up to the event's
-time; recycle an MQL/PQL that decayed below the recycle line; identify a visitor; merge
-traits and recompute fit; apply a CRM move; score the matching rules (caps, counts);
-then instant triggers, the mql/pql lines and the hot line, alerts (with cooldown) and
-routing decisions.
+time; add the event's marketing touch to the journey; recycle an MQL/PQL that decayed
+below the recycle line; identify a visitor; merge traits and recompute fit; apply a CRM
+move (or an unsubscribe); score the matching rules (caps, counts); then instant triggers,
+the mql/pql lines and the hot line, alerts (with cooldown) and routing decisions. Every
+move marks the journey's latest touch, a move to mql, sql, opportunity or customer is
+attributed (`Attribution`), and moves, alerts and unsubscribes start or stop nurture
+(`NurtureChange`).
 
 Order and idempotence:
 - The same message id is counted once (the last `MAX_SEEN` ids; the shell dedups longer).
@@ -17,7 +20,8 @@ Order and idempotence:
   `MAX_CAP_WINDOWS` windows of a capped rule scores 0 for that rule (its window's total
   is no longer known, and a cap must never be exceeded).
 - Stage moves, alerts and routing decisions happen when an event arrives, so they depend
-  on arrival order (a late event may cross a line at its arrival, not at its time).
+  on arrival order (a late event may cross a line at its arrival, not at its time); so
+  does the journey, whose touches are kept in arrival order.
 """
 
 from __future__ import annotations
