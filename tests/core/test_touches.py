@@ -168,3 +168,29 @@ def test_channel_rules_errors_name_file_line_and_path(text: str, expected: str) 
     with pytest.raises(RulesError) as exc:
         parse_rules(_BASE + text)
     assert expected in str(exc.value)
+
+
+@pytest.mark.parametrize(("context", "properties", "expected"), [
+    ({"campaign": {"source": {"nested": 1}, "medium": ["cpc"], "name": 7}}, {},
+     ("{'nested': 1}", "['cpc']", "7", None)),  # ingest keeps campaign values as text
+    ({"page": {"url": "javascript:alert(1)", "referrer": 42}}, {}, (None, None, None, None)),
+    ({"page": {"url": "https://a.io/?utm_source=%ZZ&utm_medium=cpc&utm_medium=email"}}, {},
+     ("%ZZ", "cpc", None, None)),
+    ({}, {"url": 12345, "referrer": "https://[broken"}, (None, None, None, None)),
+])
+def test_segment_messages_with_odd_origins_score_without_error(
+        context: dict[str, Any], properties: dict[str, Any],
+        expected: tuple[str | None, ...]) -> None:
+    import orjson
+
+    from pipeline.models.events import parse_message
+
+    raw = orjson.dumps({"type": "page", "messageId": "m1", "userId": "u1",
+                        "timestamp": "2026-01-01T00:00:00Z", "context": context,
+                        "properties": properties})
+    e = parse_message(raw)
+    f = touch_fields(e)
+    assert (f.source, f.medium, f.campaign, f.referrer) == expected
+    state = apply_batch(None, [e], RULES).state
+    # a touch without the unusable fields: the classified one, or a first direct visit
+    assert len(state.touches) == 1
