@@ -31,7 +31,7 @@ from pipeline.core.routing import choose_team
 from pipeline.core.rules import CompiledRules
 from pipeline.core.stages import STAGES
 from pipeline.core.state import LeadState
-from pipeline.errors import InvalidEvent
+from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.models.events import parse_message
 
 BUCKET = 10  # score distribution bucket width
@@ -194,6 +194,48 @@ def channels_report(r: Run, rules: CompiledRules) -> dict[str, dict[str, dict[st
             for m, rows in out.items()}
 
 
+def load_costs(path: Path, rules: CompiledRules) -> dict[str, float]:
+    """A cost file: YAML mapping each channel of the rules to what it cost over the period
+    of the events (`paid_search: 12000`). Unknown channels and values that are not
+    non-negative numbers are errors naming the file and the channel."""
+    import math
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the cost file: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a cost file maps channels to costs, e.g. paid_search: 12000")
+    known = rules.channel_names()
+    problems = []
+    costs: dict[str, float] = {}
+    for ch, v in doc.items():
+        if ch not in known:
+            problems.append(f"{path}: {ch}: not a channel of the rules ({', '.join(known)})")
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v < 0:
+            problems.append(f"{path}: {ch}: the cost must be a number >= 0, not {v!r}")
+        else:
+            costs[str(ch)] = float(v)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return costs
+
+
+def cac_report(by_ch: Mapping[str, Mapping[str, Mapping[str, float]]],
+               costs: Mapping[str, float]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Model -> channel -> cost, customers credited and CAC (cost per customer; null when
+    no customer is credited to the channel), for the channels with a cost."""
+    return {m: {ch: {"cost": cost, "customers": rows.get(ch, {}).get("customer", 0.0),
+                     "cac": round(cost / n, 2) if (n := rows.get(ch, {}).get("customer", 0.0))
+                     else None}
+                for ch, cost in costs.items()}
+            for m, rows in by_ch.items()}
+
+
 def summarize(r: Run, rules: CompiledRules) -> dict[str, Any]:
     """Stages, per-day MQL/SQL/PQL/alert counts, the score distribution and the teams'
     capacity against their alerts, of one run."""
@@ -316,9 +358,11 @@ def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any],
 
 def backtest(path: Path | None, rules: CompiledRules, *, other: CompiledRules | None = None,
              progress: bool = False, loaded: Loaded | None = None,
-             source: str | None = None) -> dict[str, Any]:
+             source: str | None = None, costs: Mapping[str, float] | None = None
+             ) -> dict[str, Any]:
     """Load (a JSONL file, or `loaded` events read elsewhere and named by `source`), run one
-    or two rules sets, and build the JSON-friendly report."""
+    or two rules sets, and build the JSON-friendly report (with CAC per channel when the
+    channels' `costs` are given)."""
     if loaded is None:
         assert path is not None, "a path or loaded events"
         loaded = load_events(path)
@@ -341,6 +385,8 @@ def backtest(path: Path | None, rules: CompiledRules, *, other: CompiledRules | 
                   "invalid_lines": [dataclasses.asdict(b) for b in loaded.bad]},
         "result": summarize(ra, rules),
     }
+    if costs:
+        report["result"]["cac"] = cac_report(report["result"]["by_channel"], costs)
     if rb is not None and other is not None:
         sb = summarize(rb, other)
         report["compare"] = {"result": sb,
@@ -422,6 +468,16 @@ def render(report: Mapping[str, Any]) -> None:
                                        f"{_num(a)} -> {_num(b)}"
                                        for a, b in (cells[k] for k in CHANNEL_MEASURES)))
     con.print(chans)
+    if "cac" in res:
+        cac = Table(title="Customer acquisition cost by channel (cost / customers credited)")
+        for col in ("model", "channel", "cost", "customers", "cac"):
+            cac.add_column(col, justify="left" if col in ("model", "channel") else "right",
+                           no_wrap=col in ("model", "channel"))
+        for model, rows in res["cac"].items():
+            for ch, c in rows.items():
+                cac.add_row(model, ch, _num(c["cost"]), _num(c["customers"]),
+                            "-" if c["cac"] is None else _num(c["cac"]))
+        con.print(cac)
     if other:
         diff = other["diff"]
         a = diff["alerts"]

@@ -239,3 +239,31 @@ def test_compare_shows_how_a_channel_change_moves_credit(tmp_path: Path) -> None
     out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path))])
     assert out.exit_code == 0, out.output
     assert "By channel and attribution model" in out.output and "paid_search" in out.output
+
+
+def test_cac_per_channel_from_a_cost_file(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("paid_search: 9000\norganic_search: 0\nemail: 1500\n")
+    out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs", str(costs),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    cac = orjson.loads(out.output)["result"]["cac"]
+    # Cy's deal: all to paid search under first touch, half each under linear
+    assert cac["first_touch"]["paid_search"] == {"cost": 9000, "customers": 1, "cac": 9000}
+    assert cac["first_touch"]["email"] == {"cost": 1500, "customers": 0, "cac": None}
+    assert cac["linear"]["email"] == {"cost": 1500, "customers": 0.5, "cac": 3000}
+    assert cac["linear"]["organic_search"]["cac"] is None  # no customer credited
+    tables = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs",
+                                      str(costs)])
+    assert tables.exit_code == 0 and "Customer acquisition cost" in tables.output
+
+
+def test_cost_file_errors_name_the_channel(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("paid_serch: 9000\nemail: lots\nsocial: -5\n")
+    out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs", str(costs)])
+    assert out.exit_code != 0
+    text = " ".join(out.output.split())
+    assert "paid_serch: not a channel of the rules" in text
+    assert "email: the cost must be a number >= 0, not 'lots'" in text
+    assert "social: the cost must be a number >= 0, not -5" in text

@@ -54,12 +54,19 @@ def backtest_cmd(
         "--since", help="With --from-kafka: records since this ISO time or age (30d, 12h).")
     ] = "30d",
     as_json: Annotated[bool, typer.Option("--json", help="JSON for programs.")] = False,
+    costs: Annotated[Path | None, typer.Option(
+        "--costs", help="YAML of each channel's cost over the period: CAC per channel.")
+    ] = None,
 ) -> None:
     """Run the scoring core offline over past events and report (optionally compare)."""
-    from pipeline.backtest import backtest, render
+    from pipeline.backtest import backtest, load_costs, render
 
     ra = _load(rules)
     rb = _load(compare) if compare is not None else None
+    try:
+        spend = load_costs(costs, ra) if costs is not None else None
+    except LeadflowError as exc:
+        raise fail(exc) from None
     if from_kafka:
         if events is not None:
             raise fail("give a JSONL file or --from-kafka, not both")
@@ -68,13 +75,13 @@ def backtest_cmd(
         except LeadflowError as exc:
             raise fail(exc) from None
         report = backtest(None, ra, other=rb, progress=not as_json, loaded=loaded,
-                          source=source)
+                          source=source, costs=spend)
     else:
         if events is None:
             raise fail("give a JSONL file of Segment messages, or --from-kafka")
         if not events.is_file():
             raise fail(f"{events}: no such file")
-        report = backtest(events, ra, other=rb, progress=not as_json)
+        report = backtest(events, ra, other=rb, progress=not as_json, costs=spend)
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
