@@ -506,6 +506,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
            + wp * (prod if prod < mp else mp))
     channels = r.channels
+    touch_cache = r._touch_cache
 
     for e in events:
         mid = e.message_id
@@ -547,7 +548,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
         # a touch first, so that a move this event makes is attributed to it too
         if channels and (e.utm or e.referrer or "utm_" in e.url
                          or (not w.touches and e.type == "page")):
-            touch = extract(e, channels, not w.touches)
+            touch = extract(e, channels, not w.touches, touch_cache)
             if touch is not None:
                 w.touches = add(w.touches, touch)
 

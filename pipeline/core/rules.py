@@ -39,7 +39,7 @@ from pipeline.core.attribution import MODELS, Model
 from pipeline.core.durations import Duration, parse_duration
 from pipeline.core.event import Event, EventType
 from pipeline.core.routing import DEFAULT_ROUTING, RoutingRules
-from pipeline.core.touches import OTHER, Channel, ChannelPattern
+from pipeline.core.touches import OTHER, Channel, ChannelPattern, TouchFields
 from pipeline.errors import RulesError
 
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
@@ -500,6 +500,9 @@ class CompiledRules:
         default_factory=dict, compare=False, repr=False)
     channels: tuple[Channel, ...] = ()
     attribution_models: tuple[str, ...] = MODELS
+    # touch fields -> channel: a cache only, like `_cache` (pipeline.core.touches.extract)
+    _touch_cache: dict[TouchFields, str] = field(default_factory=dict, compare=False,
+                                                 repr=False)
 
     def channel_names(self) -> tuple[str, ...]:
         """Every channel a touch can get: the rules' channels and `other` (metric labels)."""

@@ -69,6 +69,23 @@ class Touch:
                      (*self.marks, mark))
 
 
+_T_FIELDS = ("channel", "at_ms", "message_id", "source", "medium", "campaign", "referrer",
+             "count", "last_ms", "marks")
+_T_SET = tuple(getattr(Touch, n).__set__ for n in _T_FIELDS)  # the slots' setters, in order
+
+
+def make_touch(channel: str, at_ms: int, message_id: str, source: str | None,
+               medium: str | None, campaign: str | None, referrer: str | None, count: int,
+               last_ms: int, marks: tuple[str, ...]) -> Touch:
+    """`Touch(...)` with every field in order, through the slot setters (as `make_state`):
+    the frozen `__init__` costs more than the rest of folding a touch."""
+    t = object.__new__(Touch)
+    for setter, v in zip(_T_SET, (channel, at_ms, message_id, source, medium, campaign,
+                                  referrer, count, last_ms, marks), strict=True):
+        setter(t, v)
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class TouchFields:
     """What an event says about its origin, before classification."""
@@ -130,6 +147,8 @@ def classify(channels: Sequence[Channel], f: TouchFields) -> str:
 
 # -- extraction ----------------------------------------------------------------------------
 
+_NONE = TouchFields()
+
 
 def _clean(v: Any) -> str | None:
     """A usable text value, trimmed and bounded, or None (not text, empty, control chars)."""
@@ -161,23 +180,29 @@ def _param(query: Mapping[str, list[str]], name: str) -> str | None:
 
 def touch_fields(e: Event) -> TouchFields:
     """The origin an event names: `context.campaign`, else its URL's UTM parameters, and the
-    referrer's host unless it is the page's own."""
-    host, query = _split(e.url)
+    referrer's host unless it is the page's own. The URL is parsed only when it is needed."""
     utm = e.utm
     if utm:
         source, medium = _clean(utm.get("source")), _clean(utm.get("medium"))
         campaign = _clean(utm.get("name")) or _clean(utm.get("campaign"))
     else:
         source, medium, campaign = None, None, None
-    if source is None and medium is None and campaign is None and query:
+    host: str | None = None
+    parsed = False
+    if source is None and medium is None and campaign is None and "utm_" in e.url:
+        host, query = _split(e.url)
+        parsed = True
         source = _param(query, "utm_source")
         medium = _param(query, "utm_medium")
         campaign = _param(query, "utm_campaign")
     referrer = None
     if e.referrer:
         ref_host, _ = _split(e.referrer)
-        if ref_host is not None and ref_host != host:
-            referrer = ref_host
+        if ref_host is not None:
+            if not parsed:
+                host, _ = _split(e.url)
+            if ref_host != host:
+                referrer = ref_host
     return TouchFields(source, medium, campaign, referrer)
 
 
@@ -186,16 +211,33 @@ def may_touch(e: Event) -> bool:
     return bool(e.utm or e.referrer or ("utm_" in e.url))
 
 
-def extract(e: Event, channels: Sequence[Channel], first: bool) -> Touch | None:
-    """The event's touch, or None; `first`: the lead has no touch yet (a direct visit counts)."""
-    f = touch_fields(e) if may_touch(e) else TouchFields()
+#: Most touches repeat a few campaigns: their channels are remembered, up to this many.
+CACHE_MAX = 10_000
+
+
+def extract(e: Event, channels: Sequence[Channel], first: bool,
+            cache: dict[TouchFields, str] | None = None) -> Touch | None:
+    """The event's touch, or None; `first`: the lead has no touch yet (a direct visit counts).
+
+    `cache` remembers the channel of fields already classified (bounded; never changes a
+    result): it belongs to one set of channels.
+    """
+    f = touch_fields(e) if may_touch(e) else _NONE
     if f.empty() and not (first and e.type == "page"):
         return None
-    ch = classify(channels, f)
+    if cache is None:
+        ch = classify(channels, f)
+    else:
+        got = cache.get(f)
+        if got is None:
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            got = cache[f] = classify(channels, f)
+        ch = got
     if f.empty() and ch == OTHER:
         return None  # the rules name no channel for a sourceless visit: not a touch
-    return Touch(ch, e.timestamp_ms, e.message_id, f.source, f.medium, f.campaign, f.referrer,
-                 1, e.timestamp_ms)
+    return make_touch(ch, e.timestamp_ms, e.message_id, f.source, f.medium, f.campaign,
+                      f.referrer, 1, e.timestamp_ms, ())
 
 
 # -- the journey ---------------------------------------------------------------------------
@@ -207,9 +249,9 @@ def add(journey: tuple[Touch, ...], t: Touch) -> tuple[Touch, ...]:
     if journey:
         last = journey[-1]
         if last.channel == t.channel:
-            folded = Touch(last.channel, last.at_ms, last.message_id, last.source, last.medium,
-                           last.campaign, last.referrer, last.count + 1,
-                           max(last.last_ms, t.at_ms), last.marks)
+            folded = make_touch(last.channel, last.at_ms, last.message_id, last.source,
+                                last.medium, last.campaign, last.referrer, last.count + 1,
+                                max(last.last_ms, t.at_ms), last.marks)
             return (*journey[:-1], folded)
     out = [*journey, t]
     while len(out) > MAX_TOUCHES:
