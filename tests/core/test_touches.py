@@ -194,3 +194,15 @@ def test_segment_messages_with_odd_origins_score_without_error(
     state = apply_batch(None, [e], RULES).state
     # a touch without the unusable fields: the classified one, or a first direct visit
     assert len(state.touches) == 1
+
+
+def test_channel_cache_is_bounded_and_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.core import touches
+
+    monkeypatch.setattr(touches, "CACHE_MAX", 3)
+    cache: dict[TouchFields, str] = {}
+    for i in range(10):
+        e = _ev(utm={"source": f"src{i}", "medium": "cpc" if i % 2 else "email"})
+        cached, plain = extract(e, CH, False, cache), extract(e, CH, False)
+        assert cached == plain and cached is not None
+        assert len(cache) <= 3
