@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.attribution import UNATTRIBUTED, by_channel
 from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
-from pipeline.core.outputs import AlertTrigger, Output, StageMove
+from pipeline.core.outputs import AlertTrigger, Attribution, Output, StageMove
 from pipeline.core.routing import choose_team
 from pipeline.core.rules import CompiledRules
 from pipeline.core.stages import STAGES
 from pipeline.core.state import LeadState
-from pipeline.errors import InvalidEvent
+from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.models.events import parse_message
 
 BUCKET = 10  # score distribution bucket width
@@ -164,6 +165,77 @@ def team_capacity(r: Run, rules: CompiledRules) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: What the per-channel report counts, in display order: credited moves, then money.
+CHANNEL_MEASURES = ("mql", "sql", "opportunity", "customer", "pipeline", "revenue")
+
+
+def channels_report(r: Run, rules: CompiledRules) -> dict[str, dict[str, dict[str, float]]]:
+    """Model -> channel -> MQLs, SQLs, opportunities and customers credited to the channel,
+    and the pipeline ("Opportunity Created" amounts) and revenue ("Deal Won" amounts)
+    credited to it, summed as the worker's metrics sum them. Amounts add up whatever their
+    currency: a report per currency needs one backtest per currency."""
+    names = [*rules.channel_names(), UNATTRIBUTED]
+    out = {m: {ch: dict.fromkeys(CHANNEL_MEASURES, 0.0) for ch in names}
+           for m in rules.attribution_models}
+    for o in r.outputs:
+        if not isinstance(o, Attribution):
+            continue
+        money = {"opportunity": "pipeline", "customer": "revenue"}.get(o.stage)
+        for model, ws in o.credits:
+            rows = out.get(model)
+            if rows is None:
+                continue
+            for ch, w in by_channel(o.touches, ws).items():
+                row = rows.setdefault(ch, dict.fromkeys(CHANNEL_MEASURES, 0.0))
+                row[o.stage] += w
+                if money is not None and o.amount:
+                    row[money] += w * o.amount
+    return {m: {ch: {k: round(v, 4) for k, v in row.items()} for ch, row in rows.items()}
+            for m, rows in out.items()}
+
+
+def load_costs(path: Path, rules: CompiledRules) -> dict[str, float]:
+    """A cost file: YAML mapping each channel of the rules to what it cost over the period
+    of the events (`paid_search: 12000`). Unknown channels and values that are not
+    non-negative numbers are errors naming the file and the channel."""
+    import math
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the cost file: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a cost file maps channels to costs, e.g. paid_search: 12000")
+    known = rules.channel_names()
+    problems = []
+    costs: dict[str, float] = {}
+    for ch, v in doc.items():
+        if ch not in known:
+            problems.append(f"{path}: {ch}: not a channel of the rules ({', '.join(known)})")
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v < 0:
+            problems.append(f"{path}: {ch}: the cost must be a number >= 0, not {v!r}")
+        else:
+            costs[str(ch)] = float(v)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return costs
+
+
+def cac_report(by_ch: Mapping[str, Mapping[str, Mapping[str, float]]],
+               costs: Mapping[str, float]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Model -> channel -> cost, customers credited and CAC (cost per customer; null when
+    no customer is credited to the channel), for the channels with a cost."""
+    return {m: {ch: {"cost": cost, "customers": rows.get(ch, {}).get("customer", 0.0),
+                     "cac": round(cost / n, 2) if (n := rows.get(ch, {}).get("customer", 0.0))
+                     else None}
+                for ch, cost in costs.items()}
+            for m, rows in by_ch.items()}
+
+
 def summarize(r: Run, rules: CompiledRules) -> dict[str, Any]:
     """Stages, per-day MQL/SQL/PQL/alert counts, the score distribution and the teams'
     capacity against their alerts, of one run."""
@@ -188,6 +260,7 @@ def summarize(r: Run, rules: CompiledRules) -> dict[str, Any]:
                    "pql": alerts["pql"], "total": sum(alerts.values())},
         "score_buckets": {b: buckets.get(b, 0) for b in bucket_names()},
         "team_capacity": team_capacity(r, rules),
+        "by_channel": channels_report(r, rules),
     }
 
 
@@ -267,6 +340,14 @@ def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any],
                    "delta": sb["alerts"]["total"] - sa["alerts"]["total"],
                    "leads_with_different_alerts": len(alert_diff)},
     }
+    ca, cb = sa.get("by_channel", {}), sb.get("by_channel", {})
+    out["by_channel"] = {
+        m: {ch: {k: {"a": ca[m].get(ch, {}).get(k, 0.0), "b": cb[m].get(ch, {}).get(k, 0.0),
+                     "delta": round(cb[m].get(ch, {}).get(k, 0.0)
+                                    - ca[m].get(ch, {}).get(k, 0.0), 4)}
+                 for k in CHANNEL_MEASURES}
+            for ch in sorted(set(ca[m]) | set(cb[m]))}
+        for m in ca if m in cb}
     if ra is not None and rb is not None:
         out["score_deltas"] = {name: deltas.get(name, 0) for name in delta_bucket_names()}
         out["movers"] = movers[:SAMPLE]
@@ -277,9 +358,11 @@ def compare(a: Run, b: Run, sa: Mapping[str, Any], sb: Mapping[str, Any],
 
 def backtest(path: Path | None, rules: CompiledRules, *, other: CompiledRules | None = None,
              progress: bool = False, loaded: Loaded | None = None,
-             source: str | None = None) -> dict[str, Any]:
+             source: str | None = None, costs: Mapping[str, float] | None = None
+             ) -> dict[str, Any]:
     """Load (a JSONL file, or `loaded` events read elsewhere and named by `source`), run one
-    or two rules sets, and build the JSON-friendly report."""
+    or two rules sets, and build the JSON-friendly report (with CAC per channel when the
+    channels' `costs` are given)."""
     if loaded is None:
         assert path is not None, "a path or loaded events"
         loaded = load_events(path)
@@ -302,11 +385,17 @@ def backtest(path: Path | None, rules: CompiledRules, *, other: CompiledRules | 
                   "invalid_lines": [dataclasses.asdict(b) for b in loaded.bad]},
         "result": summarize(ra, rules),
     }
+    if costs:
+        report["result"]["cac"] = cac_report(report["result"]["by_channel"], costs)
     if rb is not None and other is not None:
         sb = summarize(rb, other)
         report["compare"] = {"result": sb,
                              "diff": compare(ra, rb, report["result"], sb, rules, other)}
     return report
+
+
+def _num(v: float) -> str:
+    return f"{round(v, 2):,g}"  # the JSON report keeps 4 decimals
 
 
 def render(report: Mapping[str, Any]) -> None:
@@ -361,6 +450,34 @@ def render(report: Mapping[str, Any]) -> None:
         cap.add_row(team, str(c["daily_cap"]) if c["daily_cap"] is not None else "no cap",
                     str(c["busiest_day"]), over)
     con.print(cap)
+    chans = Table(title="By channel and attribution model (credited; rules -> compare)"
+                  if other else "By channel and attribution model (credited)")
+    for col in ("model", "channel", *CHANNEL_MEASURES):
+        text = col in ("model", "channel")  # names whole; a narrow terminal folds numbers
+        chans.add_column(col, justify="left" if text else "right", no_wrap=text,
+                         overflow="fold")
+    diff_ch = other["diff"]["by_channel"] if other else {}
+    for model, rows in res["by_channel"].items():
+        for ch, row in rows.items():
+            cells = ({k: (v["a"], v["b"]) for k, v in diff_ch[model][ch].items()}
+                     if model in diff_ch and ch in diff_ch[model]
+                     else {k: (v, v) for k, v in row.items()})
+            if not any(a or b for a, b in cells.values()):
+                continue  # a channel nothing was credited to, either way
+            chans.add_row(model, ch, *(_num(a) if a == b or not other else
+                                       f"{_num(a)} -> {_num(b)}"
+                                       for a, b in (cells[k] for k in CHANNEL_MEASURES)))
+    con.print(chans)
+    if "cac" in res:
+        cac = Table(title="Customer acquisition cost by channel (cost / customers credited)")
+        for col in ("model", "channel", "cost", "customers", "cac"):
+            cac.add_column(col, justify="left" if col in ("model", "channel") else "right",
+                           no_wrap=col in ("model", "channel"))
+        for model, rows in res["cac"].items():
+            for ch, c in rows.items():
+                cac.add_row(model, ch, _num(c["cost"]), _num(c["customers"]),
+                            "-" if c["cac"] is None else _num(c["cac"]))
+        con.print(cac)
     if other:
         diff = other["diff"]
         a = diff["alerts"]

@@ -29,6 +29,8 @@ class Topics(BaseSettings):
     recycle: str = "routing.recycle"
     review: str = "routing.review"
     escalations: str = "routing.escalations"
+    attribution: str = "leads.attribution"
+    nurture_changes: str = "leads.nurture"
     deadletter: str = "events.deadletter"
     #: Published rules (`leadflow rules publish`), compacted; every worker follows it.
     rules: str = "leadflow.rules"

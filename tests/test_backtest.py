@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.backtest import backtest
@@ -165,3 +166,104 @@ def test_team_capacity_against_the_alerts_each_day(tmp_path: Path) -> None:
                                 "days": 1}
     capped = backtest(write(tmp_path), one)["result"]["team_capacity"]["sales"]
     assert capped == {"daily_cap": 1, "busiest_day": 2, "days_over_cap": 1, "days": 1}
+
+
+def _journeys(tmp_path: Path) -> Path:
+    """Cy: a paid search click, a newsletter click, a demo (MQL), an opportunity of 50,000
+    and a deal won of 20,000. Di: an organic search visit and a demo (MQL)."""
+    def page(mid: str, who: str, t: int, url: str, referrer: str = "") -> dict[str, Any]:
+        return {"type": "page", "messageId": mid, "anonymousId": f"anon-{who}",
+                "timestamp": _ts(t), "context": {"page": {"url": url, "referrer": referrer}}}
+
+    def track(mid: str, who: str, t: int, event: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "track", "messageId": mid, "userId": who, "anonymousId": f"anon-{who}",
+                "timestamp": _ts(t), "event": event, **extra}
+
+    def identify(mid: str, who: str, t: int) -> dict[str, Any]:
+        return {"type": "identify", "messageId": mid, "userId": who,
+                "anonymousId": f"anon-{who}", "timestamp": _ts(t),
+                "traits": {"email": f"{who}@globex.com"}}
+
+    msgs = [
+        page("c1", "cy", 1, "https://example.com/?utm_source=google&utm_medium=cpc&utm_campaign=b"),
+        identify("c2", "cy", 2),
+        track("c3", "cy", 3, "Email Link Clicked",
+              context={"campaign": {"source": "newsletter", "medium": "email"}}),
+        track("c4", "cy", 4, "Demo Requested"),
+        track("c5", "cy", 5, "Opportunity Created", properties={"amount": 50000}),
+        track("c6", "cy", 6, "Deal Won", properties={"amount": "20000"}),
+        page("d1", "di", 1, "https://example.com/", "https://www.google.com/"),
+        identify("d2", "di", 2),
+        track("d3", "di", 3, "Demo Requested"),
+    ]
+    p = tmp_path / "journeys.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(m) for m in msgs) + b"\n")
+    return p
+
+
+def test_moves_pipeline_and_revenue_per_channel_and_model(tmp_path: Path) -> None:
+    rep = backtest(_journeys(tmp_path), load_default_rules())
+    ch = rep["result"]["by_channel"]
+    assert list(ch) == ["first_touch", "last_touch", "linear", "u_shaped", "w_shaped"]
+    zero = {"mql": 0, "sql": 0, "opportunity": 0, "customer": 0, "pipeline": 0, "revenue": 0}
+    # first touch: all of Cy's to paid search; Di's MQL to organic search
+    assert ch["first_touch"]["paid_search"] == {
+        **zero, "mql": 1, "opportunity": 1, "customer": 1, "pipeline": 50000, "revenue": 20000}
+    assert ch["first_touch"]["organic_search"] == {**zero, "mql": 1}
+    assert ch["first_touch"]["email"] == zero
+    # last touch: Cy's newsletter click was the last touch before each of its moves
+    assert ch["last_touch"]["email"]["pipeline"] == 50000
+    # linear over Cy's two touches: half each
+    assert ch["linear"]["paid_search"] == ch["linear"]["email"] == {
+        **zero, "mql": 0.5, "opportunity": 0.5, "customer": 0.5, "pipeline": 25000,
+        "revenue": 10000}
+    # W: the paid click is the first and the lead-creation touch (0.3 + 0.3), the newsletter
+    # the last (0.3); no other touch, so the 0.1 goes a third to each of the three
+    # positions: 0.6 + 0.2 / 3 of 50,000
+    assert ch["w_shaped"]["paid_search"]["pipeline"] == pytest.approx(50000 * (0.6 + 0.2 / 3))
+    # every model credits each move once: 3 MQLs in all
+    assert {m: round(sum(r["mql"] for r in rows.values()), 6) for m, rows in ch.items()} == {
+        m: 2 for m in ch}
+
+
+def test_compare_shows_how_a_channel_change_moves_credit(tmp_path: Path) -> None:
+    # without the paid search channel, the cpc click is classified by the next channel
+    # that matches, or `other`
+    other = parse_rules(default_rules_text().replace(
+        "      - medium: [cpc, ppc, paid_search, paid-search, paidsearch, sem]",
+        "      - medium: [sem]"))
+    rep = backtest(_journeys(tmp_path), load_default_rules(), other=other)
+    diff = rep["compare"]["diff"]["by_channel"]["first_touch"]
+    assert diff["paid_search"]["pipeline"] == {"a": 50000, "b": 0, "delta": -50000}
+    assert diff["other"]["pipeline"] == {"a": 0, "b": 50000, "delta": 50000}
+    out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path))])
+    assert out.exit_code == 0, out.output
+    assert "By channel and attribution model" in out.output and "paid_search" in out.output
+
+
+def test_cac_per_channel_from_a_cost_file(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("paid_search: 9000\norganic_search: 0\nemail: 1500\n")
+    out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs", str(costs),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    cac = orjson.loads(out.output)["result"]["cac"]
+    # Cy's deal: all to paid search under first touch, half each under linear
+    assert cac["first_touch"]["paid_search"] == {"cost": 9000, "customers": 1, "cac": 9000}
+    assert cac["first_touch"]["email"] == {"cost": 1500, "customers": 0, "cac": None}
+    assert cac["linear"]["email"] == {"cost": 1500, "customers": 0.5, "cac": 3000}
+    assert cac["linear"]["organic_search"]["cac"] is None  # no customer credited
+    tables = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs",
+                                      str(costs)])
+    assert tables.exit_code == 0 and "Customer acquisition cost" in tables.output
+
+
+def test_cost_file_errors_name_the_channel(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("paid_serch: 9000\nemail: lots\nsocial: -5\n")
+    out = CliRunner().invoke(app, ["backtest", str(_journeys(tmp_path)), "--costs", str(costs)])
+    assert out.exit_code != 0
+    text = " ".join(out.output.split())
+    assert "paid_serch: not a channel of the rules" in text
+    assert "email: the cost must be a number >= 0, not 'lots'" in text
+    assert "social: the cost must be a number >= 0, not -5" in text

@@ -47,6 +47,7 @@ def check(file: Annotated[Path, typer.Argument(help="The rules YAML file.")]) ->
                f"pql {th['pql']:g}")
     typer.echo(f"  triggers: {', '.join(s['triggers']) or 'none'}")
     typer.echo(f"  decay: {s['decay'] or 'none'}; alert cooldown {s['cooldown_ms'] // 60000} min")
+    typer.echo(f"  channels: {', '.join(s['channels']) or 'none'} (else other)")
 
 
 @rules_app.command("publish")
@@ -204,15 +205,22 @@ def backtest_cmd(
         "--since", help="With --from-kafka: records since this ISO time or age (30d, 12h).")
     ] = "30d",
     as_json: Annotated[bool, typer.Option("--json", help="JSON for programs.")] = False,
+    costs: Annotated[Path | None, typer.Option(
+        "--costs", help="YAML of each channel's cost over the period: CAC per channel.")
+    ] = None,
 ) -> None:
     """Run the scoring core offline over past events and report (optionally compare)."""
-    from pipeline.backtest import backtest, render
+    from pipeline.backtest import backtest, load_costs, render
 
     ra = _load(rules)
     rb = _load(compare) if compare is not None else None
+    try:
+        spend = load_costs(costs, ra) if costs is not None else None
+    except LeadflowError as exc:
+        raise fail(exc) from None
     loaded, source = _past_events(events, from_kafka, since, progress=not as_json)
     report = backtest(events, ra, other=rb, progress=not as_json, loaded=loaded,
-                      source=source)
+                      source=source, costs=spend)
     if as_json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -1,10 +1,13 @@
 """The scoring engine: (state, event, rules) -> (new state, outputs). Pure and deterministic.
 
 Per event, in order: dedup by message id; decay the decaying groups up to the event's
-time; recycle an MQL/PQL that decayed below the recycle line; identify a visitor; merge
-traits and recompute fit; apply a CRM move; score the matching rules (caps, counts);
-then instant triggers, the mql/pql lines and the hot line, alerts (with cooldown) and
-routing decisions.
+time; add the event's marketing touch to the journey; recycle an MQL/PQL that decayed
+below the recycle line; identify a visitor; merge traits and recompute fit; apply a CRM
+move (or an unsubscribe); score the matching rules (caps, counts); then instant triggers,
+the mql/pql lines and the hot line, alerts (with cooldown) and routing decisions. Every
+move marks the journey's latest touch, a move to mql, sql, opportunity or customer is
+attributed (`Attribution`), and moves, alerts and unsubscribes start or stop nurture
+(`NurtureChange`).
 
 Order and idempotence:
 - The same message id is counted once (the last `MAX_SEEN` ids; the shell dedups longer).
@@ -19,7 +22,8 @@ Order and idempotence:
   `MAX_COUNT_TIMES` event times (at least `at_least - 1`), so a late event is counted with
   any of those, as it would have been in time order.
 - Stage moves, alerts and routing decisions happen when an event arrives, so they depend
-  on arrival order (a late event may cross a line at its arrival, not at its time).
+  on arrival order (a late event may cross a line at its arrival, not at its time); so
+  does the journey, whose touches are kept in arrival order.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.attribution import deal_amount, weights
 from pipeline.core.breakdown import top_reasons
 from pipeline.core.event import Event
 from pipeline.core.outputs import (
+    ATTRIBUTED_STAGES,
     AlertKind,
     AlertTrigger,
+    Attribution,
     MoveRefused,
+    NurtureChange,
+    NurtureReason,
     Output,
     RoutingDecision,
     StageMove,
@@ -57,6 +66,7 @@ from pipeline.core.stages import (
     PRODUCT,
     SCORE,
     TRIGGER,
+    UNSUBSCRIBED,
     decide,
 )
 from pipeline.core.state import (
@@ -67,6 +77,7 @@ from pipeline.core.state import (
     LeadState,
     make_state,
 )
+from pipeline.core.touches import add, extract, mark_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +108,9 @@ class _Work:
 
     __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
                  "first_event_ms", "fit", "fit_hits", "fit_rules", "hot", "last_alert_id",
-                 "last_alert_ms", "last_event_ms", "lead_id", "outs", "owner", "product",
-                 "recent", "rejection", "score_ms", "seen", "stage", "stage_since_ms", "team",
-                 "traits")
+                 "last_alert_ms", "last_event_ms", "lead_id", "nurture", "opted_out", "outs",
+                 "owner", "product", "recent", "rejection", "score_ms", "seen", "stage",
+                 "stage_since_ms", "team", "touches", "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -127,6 +138,9 @@ class _Work:
         self.last_alert_id = s.last_alert_id
         self.rejection = s.rejection
         self.fit_rules = s.fit_rules
+        self.touches = s.touches
+        self.nurture = s.nurture
+        self.opted_out = s.opted_out
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -136,6 +150,7 @@ class _Work:
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
             self.owner, self.team, self.last_alert_id, self.rejection, self.fit_rules,
+            self.touches, self.nurture, self.opted_out,
         )
 
     def groups(self) -> dict[str, float]:
@@ -174,12 +189,44 @@ def _decay_to(w: _Work, t: int, d: CompiledDecay) -> bool:
     return True
 
 
+# -- nurture -------------------------------------------------------------------------------
+
+# A move to one of these stages takes the lead out of nurture: sales works it, or nobody does.
+_EXIT_ON: dict[str, NurtureReason] = {
+    "sal": "sales_accepted", "sql": "qualified", "opportunity": "opportunity_opened",
+    "customer": "customer", "disqualified": "disqualified"}
+
+
+def _enroll(w: _Work, reason: NurtureReason, at: int, mid: str | None,
+            detail: str | None = None) -> None:
+    """Put the lead in nurture, unless it is already there or unsubscribed."""
+    if w.nurture is None and not w.opted_out:
+        w.nurture = reason
+        # what the lead cared about most, by the rules' points: a track to pick
+        top = max(((c[0], rid) for rid, c in w.contrib.items() if c[0] > 0), default=None)
+        w.outs.append(NurtureChange(w.lead_id, "enroll", reason, w.stage, at, mid, detail,
+                                    top[1] if top else None))
+
+
+def _exit(w: _Work, reason: NurtureReason, at: int, mid: str | None,
+          detail: str | None = None) -> None:
+    """Take the lead out of nurture, if it is there."""
+    if w.nurture is not None:
+        w.nurture = None
+        w.outs.append(NurtureChange(w.lead_id, "exit", reason, w.stage, at, mid, detail))
+
+
 # -- moves, alerts -------------------------------------------------------------------------
 
 
 def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
-          mid: str | None, detail: str | None = None) -> bool:
-    """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable."""
+          mid: str | None, detail: str | None = None,
+          deal: tuple[float | None, str | None, str | None] = (None, None, None)) -> bool:
+    """Ask for a move; apply it and emit StageMove, or emit MoveRefused when reportable.
+
+    A move marks the lead's latest touch as the one before it, and a move to an attributed
+    stage emits its Attribution (with `deal`: amount, currency, issue) after the StageMove.
+    """
     ok, reason = decide(w.stage, to, cause)
     if not ok:
         if reason is not None:
@@ -187,6 +234,13 @@ def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
         return False
     total = round(r.total(w.fit, w.engagement, w.product), 2)
     w.outs.append(StageMove(w.lead_id, w.stage, to, at, rule, mid, total, w.groups(), detail))
+    if w.touches:
+        w.touches = mark_last(w.touches, to)
+    if to in ATTRIBUTED_STAGES:
+        j = w.touches
+        w.outs.append(Attribution(
+            w.lead_id, to, w.stage, at, rule, mid, j,
+            tuple([(m, weights(m, j)) for m in r.attribution_models]), *deal))
     w.stage = to
     w.stage_since_ms = at
     if to == "recycled" or to == "customer" or to == "disqualified":
@@ -194,6 +248,9 @@ def _move(w: _Work, r: CompiledRules, to: str, cause: str, rule: str, at: int,
     if to == "recycled":
         w.outs.append(RoutingDecision(w.lead_id, "recycle", "cold", at, f"{cause}:{rule}", mid,
                                       total, w.groups()))
+        _enroll(w, "recycled", at, mid, rule)
+    elif to in _EXIT_ON:
+        _exit(w, _EXIT_ON[to], at, mid, rule)
     return True
 
 
@@ -254,6 +311,7 @@ def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
         top_reasons(w.contrib, w.fit_hits), updates)
     w.last_alert_id = a.alert_id
     w.outs.append(a)
+    _exit(w, "sales_alerted", at, mid, rule)  # a rep gets the lead: no nurture meanwhile
     return True
 
 
@@ -314,7 +372,9 @@ def _crm(w: _Work, r: CompiledRules, e: Event) -> None:
         if _move(w, r, target, CRM, f"crm:{name}", t, mid, detail):
             w.rejection = detail or "unspecified"
         return
-    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail)
+    deal = deal_amount(e.properties) if target in ("opportunity", "customer") else (
+        None, None, None)
+    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal)
 
 
 def _idle(w: _Work, r: CompiledRules, eng: float, prod: float, total: float, t: int,
@@ -448,6 +508,8 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     # r.total(fit, eng, prod), written out (here and below) to save a call per event
     cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
            + wp * (prod if prod < mp else mp))
+    channels = r.channels
+    touch_cache = r._touch_cache
 
     for e in events:
         mid = e.message_id
@@ -486,6 +548,13 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             if t < first_ms:
                 first_ms = t
 
+        # a touch first, so that a move this event makes is attributed to it too
+        if channels and (e.utm or e.referrer or "utm_" in e.url
+                         or (not w.touches and e.type == "page")):
+            touch = extract(e, channels, not w.touches, touch_cache)
+            if touch is not None:
+                w.touches = add(w.touches, touch)
+
         stage0 = w.stage
         prev_total = cur
         if idle and ((w.hot and prev_total < cool) or (
@@ -503,6 +572,9 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             if name in CRM_EVENTS:
                 w.engagement, w.product = eng, prod
                 _crm(w, r, e)
+            elif name == UNSUBSCRIBED:
+                w.opted_out = True
+                _exit(w, "unsubscribed", t, mid, UNSUBSCRIBED)
         elif e.traits and (etype == "identify" or etype == "group"):
             w.engagement, w.product = eng, prod
             _merge_traits(w, e, r)
@@ -644,6 +716,7 @@ def _thresholds(w: _Work, r: CompiledRules, e: Event, trig: CompiledEventRule | 
     if to_mql and not alerted and not w.hot:
         w.outs.append(RoutingDecision(w.lead_id, "nurture", "warm", t, "crossed mql", mid,
                                       round(total, 2), w.groups()))
+        _enroll(w, "warm", t, mid, "crossed mql")
 
 
 # -- public API ----------------------------------------------------------------------------

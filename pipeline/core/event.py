@@ -39,10 +39,11 @@ class Event:
     utm: Mapping[str, str] = field(default_factory=_empty)  # context.campaign (source, medium...)
     anonymous_id: str | None = None
     user_id: str | None = None
+    referrer: str = ""  # the referring URL (properties.referrer or context.page.referrer)
 
 
 _FIELDS = ("message_id", "lead_id", "type", "timestamp_ms", "name", "source", "properties",
-           "traits", "url", "utm", "anonymous_id", "user_id")
+           "traits", "url", "utm", "anonymous_id", "user_id", "referrer")
 if tuple(f.name for f in fields(Event)) != _FIELDS:
     raise RuntimeError("Event's fields changed: update make_event")
 _SET = tuple(getattr(Event, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -62,6 +63,7 @@ def make_event(
     utm: Mapping[str, str],
     anonymous_id: str | None,
     user_id: str | None,
+    referrer: str = "",
 ) -> Event:
     """`Event(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -83,4 +85,5 @@ def make_event(
     _SET[9](e, utm)
     _SET[10](e, anonymous_id)
     _SET[11](e, user_id)
+    _SET[12](e, referrer)
     return e

@@ -3,7 +3,8 @@
 All outputs are frozen dataclasses with a `to_dict()` giving a JSON-friendly dict whose
 `output` key names the kind; the stream shell maps them to topics:
 `StageMove` -> leads.stage-changes, `MoveRefused` -> leads.stage-changes (as a refusal),
-`AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / recycle / review.
+`AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / recycle / review,
+`Attribution` -> leads.attribution, `NurtureChange` -> leads.nurture.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
+
+from pipeline.core.touches import Touch
 
 #: Kinds of alert the core raises for a team; a `Route` is also the kind of its messages.
 AlertKind = Literal["instant", "hot_score", "pql"]
@@ -114,4 +117,71 @@ class RoutingDecision:
                 "scores_by_group": dict(self.scores_by_group), "rule": self.rule}
 
 
-Output = StageMove | MoveRefused | AlertTrigger | RoutingDecision
+#: The stages whose moves are attributed to the lead's touches.
+AttributedStage = Literal["mql", "sql", "opportunity", "customer"]
+ATTRIBUTED_STAGES: frozenset[str] = frozenset(get_args(AttributedStage))
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """A move to an attributed stage and the touches that earned it, weighted per model.
+
+    `credits` is (model, one weight per touch of `touches`); `amount` is the deal amount
+    the CRM event carried (pipeline for an opportunity, revenue for a deal won), and
+    `amount_issue` why an amount that was given is not used.
+    """
+
+    lead_id: str
+    stage: str
+    from_stage: str
+    at_ms: int
+    cause_rule: str
+    cause_message_id: str | None
+    touches: tuple[Touch, ...]
+    credits: tuple[tuple[str, tuple[float, ...]], ...]
+    amount: float | None = None
+    currency: str | None = None
+    amount_issue: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "attribution", "lead_id": self.lead_id, "stage": self.stage,
+                "from_stage": self.from_stage, "at_ms": self.at_ms,
+                "cause_rule": self.cause_rule, "cause_message_id": self.cause_message_id,
+                "touches": [t.to_list() for t in self.touches],
+                "credits": {m: list(ws) for m, ws in self.credits},
+                "amount": self.amount, "currency": self.currency,
+                "amount_issue": self.amount_issue}
+
+
+NurtureAction = Literal["enroll", "exit"]
+#: Why a lead enters a nurture track (`warm`: crossed the mql line without an alert) or
+#: leaves it; the one list the core, the wire model and the schema use.
+NurtureReason = Literal["warm", "recycled", "sales_alerted", "sales_accepted", "qualified",
+                        "opportunity_opened", "customer", "disqualified", "unsubscribed"]
+NURTURE_REASONS: tuple[str, ...] = get_args(NurtureReason)
+
+
+@dataclass(frozen=True, slots=True)
+class NurtureChange:
+    """A lead enters or leaves marketing's nurture track, and why (`detail`: the cause)."""
+
+    lead_id: str
+    action: NurtureAction
+    reason: NurtureReason
+    stage: str
+    at_ms: int
+    message_id: str | None
+    detail: str | None = None
+    interest: str | None = None  # enroll: the rule that earned the lead most points
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"output": "nurture", "lead_id": self.lead_id, "action": self.action,
+                "reason": self.reason, "stage": self.stage, "at_ms": self.at_ms,
+                "message_id": self.message_id, "detail": self.detail,
+                "interest": self.interest}
+
+
+Output = (StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution
+          | NurtureChange)

@@ -33,10 +33,13 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from pipeline.core.attribution import MODELS, Model
+
 # Durations live in their own module so that routing can use them too.
 from pipeline.core.durations import Duration, parse_duration
 from pipeline.core.event import Event, EventType
 from pipeline.core.routing import DEFAULT_ROUTING, RoutingRules
+from pipeline.core.touches import OTHER, Channel, ChannelPattern, TouchFields
 from pipeline.errors import RulesError
 
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
@@ -323,6 +326,47 @@ class Qualification(_Model):
         "any other reason is counted as other.")
 
 
+ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+_CHANNEL_FIELDS = ("source", "medium", "campaign", "referrer", "direct")
+
+
+class ChannelMatch(_Model):
+    """One way to recognise a channel; every field given must hold. Values are globs on
+    the touch's fields, any case (`*google*`, `cpc`); `referrer` globs the referring host."""
+
+    source: list[str] | None = Field(default=None, description="utm_source / campaign source.")
+    medium: list[str] | None = Field(default=None, description="utm_medium / campaign medium.")
+    campaign: list[str] | None = Field(default=None, description="utm_campaign / campaign name.")
+    referrer: list[str] | None = Field(default=None, description="The referring host.")
+    direct: bool | None = Field(
+        default=None, description="true: nothing names the origin (a direct visit).")
+
+    @model_validator(mode="after")
+    def _something(self) -> ChannelMatch:
+        given = [k for k in _CHANNEL_FIELDS if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("a channel match needs at least one of " + ", ".join(_CHANNEL_FIELDS))
+        empty = [k for k in given if getattr(self, k) == []]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: an empty list matches nothing")
+        return self
+
+
+class ChannelRule(_Model):
+    """A marketing channel: the first channel (in file order) one of whose matches holds
+    classifies a touch; a touch no channel matches is `other`."""
+
+    id: ChannelName
+    description: str = ""
+    match: list[ChannelMatch] = Field(min_length=1)
+
+
+class AttributionSettings(_Model):
+    """Which attribution models each attribution message carries."""
+
+    models: list[Model] = Field(default=list(MODELS), min_length=1)
+
+
 class RulesFile(_Model):
     """The whole rules file (top level). New sections are added here as optional fields."""
 
@@ -344,6 +388,9 @@ class RulesFile(_Model):
     # Teams, reps and SLAs (pipeline.core.routing). Without it every hot lead goes to one
     # catch-all team, "sales", with no named reps.
     routing: RoutingRules = DEFAULT_ROUTING
+    # Marketing channels that touches are classified into, and the attribution models.
+    channels: list[ChannelRule] = []
+    attribution: AttributionSettings = AttributionSettings()
 
 
 # -- compiled form -----------------------------------------------------------------------
@@ -454,6 +501,15 @@ class CompiledRules:
     # hot loop reads it directly and calls `match` on a miss or when a check holds.
     _cache: dict[tuple[str, str, str], _MatchEntry] = field(
         default_factory=dict, compare=False, repr=False)
+    channels: tuple[Channel, ...] = ()
+    attribution_models: tuple[str, ...] = MODELS
+    # touch fields -> channel: a cache only, like `_cache` (pipeline.core.touches.extract)
+    _touch_cache: dict[TouchFields, str] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+
+    def channel_names(self) -> tuple[str, ...]:
+        """Every channel a touch can get: the rules' channels and `other` (metric labels)."""
+        return (*(c.name for c in self.channels), OTHER)
 
     def teams(self) -> list[str]:
         """Names of the routing teams, in match order (each has a routing.<team> topic)."""
@@ -522,6 +578,7 @@ class CompiledRules:
                 "half_life" if md.decay.half_life is not None else "points_per_period"),
             "triggers": sorted([r.id for r in md.engagement if r.trigger is not None]
                                + [r.id for r in md.product if r.trigger is not None]),
+            "channels": [c.name for c in self.channels],
         }
 
 
@@ -720,6 +777,13 @@ def rules_version(model: RulesFile) -> str:
     return f"{model.version}-{hashlib.sha256(canonical).hexdigest()[:12]}"
 
 
+def _channel_pattern(m: ChannelMatch) -> ChannelPattern:
+    def low(v: list[str] | None) -> tuple[str, ...] | None:
+        return None if v is None else tuple(x.lower() for x in v)
+    return ChannelPattern(low(m.source), low(m.medium), low(m.campaign), low(m.referrer),
+                          m.direct)
+
+
 def compile_rules(model: RulesFile) -> CompiledRules:
     """Index and precompile a validated rules model."""
     free = frozenset(d.lower() for d in model.free_email_domains)
@@ -781,6 +845,9 @@ def compile_rules(model: RulesFile) -> CompiledRules:
         framework=model.qualification.framework,
         rejection_reasons=frozenset(model.qualification.rejection_reasons),
         version=rules_version(model),
+        channels=tuple(Channel(c.id, tuple(_channel_pattern(m) for m in c.match))
+                       for c in model.channels),
+        attribution_models=tuple(dict.fromkeys(model.attribution.models)),
         rule_groups={**{r.id: GROUP_NAMES[r.group] for _, r in items},
                      **{t.id: "fit" for t in traits}},
     )
@@ -817,7 +884,7 @@ def _line_of(doc: Any, loc: tuple[int | str, ...]) -> tuple[int | None, list[int
 
 
 #: Top-level lists whose items are rules with an `id`: errors inside one name the rule too.
-RULE_SECTIONS = ("engagement", "fit", "product", "negative")
+RULE_SECTIONS = ("engagement", "fit", "product", "negative", "channels")
 
 
 def _fmt_path(path: list[int | str], doc: Any = None) -> str:
@@ -939,6 +1006,18 @@ def _check_ids(source: str, doc: Any, model: RulesFile) -> list[str]:
                                          f"{seen[r.id]})")[1])
             else:
                 seen[r.id] = f"{sec}[{i}]"
+    channels: dict[str, int] = {}
+    for i, c in enumerate(model.channels):
+        if c.id == OTHER:
+            problems.append(_problem(source, doc, ("channels", i, "id"),
+                                     f"{OTHER!r} is the channel of touches no channel "
+                                     "matches; name this channel otherwise")[1])
+        elif c.id in channels:
+            problems.append(_problem(source, doc, ("channels", i, "id"),
+                                     f"duplicate channel {c.id!r} (first used in "
+                                     f"channels[{channels[c.id]}])")[1])
+        else:
+            channels[c.id] = i
     return problems
 
 

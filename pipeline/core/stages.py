@@ -65,6 +65,9 @@ ALERT_ACKNOWLEDGED = "Alert Acknowledged"
 LEAD_CONTACTED = "Lead Contacted"
 ACK_EVENTS: frozenset[str] = frozenset({ALERT_ACKNOWLEDGED, LEAD_CONTACTED})
 
+# The Segment Spec's e-mail event for an opt-out: the lead leaves nurture for good.
+UNSUBSCRIBED = "Unsubscribed"
+
 # CRM track events and the stage they ask for; None: recorded, no stage move.
 CRM_EVENTS: Mapping[str, str | None] = {
     "Lead Accepted": "sal",

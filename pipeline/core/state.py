@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from pipeline.core.touches import Touch
+
 MAX_SEEN = 64
 MAX_RECENT = 10
 MAX_CAP_WINDOWS = 8
@@ -71,6 +73,9 @@ class LeadState:
     #: The rules version `fit` was computed under (None: before versions were kept); the
     #: engine recomputes fit from `traits` when it sees the lead under other rules.
     fit_rules: str | None = None
+    touches: tuple[Touch, ...] = ()  # the marketing journey, bounded (pipeline.core.touches)
+    nurture: str | None = None  # why the lead is in a nurture track; None: it is not
+    opted_out: bool = False  # the lead unsubscribed: never enrolled in nurture again
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -110,6 +115,9 @@ class LeadState:
             "last_alert_id": self.last_alert_id,
             "rejection": self.rejection,
             "fit_rules": self.fit_rules,
+            "touches": [t.to_list() for t in self.touches],
+            "nurture": self.nurture,
+            "opted_out": self.opted_out,
         }
 
     @classmethod
@@ -148,6 +156,10 @@ class LeadState:
             get("last_alert_id"),
             get("rejection"),
             get("fit_rules"),
+            # states stored before touches existed have none
+            tuple(map(Touch.from_list, get("touches") or ())),
+            get("nurture"),
+            bool(get("opted_out", False)),
         )
 
 
@@ -156,7 +168,8 @@ class LeadState:
 _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product", "score_ms",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
-           "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules")
+           "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules",
+           "touches", "nurture", "opted_out")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -189,6 +202,9 @@ def make_state(
     last_alert_id: str | None = None,
     rejection: str | None = None,
     fit_rules: str | None = None,
+    touches: tuple[Touch, ...] = (),
+    nurture: str | None = None,
+    opted_out: bool = False,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -222,6 +238,9 @@ def make_state(
     _SET[22](s, last_alert_id)
     _SET[23](s, rejection)
     _SET[24](s, fit_rules)
+    _SET[25](s, touches)
+    _SET[26](s, nurture)
+    _SET[27](s, opted_out)
     return s
 
 

@@ -78,6 +78,8 @@ def topic_specs(
         (t.recycle, events),
         (t.review, events),
         (t.escalations, events),
+        (t.attribution, events),
+        (t.nurture_changes, events),
         (t.deadletter, {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
         *((f"{settings.app_id}-{name}", events) for name in internal),
         # Table changelogs hold state: only the latest value per key matters, forever.

@@ -31,6 +31,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from pipeline.core.attribution import AMOUNT_ISSUES, MODELS, UNATTRIBUTED, by_channel
+from pipeline.core.outputs import ATTRIBUTED_STAGES, Attribution
 from pipeline.core.stages import ALLOWED, STAGES
 from pipeline.models.events import REASONS
 
@@ -100,6 +102,8 @@ class Metrics:
         sources: Iterable[str] = DEFAULT_SOURCES,
         teams: Iterable[str] | None = None,
         rejection_reasons: Iterable[str] = (),
+        channels: Iterable[str] = (OTHER,),
+        models: Iterable[str] = MODELS,
         version: str | None = None,
         rules_version: str | None = None,
     ) -> None:
@@ -108,6 +112,10 @@ class Metrics:
         self._teams = None if teams is None else frozenset(teams)
         # The rules file's reasons, plus one for a rejection that gave none.
         self._reasons = frozenset([*rejection_reasons, UNSPECIFIED_REASON])
+        # The rules file's channels (and `other`), plus the word for a lead without touches:
+        # never a campaign string, whatever campaigns arrive.
+        self._channels = frozenset([*channels, OTHER, UNATTRIBUTED])
+        self._models = frozenset(models) & frozenset(MODELS)
         r = self.registry
 
         # -- pipeline health ------------------------------------------------------------
@@ -199,6 +207,25 @@ class Metrics:
             "Triggering event to the first sales touch, by team.",
             ["team"], buckets=SPEED_TO_LEAD_BUCKETS, registry=r)
 
+        # -- attribution ------------------------------------------------------------------
+        self.attributed_moves = Counter(
+            "leadflow_attributed_moves",
+            "Moves to mql, sql, opportunity and customer credited to channels: each move adds "
+            "its weights (summing to 1) per attribution model.",
+            ["stage", "channel", "model"], registry=r)
+        self.attributed_pipeline = Counter(
+            "leadflow_attributed_pipeline",
+            'Deal amounts of "Opportunity Created", credited to channels per model.',
+            ["channel", "model"], registry=r)
+        self.attributed_revenue = Counter(
+            "leadflow_attributed_revenue",
+            'Deal amounts of "Deal Won", credited to channels per model.',
+            ["channel", "model"], registry=r)
+        self.deal_amounts_ignored = Counter(
+            "leadflow_deal_amounts_ignored",
+            "Deal amounts given but not used, by why (the move is still attributed).",
+            ["reason"], registry=r)
+
         # Per-table remaining counts, so `recovering` is "any table still has work".
         self._remaining: dict[str, int] = {}
         self._init_series()
@@ -223,6 +250,14 @@ class Metrics:
             self.leads_rejected.labels(from_stage=stage)
         for reason in self._reasons | {"other"}:
             self.rejection_reasons.labels(reason=reason)
+        for model in self._models:
+            for channel in self._channels:
+                for stage in ATTRIBUTED_STAGES:
+                    self.attributed_moves.labels(stage=stage, channel=channel, model=model)
+                self.attributed_pipeline.labels(channel=channel, model=model)
+                self.attributed_revenue.labels(channel=channel, model=model)
+        for issue in AMOUNT_ISSUES:
+            self.deal_amounts_ignored.labels(reason=issue)
         for team in self._teams or ():
             for kind in ALERT_KINDS:
                 self.alerts.labels(team=team, kind=kind)
@@ -284,6 +319,23 @@ class Metrics:
             self.leads_rejected.labels(from_stage=frm).inc()
             reason = bounded(detail or UNSPECIFIED_REASON, self._reasons)
             self.rejection_reasons.labels(reason=reason).inc()
+
+    def attribution(self, a: Attribution) -> None:
+        """A move to an attributed stage: its credit per channel and model, and the deal."""
+        stage = bounded(a.stage, ATTRIBUTED_STAGES)
+        amount = a.amount
+        money = (self.attributed_pipeline if stage == "opportunity" else
+                 self.attributed_revenue if stage == "customer" else None)
+        for model, ws in a.credits:
+            if model not in self._models:
+                continue
+            for channel, w in by_channel(a.touches, ws).items():
+                ch = bounded(channel, self._channels)
+                self.attributed_moves.labels(stage=stage, channel=ch, model=model).inc(w)
+                if money is not None and amount:
+                    money.labels(channel=ch, model=model).inc(w * amount)
+        if a.amount_issue is not None:
+            self.deal_amounts_ignored.labels(reason=bounded(a.amount_issue, AMOUNT_ISSUES)).inc()
 
     def alert(self, team: str, kind: str, latency_s: float) -> None:
         """An alert of `kind` emitted to `team`, `latency_s` after its triggering event."""

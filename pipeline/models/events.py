@@ -223,6 +223,7 @@ def to_event(
     ctx = msg.context
     page = ctx.get("page") if isinstance(ctx.get("page"), dict) else None
     url = msg.properties.get("url") or (page.get("url") if page else None) or ""
+    referrer = msg.properties.get("referrer") or (page.get("referrer") if page else None)
     campaign = ctx.get("campaign")
     utm: Any = EMPTY
     if isinstance(campaign, dict) and campaign:
@@ -251,6 +252,7 @@ def to_event(
         utm,
         msg.anonymous_id,
         msg.user_id,
+        referrer if isinstance(referrer, str) else "",
     )
 
 

@@ -18,8 +18,15 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.attribution import AmountIssue, Model
 from pipeline.core.outputs import AlertKind as CoreAlertKind
-from pipeline.core.outputs import Route, Temperature
+from pipeline.core.outputs import (
+    AttributedStage,
+    NurtureAction,
+    NurtureReason,
+    Route,
+    Temperature,
+)
 
 #: Version of every outbound schema in this module; consumers should accept unknown *higher*
 #: minor additions but must check this number before relying on a removed/renamed field.
@@ -333,6 +340,109 @@ class PublishedRules(_Message):
         return _utc(v)
 
 
+class AttributedTouch(_Wire):
+    """One marketing touch of the lead's journey, classified by the rules' channels."""
+
+    channel: str = Field(description="Channel from the rules file's `channels:`, or `other`.")
+    source: str | None = Field(description="utm_source / context.campaign.source.")
+    medium: str | None = Field(description="utm_medium / context.campaign.medium.")
+    campaign: str | None = Field(description="utm_campaign / context.campaign.name.")
+    referrer: str | None = Field(description="The referring host (no path or query).")
+    at: AwareDatetime = Field(description="Event time of the touch, ISO-8601 UTC.")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    message_id: str = Field(description="messageId of the event that made the touch.")
+    count: int = Field(ge=1, description="Consecutive touches of this channel folded in it.")
+    marks: list[str] = Field(description="Stages this touch was the latest touch before "
+                             "(`lead`: the lead-creation touch).")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
+class ModelCredit(_Wire):
+    """The credit of one attribution model: per touch, and summed per channel."""
+
+    model: Model = Field(description="The attribution model.")
+    weights: list[float] = Field(description="One weight per touch, in `touches` order; "
+                                 "they sum to 1 (empty when the lead had no touch).")
+    channels: dict[str, float] = Field(description="The weights summed per channel.")
+
+
+class Deal(_Wire):
+    """The deal amount the CRM event carried."""
+
+    kind: Literal["pipeline", "revenue"] = Field(
+        description="`pipeline` for Opportunity Created, `revenue` for Deal Won.")
+    amount: float | None = Field(description="The `amount` property; null when none was "
+                                 "given or it is unusable (see `amount_issue`).")
+    currency: str | None = Field(description="The `currency` property, upper case.")
+    amount_issue: AmountIssue | None = Field(
+        description="Why a given amount is not used; the move is still attributed.")
+
+
+class LeadAttribution(_Message):
+    """A move to MQL, SQL, opportunity or customer and the touches credited with it.
+
+    Topic `leads.attribution`, key = lead_id.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "lead-attribution.json"
+
+    attribution_id: str = Field(description="`<lead_id>:<stage>:<messageId or at_ms>`: the "
+                                "same move replayed gives the same id.")
+    lead_id: str = Field(min_length=1, description="The lead (userId, or anon:<anonymousId>).")
+    stage: AttributedStage = Field(description="The stage the lead moved to.")
+    from_stage: str = Field(description="Stage before the move.")
+    at: AwareDatetime = Field(description="When the move happened (event time), ISO-8601 UTC.")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    cause: Cause = Field(description="The rule and inbound message that caused the move.")
+    touches: list[AttributedTouch] = Field(
+        description="The journey before the move, oldest first (bounded).")
+    credits: list[ModelCredit] = Field(description="One entry per configured model.")
+    deal: Deal | None = Field(description="For opportunity and customer: the deal amount.")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
+class NurtureMessage(_Message):
+    """A lead enters (`enroll`) or leaves (`exit`) marketing's nurture track, and why.
+
+    Topic `leads.nurture`, key = lead_id. For the marketing automation side: start a
+    lead's nurture e-mails on enroll, stop them on exit. A lead is never enrolled while
+    a rep works it (alerted, accepted, qualified, with an opportunity) or after it
+    unsubscribed.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "lead-nurture.json"
+
+    nurture_id: str = Field(description="`<lead_id>:<action>:<messageId or at_ms>`: the "
+                            "same change replayed gives the same id.")
+    lead_id: str = Field(min_length=1, description="The lead (userId, or anon:<anonymousId>).")
+    action: NurtureAction = Field(description="`enroll`: start nurture; `exit`: stop it.")
+    reason: NurtureReason = Field(
+        description="Why: enroll `warm` (crossed the mql line without an alert) or "
+        "`recycled` (sent back to marketing); exit `sales_alerted`, `sales_accepted`, "
+        "`qualified`, `opportunity_opened`, `customer`, `disqualified` or `unsubscribed`.")
+    stage: str = Field(description="The lead's stage after the change.")
+    at: AwareDatetime = Field(description="When it happened (event time), ISO-8601 UTC.")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    cause: Cause = Field(description="The rule or CRM move and the inbound message behind it.")
+    interest: str | None = Field(
+        description="Enroll: the engagement or product rule that earned the lead the most "
+        "points (e.g. `pricing_page`), to pick a nurture track by; null on exit.")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
 #: Every outbound model, by schema file name (for schemagen and the docs).
 OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, LeadAssignment,
-                                        DeadLetter, PublishedRules)
+                                        DeadLetter, PublishedRules, LeadAttribution,
+                                        NurtureMessage)

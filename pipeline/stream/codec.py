@@ -38,6 +38,8 @@ def event_to_dict(e: Event) -> dict[str, Any]:
         d["a"] = e.anonymous_id
     if e.user_id:
         d["uid"] = e.user_id
+    if e.referrer:
+        d["r"] = e.referrer
     return d
 
 
@@ -61,6 +63,7 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
         _frozen(get("utm")),
         get("a"),
         get("uid"),
+        get("r", ""),
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pipeline.stream.stages.ingest import dead_letter, identity_key_bytes
-from pipeline.stream.stages.score import Plan, plan, plan_scored
+from pipeline.stream.stages.score import Plan, attribution_message, plan, plan_scored
 
-__all__ = ["Plan", "dead_letter", "identity_key_bytes", "plan", "plan_scored"]
+__all__ = ["Plan", "attribution_message", "dead_letter", "identity_key_bytes", "plan",
+           "plan_scored"]

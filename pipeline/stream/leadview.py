@@ -38,6 +38,12 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "traits": {k: traits[k] for k in ("title", "company", "country", "industry",
                                           "employees") if k in traits},
         "events_seen": dedup.count(rec.seen),
+        # where the lead came from (campaigns and referring hosts, no personal data) and
+        # whether marketing nurtures it now
+        "touches": [{"channel": t.channel, "source": t.source, "medium": t.medium,
+                     "campaign": t.campaign, "referrer": t.referrer, "at_ms": t.at_ms,
+                     "count": t.count, "marks": list(t.marks)} for t in state.touches],
+        "nurture": state.nurture,
         "rules_version": rules.version,
         # the rules its fit was computed under: older until its next event (engine.refit)
         "fit_rules_version": state.fit_rules,

@@ -47,6 +47,8 @@ def build(settings: Settings, *, bootstrap: str | None = None) -> LeadflowApp:
             sources=settings.topics.inputs().values(),
             teams=[*rules.teams(), "nurture", "recycle", "review"],
             rejection_reasons=rules.rejection_reasons,
+            channels=rules.channel_names(),
+            models=rules.attribution_models,
             rules_version=rules.version,
             version=__version__,
         ),

@@ -67,7 +67,10 @@ product:
 RULES = [DEFAULT, DEFAULT_LINEAR, RICH]
 
 _URLS = ["https://a.com/", "https://a.com/blog/x", "https://a.com/pricing",
-         "https://a.com/careers", "https://a.com/compare/rival", "https://a.com/customers/z"]
+         "https://a.com/careers", "https://a.com/compare/rival", "https://a.com/customers/z",
+         "https://a.com/?utm_source=google&utm_medium=cpc", "https://a.com/pricing?utm_medium=email"]
+# touches: the default rules classify these referrers into channels
+_REFERRERS = ["", "", "https://www.google.com/", "https://a.com/x", "https://news.example/"]
 _TRACKS = ["Document Downloaded", "Demo Requested", "Trial Started", "Invite Sent",
            "Unsubscribed", "Email Opened", "Email Link Clicked", "Form Submitted",
            "Webinar Attended", "Quote Requested", "Limit Reached", "Feature Limit Reached",
@@ -100,7 +103,7 @@ def events(draw: st.DrawFn) -> list[Event]:
         if kind < 4:
             utm = draw(st.sampled_from([{}, {"medium": "CPC"}, {"source": "x"}]))
             out.append(Event(mid, "u", "page", t, url=draw(st.sampled_from(_URLS)), utm=utm,
-                             user_id=user))
+                             user_id=user, referrer=draw(st.sampled_from(_REFERRERS))))
         elif kind < 8:
             props = draw(st.sampled_from([{}, {"kind": "ebook"}, {"form": "contact-sales"}]))
             out.append(Event(mid, "u", "track", t, name=draw(st.sampled_from(_TRACKS)),

@@ -41,6 +41,10 @@ REQUIRED = (
     "leadflow_team:sla_breach:ratio_rate1h",
     "leadflow_team:speed_to_lead_seconds:p50_rate1d",
     "leadflow_team:speed_to_lead_seconds:p90_rate1d",
+    "leadflow_stage_channel_model:attributed_moves:increase1d",
+    "leadflow_channel_model:attributed_pipeline:increase1d",
+    "leadflow_channel_model:attributed_revenue:increase1d",
+    "leadflow_channel_model:funnel_mql_to_opportunity:ratio_rate1d",
 )
 
 

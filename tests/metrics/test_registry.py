@@ -7,6 +7,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from pipeline.core.attribution import weights
+from pipeline.core.outputs import Attribution
+from pipeline.core.touches import Touch
 from pipeline.metrics import Metrics, bounded, metrics_handler
 
 
@@ -228,3 +231,43 @@ def test_rejection_reasons_are_counted_within_the_rules_list(reg: CollectorRegis
     counts = {r: val(reg, "leadflow_lead_rejection_reasons_total", reason=r)
               for r in ("no_budget", "bad_timing", "unspecified", "other")}
     assert counts == {"no_budget": 2, "bad_timing": 1, "unspecified": 1, "other": 1}
+
+
+def _attribution(stage: str, channels: list[str], amount: float | None = None,
+                 issue: str | None = None) -> Attribution:
+    touches = tuple(Touch(c, i, f"m{i}", last_ms=i) for i, c in enumerate(channels))
+    credits = tuple((model, weights(model, touches)) for model in ("linear", "last_touch"))
+    return Attribution("u1", stage, "lead", 10, "r", "m", touches, credits, amount, None, issue)
+
+
+def test_attribution_credit_by_channel_is_bounded(reg: CollectorRegistry) -> None:
+    m = Metrics(reg, channels=["paid_search", "email"], models=["linear", "last_touch"])
+    # a channel the rules no longer have (a state from older rules) counts as other
+    m.attribution(_attribution("mql", ["paid_search", "email", "campaign-xyz-2026"]))
+    m.attribution(_attribution("opportunity", ["paid_search", "email"], amount=1000.0))
+    m.attribution(_attribution("customer", ["email"], amount=400.0))
+    m.attribution(_attribution("sql", []))
+    m.attribution(_attribution("customer", ["email"], issue="not_a_number"))
+
+    def moves(stage: str, channel: str, model: str = "linear") -> float | None:
+        return val(reg, "leadflow_attributed_moves_total", stage=stage, channel=channel,
+                   model=model)
+
+    assert moves("mql", "paid_search") == pytest.approx(1 / 3)
+    assert moves("mql", "other") == pytest.approx(1 / 3)
+    assert moves("mql", "other", "last_touch") == 1
+    assert moves("sql", "unattributed") == 1
+    assert moves("customer", "email") == 2
+    assert val(reg, "leadflow_attributed_pipeline_total", channel="paid_search",
+               model="linear") == 500
+    assert val(reg, "leadflow_attributed_pipeline_total", channel="email",
+               model="last_touch") == 1000
+    assert val(reg, "leadflow_attributed_revenue_total", channel="email", model="linear") == 400
+    assert val(reg, "leadflow_deal_amounts_ignored_total", reason="not_a_number") == 1
+    # the label values are the rules' channels, other and unattributed: nothing else
+    channels = {s.labels["channel"] for f in reg.collect()
+                if f.name == "leadflow_attributed_moves" for s in f.samples}
+    assert channels == {"paid_search", "email", "other", "unattributed"}
+    # series exist at 0 before any move (rates need two samples)
+    assert val(reg, "leadflow_attributed_moves_total", stage="sql", channel="email",
+               model="last_touch") == 0

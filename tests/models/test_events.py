@@ -120,6 +120,7 @@ def test_analytics_js_page() -> None:
     assert e.user_id is None
     assert e.url == "https://acme.example/pricing"
     assert dict(e.utm) == {"source": "google", "medium": "cpc"}
+    assert e.referrer == "https://www.google.com/"
     assert e.timestamp_ms == int(datetime(2024, 5, 6, 11, 59, 59, 924000, UTC).timestamp() * 1000)
 
 
@@ -130,6 +131,14 @@ def test_analytics_js_track_and_identify() -> None:
     assert (i.type, i.lead_id, i.user_id) == ("identify", "u-42", "u-42")
     assert i.traits["email"] == "ada@acme.example"
     assert i.anonymous_id == AJS_IDENTIFY["anonymousId"]
+    # a track call's referrer is the page's (context.page.referrer): no properties.referrer
+    assert t.referrer == "https://www.google.com/"
+
+
+def test_referrer_that_is_not_text_is_left_out() -> None:
+    msg = {**AJS_TRACK, "properties": {"referrer": 42},
+           "context": {**AJS_CONTEXT, "page": {"referrer": ["x"]}}}
+    assert parse(msg).referrer == ""
 
 
 def test_alias_and_group() -> None:

@@ -1,6 +1,9 @@
-"""The internal topics' codec: events and the score stage's typed control lines."""
+"""The internal topics' codec: events (with their origin) and the score stage's typed
+control lines."""
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 import orjson
 import pytest
@@ -10,6 +13,7 @@ from pipeline.stream.codec import (
     CONTROL_PREFIXES,
     OwnerUpdate,
     TickRequest,
+    decode_event,
     decode_leads_line,
     encode_event,
     encode_owner,
@@ -29,6 +33,18 @@ def test_every_leads_line_decodes_to_its_typed_record() -> None:
     assert encode_owner(own).startswith(CONTROL_PREFIXES)
     assert encode_tick(req).startswith(CONTROL_PREFIXES)
     assert not encode_event(e).startswith(CONTROL_PREFIXES)
+
+
+def test_event_round_trips_with_its_origin() -> None:
+    e = Event("m1", "u1", "page", 1_000, name="Pricing", source="web",
+              properties=MappingProxyType({"path": "/pricing"}),
+              url="https://a.io/pricing?utm_medium=cpc",
+              utm=MappingProxyType({"source": "google", "medium": "cpc"}),
+              anonymous_id="a1", user_id="u1", referrer="https://www.google.com/")
+    assert decode_event(encode_event(e)) == e
+    bare = Event("m2", "u1", "track", 2_000, name="Demo Requested")
+    assert decode_event(encode_event(bare)) == bare
+    assert b'"r"' not in encode_event(bare)  # no referrer: no key on the wire
 
 
 def test_a_keyed_tick_of_an_older_version_names_its_lead_by_the_record_key() -> None:

@@ -20,6 +20,7 @@ from pipeline.core.engine import (
     _crm,
     _decay_to,
     _disqualify,
+    _exit,
     _idle,
     _merge_traits,
     _move,
@@ -30,8 +31,9 @@ from pipeline.core.engine import (
 )
 from pipeline.core.event import Event
 from pipeline.core.rules import ENGAGEMENT, CompiledEventRule, CompiledRules
-from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED
+from pipeline.core.stages import CRM_EVENTS, DECAYS_TO_RECYCLED, IDENTIFIED, UNSUBSCRIBED
 from pipeline.core.state import MAX_SEEN, LeadState
+from pipeline.core.touches import add, extract
 
 __all__ = ["apply", "apply_batch", "tick"]
 
@@ -70,6 +72,10 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
         if t < w.first_event_ms:
             w.first_event_ms = t
 
+    touch = extract(e, r.channels, not w.touches) if r.channels else None
+    if touch is not None:
+        w.touches = add(w.touches, touch)
+
     stage0 = w.stage
     prev_total = r.total(w.fit, w.engagement, w.product)
     if idle and ((w.hot and prev_total < r.cool) or (
@@ -82,6 +88,9 @@ def _step(w: _Work, e: Event, r: CompiledRules) -> None:
     if e.type == "track":
         if e.name in CRM_EVENTS:
             _crm(w, r, e)
+        elif e.name == UNSUBSCRIBED:
+            w.opted_out = True
+            _exit(w, "unsubscribed", t, mid, UNSUBSCRIBED)
     elif e.traits and e.type in ("identify", "group"):
         _merge_traits(w, e, r)
 

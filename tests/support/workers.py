@@ -80,8 +80,9 @@ class WorkerProcess:
             body = await r.read()
             return r.status, orjson.loads(body) if body else None
 
-    async def metric(self, name: str) -> float:
-        """The sum of a metric's samples on the worker's /metrics (0 when it has none)."""
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples on the worker's /metrics (0 when it has none),
+        of the samples with these label values when `labels` are given."""
         import aiohttp
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,7 +90,8 @@ class WorkerProcess:
             assert r.status == 200, r.status
             text = await r.text()
         return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == name)
+                   for sample in family.samples if sample.name == name
+                   and all(sample.labels.get(k) == v for k, v in labels.items()))
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -10,14 +10,28 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline.core.attribution import by_channel
 from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
-from pipeline.core.outputs import AlertTrigger, MoveRefused, RoutingDecision, StageMove
+from pipeline.core.outputs import (
+    AlertTrigger,
+    Attribution,
+    MoveRefused,
+    NurtureChange,
+    RoutingDecision,
+    StageMove,
+)
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
 from pipeline.core.rules import CompiledRules, first_trait
 from pipeline.core.stages import ACK_EVENTS, DECAYS_TO_RECYCLED
 from pipeline.core.state import with_owner
-from pipeline.models.outputs import RoutingAlert, StageChange, TopReason
+from pipeline.models.outputs import (
+    LeadAttribution,
+    NurtureMessage,
+    RoutingAlert,
+    StageChange,
+    TopReason,
+)
 from pipeline.models.timefmt import iso_offset
 from pipeline.settings import Topics
 from pipeline.stream.codec import (
@@ -177,6 +191,7 @@ class Plan:
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
     # from, to, refused, cause rule, detail (for metrics)
     moves: list[tuple[str, str, bool, str | None, str | None]] = field(default_factory=list)
+    attributions: list[Attribution] = field(default_factory=list)  # for metrics by channel
 
 
 def plan(
@@ -253,6 +268,17 @@ def plan(
             )
             p.sends.append((topic, o.lead_id.encode(), handoff.to_bytes()))
             p.alerts.append((o.route, o.route))
+        elif isinstance(o, Attribution):
+            p.sends.append((topics.attribution, o.lead_id.encode(),
+                            attribution_message(o, rules_version).to_bytes()))
+            p.attributions.append(o)
+        elif isinstance(o, NurtureChange):
+            p.sends.append((topics.nurture_changes, o.lead_id.encode(), NurtureMessage(
+                nurture_id=f"{o.lead_id}:{o.action}:{o.message_id or o.at_ms}",
+                lead_id=o.lead_id, action=o.action, reason=o.reason, stage=o.stage,
+                at=iso_offset(o.at_ms), at_ms=o.at_ms,
+                cause={"rule": o.detail, "message_id": o.message_id}, interest=o.interest,
+                rules_version=rules_version).to_bytes()))
     for e in events:
         if e.type == "track" and e.name in ACK_EVENTS:
             route = routes.get(e.lead_id)
@@ -263,6 +289,27 @@ def plan(
                 "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
                 else None, "at_ms": e.timestamp_ms, "event": e.name}))
     return p
+
+
+def attribution_message(a: Attribution, rules_version: str | None) -> LeadAttribution:
+    """The wire form of an attribution: touches, credit per model and channel, the deal."""
+    deal = None
+    if a.stage in ("opportunity", "customer"):
+        deal = {"kind": "pipeline" if a.stage == "opportunity" else "revenue",
+                "amount": a.amount, "currency": a.currency, "amount_issue": a.amount_issue}
+    return LeadAttribution(
+        attribution_id=f"{a.lead_id}:{a.stage}:{a.cause_message_id or a.at_ms}",
+        lead_id=a.lead_id, stage=a.stage, from_stage=a.from_stage,
+        at=iso_offset(a.at_ms), at_ms=a.at_ms,
+        cause={"rule": a.cause_rule, "message_id": a.cause_message_id},
+        touches=[{"channel": t.channel, "source": t.source, "medium": t.medium,
+                  "campaign": t.campaign, "referrer": t.referrer, "at": iso_offset(t.at_ms),
+                  "at_ms": t.at_ms, "message_id": t.message_id, "count": t.count,
+                  "marks": list(t.marks)} for t in a.touches],
+        credits=[{"model": m, "weights": list(ws), "channels": by_channel(a.touches, ws)}
+                 for m, ws in a.credits],
+        deal=deal, rules_version=rules_version,
+    )
 
 
 def plan_scored(
@@ -311,12 +358,16 @@ class Scored:
     moves: tuple[tuple[str, str, bool, str | None, str | None], ...]
     #: event time (ms) of every event scored, for the processing lag
     event_ms: tuple[int, ...]
+    #: the moves' attributions, for the metrics by channel
+    attributions: tuple[Attribution, ...] = ()
 
     def observe(self, metrics: Metrics, now_s: float) -> None:
         for _ in range(self.duplicates):
             metrics.duplicate()
         for frm, to, refused, cause, detail in self.moves:
             metrics.stage_move(frm, to, refused=refused, cause=cause, detail=detail)
+        for att in self.attributions:
+            metrics.attribution(att)
         metrics.processed(*(now_s - ms / 1000 for ms in self.event_ms))
 
 
@@ -358,7 +409,8 @@ def score(
                                         route=Route(team, cmd["alert"]["alert_id"]))
         sends.append(Send(dest.assign, team.encode(), dumps(cmd), None))
     return Scored(tuple(sends), {k: r.to_stored() for k, r in records.items()},
-                  res.duplicates, tuple(p.moves), tuple(e.timestamp_ms for e in events))
+                  res.duplicates, tuple(p.moves), tuple(e.timestamp_ms for e in events),
+                  tuple(p.attributions))
 
 
 # The stages a quiet lead can decay out of, as the stored records spell them.

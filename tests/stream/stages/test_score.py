@@ -104,7 +104,8 @@ def test_plan_maps_outputs_to_topics_and_assign_commands() -> None:
     traits = {"u1": {"email": "a@stark.de", "country": "DE", "employees": 50}}
     p = plan(outs, traits, [ident, e], {}, RULES.routing, Topics(),
                   free_mail=RULES.free_email)
-    assert {t for t, _, _ in p.sends} == {"leads.stage-changes"}
+    # the move to mql comes with its attribution (the lead had no touch: none credited)
+    assert {t for t, _, _ in p.sends} == {"leads.stage-changes", "leads.attribution"}
     assert [(team, c["op"], c["alert"]["kind"]) for team, c in p.assign] == [
         ("emea", "alert", "instant")]
     alert = p.assign[0][1]["alert"]
@@ -213,8 +214,12 @@ def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() ->
     by_topic: dict[str, list[Any]] = {}
     for s in out.sends:
         by_topic.setdefault(s.topic, []).append(s)
-    assert set(by_topic) == {"leads.stage-changes", "lf-assign"}
+    assert set(by_topic) == {"leads.stage-changes", "leads.attribution", "lf-assign"}
     assert all(s.key == b"u1" and s.partition is None for s in by_topic["leads.stage-changes"])
+    # the move to mql is attributed, and counted by channel when observed
+    [att] = by_topic["leads.attribution"]
+    assert (att.key, orjson.loads(att.value)["stage"]) == (b"u1", "mql")
+    assert [a.stage for a in out.attributions] == ["mql"]
     [cmd] = by_topic["lf-assign"]
     body = orjson.loads(cmd.value)
     assert (cmd.key, body["op"], body["routed_ms"]) == (b"emea", "alert", 42)
