@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 
 from pipeline.core.stages import ALLOWED, STAGES
+from pipeline.kafka.topics import DEFAULT_TABLES
 from pipeline.models.events import REASONS
 
 OTHER = "other"
@@ -42,6 +43,7 @@ EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "
 # Dead-letter reasons: the inbound parser's codes plus the stream shell's own.
 DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
 STAGE_LABELS: frozenset[str] = frozenset(STAGES)
+TABLES: frozenset[str] = frozenset(DEFAULT_TABLES)
 ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
 # The cause of a CRM "Lead Rejected" move, as the core writes it in StageMove.cause_rule.
 LEAD_REJECTED_CAUSE = "crm:Lead Rejected"
@@ -149,6 +151,15 @@ class Metrics:
         self.recovery_remaining = Gauge(
             "leadflow_recovery_remaining", "Changelog messages left to recover, by table.",
             ["table"], registry=r)
+        self.recovery_restored = Gauge(
+            "leadflow_recovery_restored", "Changelog records restored so far of the "
+            "recovery under way (of leadflow_recovery_total), by table.", ["table"], registry=r)
+        self.recovery_total = Gauge(
+            "leadflow_recovery_total", "Changelog records the recovery under way restores, "
+            "by table (0 when none is under way).", ["table"], registry=r)
+        self.changelog_restored = Counter(
+            "leadflow_changelog_restored", "Changelog records written to the stores by the "
+            "bulk restore, by table (its rate is the restore's pace).", ["table"], registry=r)
         self.recovering = Gauge(
             "leadflow_recovering", "1 while any table is recovering from its changelog.",
             registry=r)
@@ -211,6 +222,8 @@ class Metrics:
             self.stage_moves.labels(from_stage=from_stage, to_stage=to_stage)
         for stage in REJECTABLE_STAGES:
             self.leads_rejected.labels(from_stage=stage)
+        for table in TABLES:
+            self.changelog_restored.labels(table=table)
         for reason in self._reasons | {"other"}:
             self.rejection_reasons.labels(reason=reason)
         for team in self._teams or ():
@@ -310,12 +323,20 @@ class Metrics:
         """Number of keys in `table` on this worker."""
         self.table_keys.labels(table=table).set(n)
 
-    def set_recovery(self, table: str, remaining: int) -> None:
-        """Changelog messages `table` still has to recover (0 when done)."""
+    def set_recovery(self, table: str, remaining: int, restored: int = 0,
+                     total: int = 0) -> None:
+        """Changelog messages `table` still has to recover (0 when done), and of the
+        recovery's `total`, how many are `restored`."""
         remaining = max(0, remaining)
         self.recovery_remaining.labels(table=table).set(remaining)
+        self.recovery_restored.labels(table=table).set(max(0, restored))
+        self.recovery_total.labels(table=table).set(max(0, total))
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
+
+    def restored(self, table: str, n: int) -> None:
+        """`n` changelog records of `table` written to its store by the bulk restore."""
+        self.changelog_restored.labels(table=bounded(table, TABLES)).inc(n)
 
     def rebalance(self) -> None:
         """The consumer group rebalanced."""
