@@ -356,7 +356,7 @@ class LeadflowApp:
         self.restorer = restore.BulkRestore(
             bootstrap, exactly_once=settings.processing_guarantee == "exactly_once",
             client_kwargs=KafkaSecurity.from_settings(settings).client_kwargs(),
-            on_restored=metrics.restored)
+            on_restored=metrics.restored, on_progress=self._report_recovery)
         restore.install(self.app, self.restorer)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
@@ -822,7 +822,11 @@ class LeadflowApp:
         for topic, partition in self._lag_reported - reported:
             self.metrics.forget_partition(topic, partition)
         self._lag_reported = reported
-        recovery = cast(Any, app.tables).recovery
+        self._report_recovery()
+
+    def _report_recovery(self) -> None:
+        """Recovery progress into /readyz, /metrics and the log (timer and bulk restore)."""
+        recovery = cast(Any, self.app.tables).recovery
         by_partition: dict[tuple[str, int], int] = {}
         for tp, n in recovery.active_remaining().items():
             name = tp.topic.removeprefix(f"{self.settings.app_id}-").removesuffix("-changelog")

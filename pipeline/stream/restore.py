@@ -93,6 +93,9 @@ class BulkRestore:
     counts: dict[tuple[str, int], PartitionCount] = field(default_factory=dict)
     #: Called with (table, records) after each fetch is stored.
     on_restored: Callable[[str, int], None] | None = None
+    #: Called once the totals are known and then every `progress_every_s` (`counts`).
+    on_progress: Callable[[], None] | None = None
+    progress_every_s: float = 5.0
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -171,6 +174,7 @@ class BulkRestore:
             f"{p.table}[{p.tp.partition}] {p.start}..{p.end}" for p in plans))
         left = dict(by_tp)
         last_data = time.monotonic()
+        reported = self._progress()
         while left:
             if not current():
                 log.info("bulk restore stopped by a newer rebalance; %d partitions left "
@@ -201,11 +205,21 @@ class BulkRestore:
                 log.warning("bulk restore: no data for %.0f s; %d partitions left to "
                             "Faust's recovery", STALL_S, len(left))
                 return
+            if time.monotonic() - reported >= self.progress_every_s:
+                reported = self._progress()
             await asyncio.sleep(0)  # timers and web views run between fetches
         took = time.monotonic() - t0
         n = sum(done.values())
         log.info("bulk restore: %d changelog records in %.1f s (%.0f/s)", n, took,
                  n / took if took > 0 else 0.0)
+
+    def _progress(self) -> float:
+        if self.on_progress is not None:
+            try:
+                self.on_progress()
+            except Exception:  # a report must never stop the restore
+                log.exception("bulk restore progress report failed")
+        return time.monotonic()
 
     @staticmethod
     def _write(p: _Plan, records: list[Any], position: int) -> None:
