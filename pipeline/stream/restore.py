@@ -33,6 +33,14 @@ becomes a standby catches up with a bulk restore too. Afterwards a standby follo
 changelog through Faust's per-message loop again (its records arrive through Faust's
 consumer, which owns those partitions); that steady-state path is not replaced here.
 
+The cost of restoring inside the rebalance callback: the group's next rebalance waits for
+it. A member that joins meanwhile holds the group until this worker rejoins, and past
+`broker_rebalance_timeout` (Faust's default 60 s) the broker drops this worker from the
+group; it rejoins, and the next restore goes on from the offsets stored so far. Faust's
+recovery task was not the place instead: its steps run under `broker_request_timeout`,
+and a step that outlasts it stops the recovery service for good (mode's `wait_first`
+reports a timeout as the service stopped).
+
 Anything that goes wrong in a bulk restore (the broker, a timeout, a newer rebalance) stops
 it where it is, with every finished fetch already stored with its offset, and Faust's
 recovery reads the rest: a failure costs time, never state.
