@@ -239,7 +239,8 @@ class BulkRestore:
             else:
                 wb.put(r.key, r.value)
         wb.put(p.store.offset_key, str(position - 1).encode())
-        p.store._db_for_partition(p.tp.partition).write(wb)  # opens a standby's database
+        # Faust's stores have no public per-partition handle; this also opens a standby's.
+        p.store._db_for_partition(p.tp.partition).write(wb)
 
 
 class _Recovery(Recovery):
