@@ -8,7 +8,9 @@ long a fresh worker takes to rebuild that state from the changelog topics.
 2. That worker is stopped; a second worker with the same app id and an empty state folder
    starts; the time from its start until `/readyz` answers 200 (every table recovered from
    its changelog) and its peak RSS are reported, and a sample of leads is read back through
-   its lead API to check the state is really there.
+   its lead API to check the state is really there. `restore_records_per_s` is the
+   changelog records (end offsets of the tables' changelog partitions) over those seconds
+   to ready, start-up included.
 
     python benchmarks/state_bench.py --leads 1000000 [--json]
 
@@ -49,7 +51,7 @@ from e2e_bench import (
 from traffic import generate, lead_id
 
 from pipeline.devkafka.ports import free_port
-from pipeline.kafka.topics import TopicSpec, ensure_topics
+from pipeline.kafka.topics import DEFAULT_TABLES, TopicSpec, ensure_topics
 
 INTERNAL = ("identity", "leads", "assign")
 
@@ -139,6 +141,10 @@ async def state_bench(bootstrap: str, *, leads: int, partitions: int = 4, sample
     finally:
         _stop(proc)
     result["rocksdb_mb"] = round(_du_mb(home1 / "worker"), 1)
+    async with Offsets(bootstrap) as offsets:
+        _, changelog_records = await offsets.status(
+            group, [f"{group}-{t}-changelog" for t in DEFAULT_TABLES])
+    result["changelog_records"] = changelog_records
     _say(f"worker 1: {leads:,} leads in {result['processing_s']} s, RSS {result['rss_mb']} MB "
          f"(peak {result['peak_rss_mb']} MB), state on disk {result['rocksdb_mb']} MB")
 
@@ -149,6 +155,7 @@ async def state_bench(bootstrap: str, *, leads: int, partitions: int = 4, sample
         recovery_s = await _until_ready(port, proc, timeout_s)
         result["recovery_s"] = round(recovery_s, 1)
         result["recovery_peak_rss_mb"] = round(_peak_rss_mb(proc.pid) or 0, 1)
+        result["restore_records_per_s"] = round(changelog_records / recovery_s, 1)
         rng = random.Random(seed)
         picks = rng.sample(range(leads), min(sample, leads))
         found = 0
@@ -160,8 +167,10 @@ async def state_bench(bootstrap: str, *, leads: int, partitions: int = 4, sample
         result["sample_found"] = found
     finally:
         _stop(proc)
-    _say(f"worker 2 (empty state folder): ready after {result['recovery_s']} s, peak RSS "
-         f"{result['recovery_peak_rss_mb']} MB; {found}/{len(picks)} sampled leads served")
+    _say(f"worker 2 (empty state folder): ready after {result['recovery_s']} s "
+         f"({changelog_records:,} changelog records, {result['restore_records_per_s']:,}/s), "
+         f"peak RSS {result['recovery_peak_rss_mb']} MB; {found}/{len(picks)} sampled leads "
+         "served")
     result["machine"] = {"nproc": os.cpu_count(), "python": platform.python_version()}
     result["loadavg_start"] = [round(x, 2) for x in load_start]
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

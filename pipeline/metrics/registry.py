@@ -34,6 +34,7 @@ from prometheus_client import (
 from pipeline.core.attribution import AMOUNT_ISSUES, MODELS, UNATTRIBUTED, by_channel
 from pipeline.core.outputs import ATTRIBUTED_STAGES, Attribution
 from pipeline.core.stages import ALLOWED, STAGES
+from pipeline.kafka.topics import DEFAULT_TABLES
 from pipeline.models.events import REASONS
 
 OTHER = "other"
@@ -44,6 +45,7 @@ EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "
 # Dead-letter reasons: the inbound parser's codes plus the stream shell's own.
 DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
 STAGE_LABELS: frozenset[str] = frozenset(STAGES)
+TABLES: frozenset[str] = frozenset(DEFAULT_TABLES)
 ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
 # The cause of a CRM "Lead Rejected" move, as the core writes it in StageMove.cause_rule.
 LEAD_REJECTED_CAUSE = "crm:Lead Rejected"
@@ -159,6 +161,15 @@ class Metrics:
         self.recovery_remaining = Gauge(
             "leadflow_recovery_remaining", "Changelog messages left to recover, by table.",
             ["table"], registry=r)
+        self.recovery_restored = Gauge(
+            "leadflow_recovery_restored", "Changelog records restored so far of the "
+            "recovery under way (of leadflow_recovery_total), by table.", ["table"], registry=r)
+        self.recovery_total = Gauge(
+            "leadflow_recovery_total", "Changelog records the recovery under way restores, "
+            "by table (0 when none is under way).", ["table"], registry=r)
+        self.changelog_restored = Counter(
+            "leadflow_changelog_restored", "Changelog records written to the stores by the "
+            "bulk restore, by table (its rate is the restore's pace).", ["table"], registry=r)
         self.recovering = Gauge(
             "leadflow_recovering", "1 while any table is recovering from its changelog.",
             registry=r)
@@ -248,6 +259,8 @@ class Metrics:
             self.stage_moves.labels(from_stage=from_stage, to_stage=to_stage)
         for stage in REJECTABLE_STAGES:
             self.leads_rejected.labels(from_stage=stage)
+        for table in TABLES:
+            self.changelog_restored.labels(table=table)
         for reason in self._reasons | {"other"}:
             self.rejection_reasons.labels(reason=reason)
         for model in self._models:
@@ -372,10 +385,14 @@ class Metrics:
         """Number of keys in `table` on this worker."""
         self.table_keys.labels(table=table).set(n)
 
-    def set_recovery(self, table: str, remaining: int) -> None:
-        """Changelog messages `table` still has to recover (0 when done)."""
+    def set_recovery(self, table: str, remaining: int, restored: int = 0,
+                     total: int = 0) -> None:
+        """Changelog messages `table` still has to recover (0 when done), and of the
+        recovery's `total`, how many are `restored`."""
         remaining = max(0, remaining)
         self.recovery_remaining.labels(table=table).set(remaining)
+        self.recovery_restored.labels(table=table).set(max(0, restored))
+        self.recovery_total.labels(table=table).set(max(0, total))
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
 
@@ -397,6 +414,9 @@ class Metrics:
     def rules_load_failed(self, reason: str) -> None:
         """Published rules were ignored (`RULES_LOAD_FAILURES`)."""
         self.rules_load_failures.labels(reason=bounded(reason, RULES_LOAD_FAILURES)).inc()
+    def restored(self, table: str, n: int) -> None:
+        """`n` changelog records of `table` written to its store by the bulk restore."""
+        self.changelog_restored.labels(table=bounded(table, TABLES)).inc(n)
 
     def rebalance(self) -> None:
         """The consumer group rebalanced."""

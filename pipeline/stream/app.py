@@ -30,9 +30,10 @@ from faust.types import TP, EventT
 
 from pipeline.core.rules import CompiledRules
 from pipeline.kafka.security import KafkaSecurity
+from pipeline.kafka.topics import DEFAULT_TABLES
 from pipeline.metrics.registry import Metrics
 from pipeline.settings import Settings
-from pipeline.stream import faust_adapter, transactions, web
+from pipeline.stream import faust_adapter, restore, transactions, web
 from pipeline.stream.access import advertised_host
 from pipeline.stream.clock import Clock
 from pipeline.stream.codec import decode_event, decode_leads_line, unpack
@@ -214,9 +215,16 @@ class LeadflowApp:
             # for one partition mostly go as one, under the broker's 1 MiB message limit.
             producer_max_batch_size=512 * 1024,
             logging_config=None,
+            # Changelogs restored in bulk before Faust's own recovery (`stream.restore`).
+            TableManager=restore.RestoringTableManager,
         )
         if settings.processing_guarantee == "exactly_once":
             transactions.install(self.app)
+        self.restorer = restore.BulkRestore(
+            bootstrap, exactly_once=settings.processing_guarantee == "exactly_once",
+            client_kwargs=KafkaSecurity.from_settings(settings).client_kwargs(),
+            on_restored=metrics.restored, on_progress=self._report_recovery)
+        restore.install(self.app, self.restorer)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = self.app.topic(*self.sources, **raw)
@@ -584,16 +592,23 @@ class LeadflowApp:
         for topic, partition in self._lag_reported - reported:
             self.metrics.forget_partition(topic, partition)
         self._lag_reported = reported
-        recovery = cast(Any, app.tables).recovery
-        remaining: dict[str, int] = {}
+        self._report_recovery()
+
+    def _report_recovery(self) -> None:
+        """Recovery progress into /readyz, /metrics and the log (timer and bulk restore)."""
+        recovery = cast(Any, self.app.tables).recovery
         by_partition: dict[tuple[str, int], int] = {}
         for tp, n in recovery.active_remaining().items():
             name = tp.topic.removeprefix(f"{self.settings.app_id}-").removesuffix("-changelog")
-            remaining[name] = remaining.get(name, 0) + max(0, int(n))
             by_partition[(name, tp.partition)] = max(0, int(n))
-        for name in ("leads", "identity", "owners"):
-            self.metrics.set_recovery(name, remaining.get(name, 0))
-        view = self.recovery_progress.update(time.monotonic(), by_partition)
+        # A bulk restore under way knows its totals (and comes before Faust's recovery).
+        totals = {k: c.total for k, c in self.restorer.counts.items()}
+        by_partition.update({k: c.total - c.restored for k, c in self.restorer.counts.items()})
+        view = self.recovery_progress.update(time.monotonic(), by_partition, totals)
+        for name in DEFAULT_TABLES:
+            t = view.get(name, {})
+            self.metrics.set_recovery(name, t.get("remaining", 0), t.get("restored", 0),
+                                      t.get("total", 0))
         if view:
             log.info("recovering from the changelogs: %s", describe_recovery(view))
 

@@ -26,3 +26,7 @@ async def test_a_fresh_worker_recovers_every_sampled_lead(kafka_bootstrap: str) 
     assert res["events_per_s"] > 500 / elapsed
     assert 30 < res["rss_mb"] <= res["peak_rss_mb"]
     assert res["rocksdb_mb"] > 0
+    # every lead and identity came back through a changelog record: at least one each
+    assert res["changelog_records"] >= 2 * 500
+    assert res["restore_records_per_s"] == pytest.approx(
+        res["changelog_records"] / res["recovery_s"], rel=0.05)

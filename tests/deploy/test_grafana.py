@@ -110,6 +110,15 @@ def test_panel_ids_unique() -> None:
     assert len(ids) == len(set(ids)), ids
 
 
+def test_no_two_panels_overlap() -> None:
+    # Grafana stacks overlapping panels on top of each other: one of them cannot be read.
+    boxes = [(p["title"], p["gridPos"]) for p in all_panels(dashboard())]
+    clashes = [(a, b) for i, (a, g) in enumerate(boxes) for b, h in boxes[i + 1:]
+               if g["x"] < h["x"] + h["w"] and h["x"] < g["x"] + g["w"]
+               and g["y"] < h["y"] + h["h"] and h["y"] < g["y"] + g["h"]]
+    assert clashes == []
+
+
 def test_every_query_uses_known_series() -> None:
     known = exported_names() | recorded_names() | PROMETHEUS_SERIES
     queried: set[str] = set()

@@ -141,6 +141,17 @@ def test_gauges(m: Metrics, reg: CollectorRegistry) -> None:
     m.set_recovery("leads", 0)
     assert val(reg, "leadflow_recovering") == 0
 
+    # a recovery under way: restored of total, and the bulk restore's records as a counter
+    m.set_recovery("identity", 300, restored=700, total=1000)
+    assert val(reg, "leadflow_recovery_restored", table="identity") == 700
+    assert val(reg, "leadflow_recovery_total", table="identity") == 1000
+    assert val(reg, "leadflow_changelog_restored_total", table="leads") == 0
+    m.restored("leads", 20000)
+    m.restored("leads", 5)
+    m.restored("a-table-nobody-has", 1)
+    assert val(reg, "leadflow_changelog_restored_total", table="leads") == 20005
+    assert val(reg, "leadflow_changelog_restored_total", table="other") == 1
+
 
 def test_bounded_labels(m: Metrics, reg: CollectorRegistry) -> None:
     m.event_in("evil-source", "screen")

@@ -319,7 +319,11 @@ def judge(ref: Reference, docs: dict[str, Any], got: list[Move],
                                   for k in ref.events),
         alerts_lost=sorted((want - sent).elements()),
         alerts_unexpected=sorted(set(sent) - set(want)),
-        alerts_duplicated=sum(n - 1 for n in sent.values() if n > 1),
+        # Copies beyond the reference's own: the core can raise one id twice for one event
+        # (a demo request that also crosses the hot line sends two review hand-offs, both
+        # `<lead>:review:<messageId>`), and then the stream must send it twice too.
+        alerts_duplicated=sum(n - max(1, want[k]) for k, n in sent.items()
+                              if n > max(1, want[k])),
         alerts_emitted=len(alerts or []),
     )
 
