@@ -12,40 +12,8 @@ from typer.testing import CliRunner
 from pipeline.backtest import backtest
 from pipeline.cli.main import app
 from pipeline.core.rules import default_rules_text, load_default_rules, load_rules, parse_rules
-
-
-def _ts(minute: int) -> str:
-    return f"2026-03-02T{9 + minute // 60:02d}:{minute % 60:02d}:00.000Z"
-
-
-def messages() -> list[dict[str, Any]]:
-    """Ada goes all the way to an opportunity; Bob reads two blog posts and leaves."""
-    def page(i: int, who: str, anon: str, path: str) -> dict[str, Any]:
-        return {"type": "page", "messageId": f"{who}-{i}", "anonymousId": anon,
-                "timestamp": _ts(i), "name": path,
-                "context": {"page": {"url": f"https://example.com{path}"}}}
-
-    def track(i: int, who: str, event: str) -> dict[str, Any]:
-        return {"type": "track", "messageId": f"{who}-{i}", "userId": who,
-                "anonymousId": f"anon-{who}", "timestamp": _ts(i), "event": event}
-
-    return [
-        page(1, "ada", "anon-ada", "/blog/mql-vs-sql"),
-        page(1, "bob", "anon-bob", "/blog/one"),
-        {"type": "identify", "messageId": "ada-2", "anonymousId": "anon-ada", "userId": "ada",
-         "timestamp": _ts(2), "traits": {"email": "ada@globex.com", "title": "VP Sales",
-                                         "employees": 800, "industry": "software",
-                                         "country": "US"}},
-        track(3, "ada", "Document Downloaded"),
-        track(4, "ada", "Form Submitted"),
-        page(5, "ada", "anon-ada", "/pricing"),
-        page(6, "ada", "anon-ada", "/pricing"),
-        page(7, "ada", "anon-ada", "/pricing"),
-        page(7, "bob", "anon-bob", "/blog/two"),
-        track(8, "ada", "Demo Requested"),
-        track(9, "ada", "Lead Accepted"),
-        track(10, "ada", "Opportunity Created"),
-    ]
+from tests.support.backtest import messages
+from tests.support.scenario import ts as _ts
 
 
 def write(tmp_path: Path) -> Path:

@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.backtest import backtest
 from pipeline.core.rules import load_default_rules
+from tests.support.backtest import messages
 from tests.support.workers import REPO, Isolated
-from tests.test_backtest import messages
 
 pytestmark = pytest.mark.integration
 

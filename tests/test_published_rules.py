@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 import pytest
 
-from pipeline.core.rules import default_rules_text, parse_rules
+from pipeline.core.rules import parse_rules
 from pipeline.errors import RulesRefused
-from pipeline.published_rules import Broken, Published, check_publish, decode, latest, message
-
-AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-TOPIC = "leadflow.rules"
-
-
-def revised(revision: int, mql: int = 60) -> str:
-    """The shipped rules at `revision`, with another MQL line if asked."""
-    text = default_rules_text().replace("version: 1\n", f"version: 1\nrevision: {revision}\n", 1)
-    return text.replace("  mql: 60 ", f"  mql: {mql} ", 1)
-
-
-def record(revision: int, offset: int = 0, mql: int = 60) -> Published:
-    text = revised(revision, mql)
-    got = decode(TOPIC, offset, message(parse_rules(text), text, "r.yaml", AT).to_bytes())
-    assert isinstance(got, Published), got
-    return got
+from pipeline.published_rules import Broken, check_publish, decode, latest, message
+from tests.support.published import AT, TOPIC, record, revised
 
 
 def test_a_published_record_decodes_to_the_same_rules() -> None:

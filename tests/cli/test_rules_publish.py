@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.core.rules import parse_rules
 from pipeline.published_rules import Published, read_topic
+from tests.support.published import revised
 from tests.support.workers import Isolated, make_isolated
-from tests.test_published_rules import revised
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.console.sources import PrometheusClient, PrometheusUnreachable
 from pipeline.devkafka.ports import free_port
 from pipeline.metrics import Metrics
-from tests.deploy.test_prometheus_e2e import serving
-from tests.support.prometheus import JOB, running_prometheus
+from tests.support.prometheus import JOB, running_prometheus, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

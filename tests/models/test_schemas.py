@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import jsonschema
 import orjson
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
 
 from pipeline.models import schemagen
 from pipeline.models.events import parse_message
@@ -24,23 +22,10 @@ from pipeline.models.outputs import (
     StageChange,
     TopReason,
 )
+from tests.support.schemas import SCHEMAS, check
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 AT = datetime(2024, 5, 6, 12, 0, tzinfo=UTC)
 AT_MS = int(AT.timestamp() * 1000)
-
-
-def load(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
-
-
-def check(name: str, raw: bytes) -> None:
-    """Validate wire bytes against a schema file (raises on mismatch)."""
-    schema = load(name)
-    Draft202012Validator.check_schema(schema)
-    Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(
-        orjson.loads(raw)
-    )
 
 
 # -- drift -------------------------------------------------------------------------------

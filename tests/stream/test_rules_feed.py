@@ -11,7 +11,7 @@ from pipeline.core.rules import parse_rules
 from pipeline.metrics.registry import Metrics
 from pipeline.published_rules import Broken
 from pipeline.stream.rules_feed import RulesFeed
-from tests.test_published_rules import record, revised
+from tests.support.published import record, revised
 
 TOPIC = "leadflow.rules"
 

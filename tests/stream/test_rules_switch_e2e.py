@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.core.rules import load_default_rules, parse_rules
 from pipeline.models.outputs import PublishedRules
+from tests.support.published import revised
 from tests.support.reliability import (
     alert_ids,
     events_per_lead,
@@ -44,7 +45,6 @@ from tests.support.reliability import (
     settled,
 )
 from tests.support.workers import Isolated, WorkerProcess, poll
-from tests.test_published_rules import revised
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from pipeline.devkafka.ports import free_port
+from pipeline.metrics import Metrics, metrics_handler
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "recording_rules.yml"
@@ -150,3 +152,19 @@ async def check_funnel(prom: PrometheusServer, drive: Callable[[], Awaitable[Non
         assert ratio == pytest.approx(0.4)
         # No SAL qualified yet: a defined 0, not "no data".
         await prom.wait_value(http, "leadflow:funnel_sal_to_sql:ratio_rate1d", 0)
+
+
+@asynccontextmanager
+async def serving(metrics: Metrics) -> AsyncIterator[str]:
+    """Serve `metrics` on /metrics at 127.0.0.1:<free port>; yields "host:port"."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(metrics.registry))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -13,8 +13,8 @@ from pipeline.core.event import Event
 from pipeline.core.outputs import Attribution
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Topics
-from pipeline.stream import emit
-from tests.models.test_schemas import check
+from pipeline.stream.stages import score as stage
+from tests.support.schemas import check
 
 RULES = load_default_rules()
 T0 = 1_767_225_600_000
@@ -39,9 +39,9 @@ JOURNEY = [
 ]
 
 
-def _plan() -> tuple[emit.Plan, list[Attribution]]:
+def _plan() -> tuple[stage.Plan, list[Attribution]]:
     res = apply_batch(None, JOURNEY, RULES)
-    p = emit.plan(res.outputs, {"u1": {"email": "ann@corp.example"}}, JOURNEY, {},
+    p = stage.plan(res.outputs, {"u1": {"email": "ann@corp.example"}}, JOURNEY, {},
                   RULES.routing, Topics(), free_mail=RULES.free_email,
                   rules_version=RULES.version)
     return p, [o for o in res.outputs if isinstance(o, Attribution)]
@@ -76,7 +76,7 @@ def test_attributions_go_to_their_topic_keyed_by_lead_and_match_the_schema() -> 
 
 def test_topic_name_is_a_setting() -> None:
     res = apply_batch(None, JOURNEY[:4], RULES)
-    p = emit.plan(res.outputs, {}, JOURNEY[:4], {}, RULES.routing,
+    p = stage.plan(res.outputs, {}, JOURNEY[:4], {}, RULES.routing,
                   Topics(attribution="mkt.attribution"), free_mail=RULES.free_email)
     assert "mkt.attribution" in {t for t, _, _ in p.sends}
 
@@ -92,7 +92,7 @@ def test_nurture_changes_go_to_their_topic_and_match_the_schema() -> None:
         _ev("r1", 6, name="Lead Rejected", properties={"reason": "bad_timing"}),
     ]
     res = apply_batch(None, warm, RULES)
-    p = emit.plan(res.outputs, {}, warm, {}, RULES.routing, Topics(),
+    p = stage.plan(res.outputs, {}, warm, {}, RULES.routing, Topics(),
                   free_mail=RULES.free_email, rules_version=RULES.version)
     sent = [orjson.loads(v) for t, _, v in p.sends if t == "leads.nurture"]
     for m in sent:
