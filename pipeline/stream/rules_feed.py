@@ -66,6 +66,12 @@ class RulesFeed:
         if record.rules.version == cur.version:
             return False
         if record.revision < cur.model.revision:
+            if not self._caught_up.is_set():
+                # History read at start behind the rules this worker runs (a newer local
+                # file): not a failure to alert on, only what came before.
+                log.info("rules topic %s: revision %d below the running revision %d, "
+                         "skipped", at, record.revision, cur.model.revision)
+                return False
             self._ignore("behind", at, record.revision, [
                 f"revision {record.revision} (rules version {record.rules.version}) is below "
                 f"revision {cur.model.revision} (rules version {cur.version}), which this "
@@ -94,6 +100,10 @@ class RulesFeed:
         return {"version": r.version, "revision": r.model.revision, "origin": self._origin,
                 "topic_read": self._caught_up.is_set(), "load_failures": self._failures,
                 "last_failure": self._last_failure}
+
+    def caught_up(self) -> None:
+        """The topic was read to its end once: records from now on are new publishes."""
+        self._caught_up.set()
 
     async def wait_caught_up(self, timeout_s: float = CATCH_UP_S) -> None:
         """Until the rules topic was read to its end once (at most `timeout_s`)."""
@@ -129,7 +139,7 @@ class RulesFeed:
             end = (await consumer.end_offsets([tp]))[tp]
             while True:
                 if not self._caught_up.is_set() and await consumer.position(tp) >= end:
-                    self._caught_up.set()
+                    self.caught_up()
                 for rec in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                     # Compiling takes a while: off the loop, so batches go on meanwhile.
                     got = await asyncio.to_thread(decode, self.topic, rec.offset, rec.value)

@@ -62,6 +62,7 @@ def test_a_broken_record_is_ignored_loudly_and_the_old_rules_stay(
 
 def test_an_older_revision_is_never_taken() -> None:
     f, reg = feed(3)
+    f.caught_up()  # published after the worker read the topic: a failure to say
     before = f.current()
     assert f.offer(record(2, offset=1, mql=55)) is False
     assert f.current() is before
@@ -69,6 +70,19 @@ def test_an_older_revision_is_never_taken() -> None:
     last = f.status()["last_failure"]
     assert last is not None and last["reason"] == "behind" and last["revision"] == 2
     assert "is below revision 3" in last["problems"][0]
+
+
+def test_older_revisions_read_at_start_are_history_not_failures() -> None:
+    # A worker started on a local file newer than everything on the topic: the topic's
+    # records are skipped quietly, no alert fires, and the file's rules stay.
+    f, reg = feed(5)
+    before = f.current()
+    assert f.offer(record(2, offset=0)) is False
+    assert f.offer(record(4, offset=1, mql=55)) is False
+    assert f.current() is before
+    assert reg.get_sample_value("leadflow_rules_load_failures_total",
+                                {"reason": "behind"}) in (None, 0.0)
+    assert f.status()["last_failure"] is None
 
 
 def test_the_latest_of_equal_revisions_wins_as_in_publish() -> None:
