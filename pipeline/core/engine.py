@@ -54,6 +54,7 @@ from pipeline.core.outputs import (
     ScoreChange,
     StageMove,
     Temperature,
+    make_change,
 )
 from pipeline.core.rules import (
     ENGAGEMENT,
@@ -174,9 +175,9 @@ class _Work:
     def change(self, r: CompiledRules, kind: ChangeKind, rule: str, group: str, delta: float,
                at: int, mid: str | None) -> None:
         """Record a score change, scores as they are on `self` now."""
-        self.outs.append(ScoreChange(
-            self.lead_id, kind, rule, group, delta, self.fit, self.engagement,
-            self.product, r.total(self.fit, self.engagement, self.product), at, mid))
+        fit, eng, prod = self.fit, self.engagement, self.product
+        self.outs.append(make_change(self.lead_id, kind, rule, group, delta, fit, eng, prod,
+                                     r.total(fit, eng, prod), at, mid))
 
     def decay_changes(self, r: CompiledRules, eng0: float, prod0: float, at: int,
                       mid: str | None) -> None:
@@ -562,6 +563,7 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
     channels = r.channels
     touch_cache = r._touch_cache
     ledger = w.ledger
+    lead_id = w.lead_id
 
     for e in events:
         mid = e.message_id
@@ -702,9 +704,11 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             else:
                 contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
             recent.append((rid, mid, pts, t))
-            if ledger and pts != 0.0:
-                w.engagement, w.product, w.fit = eng, prod, fit
-                w.change(r, "event", rid, GROUP_NAMES[cr.group], pts, t, mid)
+            if ledger and pts != 0.0:  # w.change, inlined: one per rule hit
+                w.outs.append(make_change(
+                    lead_id, "event", rid, GROUP_NAMES[cr.group], pts, fit, eng, prod,
+                    wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
+                    + wp * (prod if prod < mp else mp), t, mid))
 
         total = cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
                        + wp * (prod if prod < mp else mp))

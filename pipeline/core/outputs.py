@@ -234,5 +234,31 @@ class ScoreChange:
                 "at_ms": self.at_ms, "message_id": self.message_id}
 
 
+_CHANGE_SET = tuple(getattr(ScoreChange, f).__set__ for f in (
+    "lead_id", "kind", "rule", "group", "delta", "fit", "engagement", "product", "total",
+    "at_ms", "message_id"))
+
+
+def make_change(lead_id: str, kind: ChangeKind, rule: str, group: str, delta: float,
+                fit: float, engagement: float, product: float, total: float, at_ms: int,
+                message_id: str | None) -> ScoreChange:
+    """`ScoreChange(...)` without the frozen `__init__`'s per-field `object.__setattr__`: the
+    engine makes one per rule hit with the ledger on (same idea as `state.make_state`)."""
+    c = object.__new__(ScoreChange)
+    st = _CHANGE_SET
+    st[0](c, lead_id)
+    st[1](c, kind)
+    st[2](c, rule)
+    st[3](c, group)
+    st[4](c, delta)
+    st[5](c, fit)
+    st[6](c, engagement)
+    st[7](c, product)
+    st[8](c, total)
+    st[9](c, at_ms)
+    st[10](c, message_id)
+    return c
+
+
 Output = (StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution
           | NurtureChange | ScoreChange)
