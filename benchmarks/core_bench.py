@@ -5,7 +5,9 @@ active leads, a long tail), then times `apply` event by event and `apply_batch` 
 whole leads, and chunks of 20 and 5 events (the stream calls `apply_batch` once per lead per
 batch, typically with 1-20 events). Each line gives the best of `--repeat` runs by wall
 clock and by this process's CPU time; on a shared machine the CPU figure is the one that
-measures the core on one core (wall time also counts waiting for the CPU).
+measures the core on one core (wall time also counts waiting for the CPU). Each line is
+timed with the score ledger off (the stream's cost without it) and on (a ScoreChange per
+score change), the two runs alternating so that both see the same machine.
 
     .venv/bin/python benchmarks/core_bench.py [--leads 10000] [--seed 7]
 """
@@ -80,24 +82,25 @@ def generate(n_leads: int, seed: int) -> list[list[Event]]:
     return out
 
 
-def bench_apply(leads: Sequence[Sequence[Event]], rules: CompiledRules) -> tuple[float, float]:
+def bench_apply(leads: Sequence[Sequence[Event]], rules: CompiledRules,
+                ledger: bool = False) -> tuple[float, float]:
     """(wall, cpu) seconds to fold `apply` over every event (lead interleaving is irrelevant)."""
     t0, c0 = time.perf_counter(), time.process_time()
     for evs in leads:
         s: LeadState | None = None
         for e in evs:
-            s = apply(s, e, rules).state
+            s = apply(s, e, rules, ledger=ledger).state
     return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_batch(leads: Sequence[Sequence[Event]], rules: CompiledRules,
-                chunk: int) -> tuple[float, float]:
+                chunk: int, ledger: bool = False) -> tuple[float, float]:
     """(wall, cpu) seconds for `apply_batch` per lead, in chunks of `chunk` events."""
     t0, c0 = time.perf_counter(), time.process_time()
     for evs in leads:
         s: LeadState | None = None
         for k in range(0, len(evs), chunk):
-            s = apply_batch(s, evs[k:k + chunk], rules).state
+            s = apply_batch(s, evs[k:k + chunk], rules, ledger=ledger).state
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -112,15 +115,21 @@ def main() -> None:
     leads = generate(args.leads, args.seed)
     n = sum(len(x) for x in leads)
     print(f"{args.leads} leads, {n} events (max {max(len(x) for x in leads)} for one lead)")
-    print(f"{'':30s} {'wall events/s':>14s} {'cpu events/s':>14s}")
-    for label, fn in [("apply (one event per call)", lambda: bench_apply(leads, rules)),
-                      ("apply_batch (whole lead)", lambda: bench_batch(leads, rules, 10**9)),
-                      ("apply_batch (chunks of 20)", lambda: bench_batch(leads, rules, 20)),
-                      ("apply_batch (chunks of 5)", lambda: bench_batch(leads, rules, 5))]:
-        runs = [fn() for _ in range(args.repeat)]
-        wall = min(w for w, _ in runs)
-        cpu = min(c for _, c in runs)
-        print(f"{label:30s} {n / wall:>14,.0f} {n / cpu:>14,.0f}  ({cpu:.2f} s cpu)")
+    print(f"{'':42s} {'wall events/s':>14s} {'cpu events/s':>14s}")
+    for label, fn in [("apply (one event per call)", lambda on: bench_apply(leads, rules, on)),
+                      ("apply_batch (whole lead)",
+                       lambda on: bench_batch(leads, rules, 10**9, on)),
+                      ("apply_batch (chunks of 20)", lambda on: bench_batch(leads, rules, 20, on)),
+                      ("apply_batch (chunks of 5)", lambda on: bench_batch(leads, rules, 5, on))]:
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(args.repeat):
+            for on in (False, True):
+                runs[on].append(fn(on))
+        for on in (False, True):
+            wall = min(w for w, _ in runs[on])
+            cpu = min(c for _, c in runs[on])
+            name = f"{label}, ledger {'on' if on else 'off'}"
+            print(f"{name:42s} {n / wall:>14,.0f} {n / cpu:>14,.0f}  ({cpu:.2f} s cpu)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class Topics(BaseSettings):
     escalations: str = "routing.escalations"
     attribution: str = "leads.attribution"
     nurture_changes: str = "leads.nurture"
+    score_changes: str = "leads.score-changes"
     deadletter: str = "events.deadletter"
     #: Published rules (`leadflow rules publish`), compacted; every worker follows it.
     rules: str = "leadflow.rules"
@@ -74,6 +75,9 @@ class Settings(BaseSettings):
     )
     store: str = "rocksdb://"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    score_ledger: bool = Field(
+        default=True, description="Publish every score change on the score-changes topic "
+        "and keep a lead's latest ones for GET /leads/{id}/history; false builds none.")
     # Loopback by default: the lead API answers with personal data. Any other address
     # needs api_token (pipeline/stream/access.py), or the worker refuses to start.
     web_host: str = Field(

@@ -137,8 +137,10 @@ def make_app(backend: Backend, *, token: SecretStr | None, teams: Sequence[str],
         if alert_id:
             state, open_item, now_ms = await _alert_state(
                 backend, str(doc.get("team") or ""), str(alert_id))
+        changes = await backend.score_history(lead_id)
         return web.Response(text=pages.lead_page(doc, backend.history(lead_id), state,
-                                                 open_item, now_ms or clock.now_ms()),
+                                                 open_item, now_ms or clock.now_ms(),
+                                                 changes),
                             content_type=html)
 
     async def queue(r: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from pipeline.console.sources import (
     AckSent,
     EscalationSeen,
     QueueItem,
+    ScoreChangeSeen,
     SearchResult,
     StageMove,
     TeamQueue,
@@ -111,7 +112,8 @@ def search_page(q: str, result: SearchResult) -> str:
 
 
 def lead_page(doc: Mapping[str, Any], history: Sequence[StageMove], alert_state: str,
-              alert_open: QueueItem | None, now_ms: int) -> str:
+              alert_open: QueueItem | None, now_ms: int,
+              changes: Sequence[ScoreChangeSeen] = ()) -> str:
     lead_id = str(doc["lead_id"])
     scores = doc.get("scores") or {}
     total = float(scores.get("total", 0))
@@ -128,6 +130,11 @@ def lead_page(doc: Mapping[str, Any], history: Sequence[StageMove], alert_state:
          escape(m.reason or m.rule or m.event_name or "")] for m in history),
         "No stage change seen since the console started reading leads.stage-changes.",
         "id=history")
+    score_rows = _rows(["when", "change", "rule", "group", "points", "total after"], (
+        [when(c.at_ms), escape(c.kind), escape(c.rule), escape(c.group), f"{c.delta:+g}",
+         f"{c.total:g}"] for c in changes),
+        "No score change kept (the worker's LEADFLOW_SCORE_LEDGER may be off).",
+        "id=score-changes")
     traits = doc.get("traits") or {}
     trait_rows = _rows(["trait", "value"], ([escape(str(k)), escape(_trait(k, v))]
                                             for k, v in traits.items()), "No traits.")
@@ -153,7 +160,8 @@ def lead_page(doc: Mapping[str, Any], history: Sequence[StageMove], alert_state:
             f"<p><span class=score id=score data-score='{total:g}'>{total:g}</span> points "
             f"<span class=muted>({groups}; rules {version})</span></p>"
             f"<h2>Alert</h2>{alert}<h2>Why this score</h2>{top}<h2>Fit</h2>{fit}"
-            f"<h2>Stage history</h2>{moves}<h2>Latest scoring events</h2>{events}"
+            f"<h2>Stage history</h2>{moves}<h2>Score changes</h2>{score_rows}"
+            f"<h2>Latest scoring events</h2>{events}"
             f"<h2>Traits</h2>{trait_rows}")
     return layout(f"Lead {lead_id}", body)
 

@@ -158,10 +158,23 @@ class AlreadyAcknowledged(AckRefused):
     status = 409
 
 
+@dataclass(frozen=True, slots=True)
+class ScoreChangeSeen:
+    """One of a lead's recent score changes, as the worker's `/leads/{id}/history` gives it."""
+
+    at_ms: int
+    kind: str
+    rule: str
+    group: str
+    delta: float
+    total: float
+
+
 class Backend(Protocol):
     """What the console's pages read and do."""
 
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None: ...
+    async def score_history(self, lead_id: str) -> list[ScoreChangeSeen]: ...
     async def search(self, q: str) -> SearchResult: ...
     async def queue(self, team: str) -> TeamQueue | None: ...
     async def funnel(self, teams: Sequence[str]) -> Funnel: ...
@@ -263,6 +276,17 @@ class WorkerClient:
         if status == 404:
             return None
         return self._ok(status, body)
+
+    async def score_history(self, lead_id: str) -> list[ScoreChangeSeen]:
+        """The lead's recent score changes, newest first (none for an unknown lead)."""
+        status, body = await self._first(
+            f"/leads/{urllib.parse.quote(lead_id, safe='')}/history")
+        if status == 404:
+            return []
+        return [ScoreChangeSeen(int(c["at_ms"]), str(c["kind"]), str(c["rule"]),
+                                str(c["group"]), float(c["delta"]),
+                                float(c["scores"]["total"]))
+                for c in self._ok(status, body)["changes"]]
 
     async def queue(self, team: str) -> TeamQueue | None:
         status, body = await self._first(f"/teams/{urllib.parse.quote(team, safe='')}/queue")
@@ -409,6 +433,11 @@ class LiveBackend:
 
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None:
         return await self.workers.lead(lead_id)
+
+    async def score_history(self, lead_id: str) -> list[ScoreChangeSeen]:
+        # from the worker, not a topic: it keeps them bounded with the lead, while
+        # leads.score-changes has a message per rule hit, too many to hold here per lead
+        return await self.workers.score_history(lead_id)
 
     async def search(self, q: str) -> SearchResult:
         return await self.workers.search(q)

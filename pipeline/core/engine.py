@@ -9,6 +9,11 @@ move marks the journey's latest touch, a move to mql, sql, opportunity or custom
 attributed (`Attribution`), and moves, alerts and unsubscribes start or stop nurture
 (`NurtureChange`).
 
+Score ledger: asked for it (`ledger=True`), the engine also emits a `ScoreChange` per
+(event, rule) that changed a score, per trait rule whose points fit gained or lost, and per
+group that decay lowered, and keeps the last `MAX_CHANGES` of them in the state. Off, none
+is built: the only cost left is one test per scoring rule.
+
 Order and idempotence:
 - The same message id is counted once (the last `MAX_SEEN` ids; the shell dedups longer).
 - Scores are order-independent when no decay happens between the events: caps use
@@ -40,16 +45,20 @@ from pipeline.core.outputs import (
     AlertKind,
     AlertTrigger,
     Attribution,
+    ChangeKind,
     MoveRefused,
     NurtureChange,
     NurtureReason,
     Output,
     RoutingDecision,
+    ScoreChange,
     StageMove,
     Temperature,
+    make_change,
 )
 from pipeline.core.rules import (
     ENGAGEMENT,
+    GROUP_NAMES,
     CompiledDecay,
     CompiledEventRule,
     CompiledRequirement,
@@ -71,6 +80,7 @@ from pipeline.core.stages import (
 )
 from pipeline.core.state import (
     MAX_CAP_WINDOWS,
+    MAX_CHANGES,
     MAX_COUNT_TIMES,
     MAX_RECENT,
     MAX_SEEN,
@@ -106,13 +116,13 @@ class _Work:
     writes once per call, so a LeadState is never changed after it is made.
     """
 
-    __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
-                 "first_event_ms", "fit", "fit_hits", "fit_rules", "hot", "last_alert_id",
-                 "last_alert_ms", "last_event_ms", "lead_id", "nurture", "opted_out", "outs",
-                 "owner", "product", "recent", "rejection", "score_ms", "seen", "stage",
-                 "stage_since_ms", "team", "touches", "traits")
+    __slots__ = ("achieved", "alert_rules", "caps", "changes", "contrib", "counts",
+                 "engagement", "first_event_ms", "fit", "fit_hits", "fit_rules", "hot",
+                 "last_alert_id", "last_alert_ms", "last_event_ms", "lead_id", "ledger",
+                 "nurture", "opted_out", "outs", "owner", "product", "recent", "rejection",
+                 "score_ms", "seen", "stage", "stage_since_ms", "team", "touches", "traits")
 
-    def __init__(self, s: LeadState) -> None:
+    def __init__(self, s: LeadState, ledger: bool = False) -> None:
         self.lead_id = s.lead_id
         self.stage = s.stage
         self.stage_since_ms = s.stage_since_ms
@@ -142,6 +152,8 @@ class _Work:
         self.nurture = s.nurture
         self.opted_out = s.opted_out
         self.outs: list[Output] = []
+        self.ledger = ledger
+        self.changes = s.changes
 
     def freeze(self) -> LeadState:
         return make_state(
@@ -150,8 +162,33 @@ class _Work:
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
             self.owner, self.team, self.last_alert_id, self.rejection, self.fit_rules,
-            self.touches, self.nurture, self.opted_out,
+            self.touches, self.nurture, self.opted_out, self.kept_changes(),
         )
+
+    def kept_changes(self) -> tuple[ScoreChange, ...]:
+        """The state's changes and this call's, the last MAX_CHANGES."""
+        if not self.ledger:
+            return self.changes
+        new = [o for o in self.outs if isinstance(o, ScoreChange)]
+        return (*self.changes, *new)[-MAX_CHANGES:] if new else self.changes
+
+    def change(self, r: CompiledRules, kind: ChangeKind, rule: str, group: str, delta: float,
+               at: int, mid: str | None) -> None:
+        """Record a score change, scores as they are on `self` now."""
+        fit, eng, prod = self.fit, self.engagement, self.product
+        self.outs.append(make_change(self.lead_id, kind, rule, group, delta, fit, eng, prod,
+                                     r.total(fit, eng, prod), at, mid))
+
+    def decay_changes(self, r: CompiledRules, eng0: float, prod0: float, at: int,
+                      mid: str | None) -> None:
+        """Decay as changes of its own: one per group it lowered."""
+        e1, p1 = self.engagement, self.product
+        if e1 != eng0:
+            self.engagement, self.product = e1, prod0  # scores after this step alone
+            self.change(r, "decay", "decay", "engagement", e1 - eng0, at, mid)
+            self.product = p1
+        if p1 != prod0:
+            self.change(r, "decay", "decay", "product", p1 - prod0, at, mid)
 
     def groups(self) -> dict[str, float]:
         return {"fit": round(self.fit, 2), "engagement": round(self.engagement, 2),
@@ -318,13 +355,28 @@ def _alert(w: _Work, r: CompiledRules, kind: AlertKind, rule: str, at: int,
 # -- scoring -------------------------------------------------------------------------------
 
 
-def _recompute_fit(w: _Work, r: CompiledRules) -> str | None:
+def _recompute_fit(w: _Work, r: CompiledRules, at: int, mid: str | None) -> str | None:
     """Fit from the merged traits; the first disqualifying trait rule that holds, if any."""
     plain = _plain_traits(w)
     hit = [tr for tr in r.traits if tr.test(plain)]
+    old = w.fit_hits
     w.fit_hits = tuple([(tr.id, tr.points) for tr in hit])
-    w.fit = float(sum(tr.points for tr in hit))
+    fit = float(sum(tr.points for tr in hit))
+    if w.ledger and w.fit_hits != old:
+        _fit_changes(w, r, dict(old), dict(w.fit_hits), fit, at, mid)
+    w.fit = fit
     return next((tr.id for tr in hit if tr.disqualify), None)
+
+
+def _fit_changes(w: _Work, r: CompiledRules, old: dict[str, int], new: dict[str, int],
+                 fit: float, at: int, mid: str | None) -> None:
+    """One change per trait rule whose points the lead gained or lost, ending at `fit`."""
+    for rid in (*old, *(k for k in new if k not in old)):
+        delta = new.get(rid, 0) - old.get(rid, 0)
+        if delta:
+            w.fit += delta
+            w.change(r, "fit", rid, "fit", float(delta), at, mid)
+    w.fit = fit
 
 
 def refit(w: _Work, r: CompiledRules, at: int, mid: str | None) -> None:
@@ -340,7 +392,7 @@ def refit(w: _Work, r: CompiledRules, at: int, mid: str | None) -> None:
         return
     w.fit_rules = r.version
     if w.traits:
-        dq = _recompute_fit(w, r)
+        dq = _recompute_fit(w, r, at, mid)
         if dq is not None:
             _disqualify(w, r, dq, at, mid)
 
@@ -405,7 +457,7 @@ def _merge_traits(w: _Work, e: Event, r: CompiledRules) -> None:
             changed[k] = (v, t)
     if changed is not None:
         w.traits = changed
-        dq = _recompute_fit(w, r)
+        dq = _recompute_fit(w, r, t, e.message_id)
         if dq is not None:
             _disqualify(w, r, dq, t, e.message_id)
 
@@ -510,6 +562,8 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
            + wp * (prod if prod < mp else mp))
     channels = r.channels
     touch_cache = r._touch_cache
+    ledger = w.ledger
+    lead_id = w.lead_id
 
     for e in events:
         mid = e.message_id
@@ -534,10 +588,14 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
                     start = score_ms if score_ms > anchor else anchor
                     if t > start:
                         idle = True
+                        eng0, prod0 = eng, prod
                         if d.engagement:
                             eng = _decayed(eng, start, t, anchor, d)
                         if d.product:
                             prod = _decayed(prod, start, t, anchor, d)
+                        if ledger and (eng != eng0 or prod != prod0):
+                            w.engagement, w.product = eng, prod
+                            w.decay_changes(r, eng0, prod0, t, mid)
                         cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
                                + wp * (prod if prod < mp else mp))
                 score_ms = t
@@ -646,6 +704,11 @@ def _run(w: _Work, events: Iterable[Event], r: CompiledRules) -> None:
             else:
                 contrib[rid] = (c[0] + pts, c[1] + 1, c[2], c[3])
             recent.append((rid, mid, pts, t))
+            if ledger and pts != 0.0:  # w.change, inlined: one per rule hit
+                w.outs.append(make_change(
+                    lead_id, "event", rid, GROUP_NAMES[cr.group], pts, fit, eng, prod,
+                    wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
+                    + wp * (prod if prod < mp else mp), t, mid))
 
         total = cur = (wf * (fit if fit < mf else mf) + we * (eng if eng < me else me)
                        + wp * (prod if prod < mp else mp))
@@ -727,24 +790,29 @@ def new_state(lead_id: str) -> LeadState:
     return LeadState(lead_id=lead_id)
 
 
-def apply(state: LeadState | None, event: Event, rules: CompiledRules) -> Result:
-    """Score one event for one lead; `state` None means a lead never seen before."""
+def apply(state: LeadState | None, event: Event, rules: CompiledRules, *,
+          ledger: bool = False) -> Result:
+    """Score one event for one lead; `state` None means a lead never seen before.
+
+    `ledger`: also emit (and keep in the state) a `ScoreChange` per score change.
+    """
     if state is not None and event.message_id in state.seen:
         return Result(state, ())
-    w = _Work(state if state is not None else LeadState(lead_id=event.lead_id))
+    w = _Work(state if state is not None else LeadState(lead_id=event.lead_id), ledger)
     refit(w, rules, event.timestamp_ms, event.message_id)
     _run(w, (event,), rules)
     return _result(w.freeze(), tuple(w.outs))
 
 
-def apply_batch(state: LeadState | None, events: Iterable[Event], rules: CompiledRules) -> Result:
+def apply_batch(state: LeadState | None, events: Iterable[Event], rules: CompiledRules, *,
+                ledger: bool = False) -> Result:
     """Score one lead's events in order: the same result as folding `apply`, cheaper."""
     if state is None:
         events = events if isinstance(events, list | tuple) else list(events)
         if not events:
             raise ValueError("apply_batch needs a state or at least one event")
         state = LeadState(lead_id=events[0].lead_id)
-    w = _Work(state)
+    w = _Work(state, ledger)
     if w.fit_rules != rules.version:
         events = events if isinstance(events, list | tuple) else list(events)
         if events:
@@ -753,14 +821,20 @@ def apply_batch(state: LeadState | None, events: Iterable[Event], rules: Compile
     return _result(w.freeze(), tuple(w.outs))
 
 
-def tick(state: LeadState, now_ms: int, rules: CompiledRules) -> Result:
-    """Time-driven moves for a quiet lead: decay up to `now_ms` (event time), maybe recycle."""
+def tick(state: LeadState, now_ms: int, rules: CompiledRules, *,
+         ledger: bool = False) -> Result:
+    """Time-driven moves for a quiet lead: decay up to `now_ms` (event time), maybe recycle.
+
+    With `ledger`, the decay is emitted as changes without a message id.
+    """
     d = rules.decay
     if d is None or state.score_ms is None or now_ms <= state.score_ms:
         return Result(state, ())
-    w = _Work(state)
+    w = _Work(state, ledger)
     idle = _decay_to(w, now_ms, d)
     w.score_ms = now_ms
+    if ledger:
+        w.decay_changes(rules, state.engagement, state.product, now_ms, None)
     if idle:
         _idle(w, rules, w.engagement, w.product,
               rules.total(w.fit, w.engagement, w.product), now_ms, None)

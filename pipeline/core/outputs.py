@@ -4,7 +4,8 @@ All outputs are frozen dataclasses with a `to_dict()` giving a JSON-friendly dic
 `output` key names the kind; the stream shell maps them to topics:
 `StageMove` -> leads.stage-changes, `MoveRefused` -> leads.stage-changes (as a refusal),
 `AlertTrigger` -> routing.<team>, `RoutingDecision` -> routing.nurture / recycle / review,
-`Attribution` -> leads.attribution, `NurtureChange` -> leads.nurture.
+`Attribution` -> leads.attribution, `NurtureChange` -> leads.nurture,
+`ScoreChange` -> leads.score-changes (only when the engine is asked for the ledger).
 """
 
 from __future__ import annotations
@@ -183,5 +184,81 @@ class NurtureChange:
                 "interest": self.interest}
 
 
+#: What changed a score: a matching event rule, a trait rule (fit, when traits or the
+#: rules change), or decay on inactivity (`rule` is then "decay").
+ChangeKind = Literal["event", "fit", "decay"]
+CHANGE_KINDS: tuple[str, ...] = get_args(ChangeKind)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChange:
+    """One change of one group score: the score ledger's entry.
+
+    `fit`, `engagement`, `product` and `total` are the scores right after this change (an
+    event that hits two rules gives two changes, the second one's scores include both).
+    `message_id` is the event being scored (for decay: the event whose arrival decayed the
+    lead; None when the decay timer did) and `at_ms` its event time.
+    """
+
+    lead_id: str
+    kind: ChangeKind
+    rule: str
+    group: str
+    delta: float
+    fit: float
+    engagement: float
+    product: float
+    total: float
+    at_ms: int
+    message_id: str | None
+
+    def to_row(self) -> list[Any]:
+        """The compact form a lead state keeps (the lead id is the state's)."""
+        return [self.kind, self.rule, self.group, self.delta, self.fit, self.engagement,
+                self.product, self.total, self.at_ms, self.message_id]
+
+    @classmethod
+    def from_row(cls, lead_id: str, row: Any) -> ScoreChange:
+        """Reverse `to_row`."""
+        kind, rule, group, delta, fit, eng, prod, total, at_ms, mid = row
+        return cls(lead_id, kind, rule, group, float(delta), float(fit), float(eng),
+                   float(prod), float(total), at_ms, mid)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, scores rounded for display."""
+        return {"output": "score_change", "lead_id": self.lead_id, "kind": self.kind,
+                "rule": self.rule, "group": self.group, "delta": round(self.delta, 4),
+                "scores": {"total": round(self.total, 2), "fit": round(self.fit, 2),
+                           "engagement": round(self.engagement, 2),
+                           "product": round(self.product, 2)},
+                "at_ms": self.at_ms, "message_id": self.message_id}
+
+
+_CHANGE_SET = tuple(getattr(ScoreChange, f).__set__ for f in (
+    "lead_id", "kind", "rule", "group", "delta", "fit", "engagement", "product", "total",
+    "at_ms", "message_id"))
+
+
+def make_change(lead_id: str, kind: ChangeKind, rule: str, group: str, delta: float,
+                fit: float, engagement: float, product: float, total: float, at_ms: int,
+                message_id: str | None) -> ScoreChange:
+    """`ScoreChange(...)` without the frozen `__init__`'s per-field `object.__setattr__`: the
+    engine makes one per rule hit with the ledger on (same idea as `state.make_state`)."""
+    c = object.__new__(ScoreChange)
+    st = _CHANGE_SET
+    st[0](c, lead_id)
+    st[1](c, kind)
+    st[2](c, rule)
+    st[3](c, group)
+    st[4](c, delta)
+    st[5](c, fit)
+    st[6](c, engagement)
+    st[7](c, product)
+    st[8](c, total)
+    st[9](c, at_ms)
+    st[10](c, message_id)
+    return c
+
+
 Output = (StageMove | MoveRefused | AlertTrigger | RoutingDecision | Attribution
-          | NurtureChange)
+          | NurtureChange | ScoreChange)

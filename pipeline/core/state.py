@@ -4,7 +4,7 @@ Memory is bounded per lead whatever its activity: cap windows keep the last
 `MAX_CAP_WINDOWS` windows per rule, counted product rules keep their last `MAX_COUNT_TIMES`
 event times (more if the rule counts more), dedup keeps the last `MAX_SEEN` message ids,
 the breakdown keeps one entry per rule (rules are finite) and the last `MAX_RECENT`
-scoring events.
+scoring events, the score ledger the last `MAX_CHANGES` score changes.
 
 The mapping fields hold plain dicts for speed; treat them as read-only (the engine copies
 before it writes, so a LeadState is never changed after it is made).
@@ -17,10 +17,13 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from pipeline.core.outputs import ScoreChange
 from pipeline.core.touches import Touch
 
 MAX_SEEN = 64
 MAX_RECENT = 10
+#: Score changes a lead keeps for `GET /leads/{id}/history` (with the ledger on).
+MAX_CHANGES = 20
 MAX_CAP_WINDOWS = 8
 # Event times a counted rule remembers: a late event is counted with these, not only with
 # those inside the window of the newest.
@@ -76,6 +79,8 @@ class LeadState:
     touches: tuple[Touch, ...] = ()  # the marketing journey, bounded (pipeline.core.touches)
     nurture: str | None = None  # why the lead is in a nurture track; None: it is not
     opted_out: bool = False  # the lead unsubscribed: never enrolled in nurture again
+    #: The latest score changes, oldest first (kept only with the ledger on).
+    changes: tuple[ScoreChange, ...] = ()
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -118,6 +123,7 @@ class LeadState:
             "touches": [t.to_list() for t in self.touches],
             "nurture": self.nurture,
             "opted_out": self.opted_out,
+            "changes": [c.to_row() for c in self.changes],
         }
 
     @classmethod
@@ -160,6 +166,8 @@ class LeadState:
             tuple(map(Touch.from_list, get("touches") or ())),
             get("nurture"),
             bool(get("opted_out", False)),
+            # states stored before the ledger have no changes
+            tuple([ScoreChange.from_row(d["lead_id"], c) for c in get("changes") or ()]),
         )
 
 
@@ -169,7 +177,7 @@ _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
            "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules",
-           "touches", "nurture", "opted_out")
+           "touches", "nurture", "opted_out", "changes")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -205,6 +213,7 @@ def make_state(
     touches: tuple[Touch, ...] = (),
     nurture: str | None = None,
     opted_out: bool = False,
+    changes: tuple[ScoreChange, ...] = (),
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -241,6 +250,7 @@ def make_state(
     _SET[25](s, touches)
     _SET[26](s, nurture)
     _SET[27](s, opted_out)
+    _SET[28](s, changes)
     return s
 
 

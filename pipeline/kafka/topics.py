@@ -80,6 +80,7 @@ def topic_specs(
         (t.escalations, events),
         (t.attribution, events),
         (t.nurture_changes, events),
+        (t.score_changes, events),
         (t.deadletter, {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
         *((f"{settings.app_id}-{name}", events) for name in internal),
         # Table changelogs hold state: only the latest value per key matters, forever.

@@ -22,6 +22,7 @@ from pipeline.core.attribution import AmountIssue, Model
 from pipeline.core.outputs import AlertKind as CoreAlertKind
 from pipeline.core.outputs import (
     AttributedStage,
+    ChangeKind,
     NurtureAction,
     NurtureReason,
     Route,
@@ -442,7 +443,41 @@ class NurtureMessage(_Message):
         return _utc(v)
 
 
+class ScoreChangeMessage(_Message):
+    """One change of one of a lead's group scores: the score ledger.
+
+    Topic `leads.score-changes`, key = lead_id; off with `LEADFLOW_SCORE_LEDGER=false`. An
+    event that hits two rules gives two messages, in rule order, the second one's `scores`
+    including both; decay is a change of its own (`kind` and `rule` `decay`, a negative
+    `delta`), one per group it lowered.
+    """
+
+    SCHEMA_FILE: ClassVar[str] = "score-change.json"
+
+    change_id: str = Field(description="`<lead_id>:<rule>:<group>:<messageId or at_ms>`: the "
+                           "same change replayed gives the same id.")
+    lead_id: str = Field(min_length=1, description="The lead (userId, or anon:<anonymousId>).")
+    kind: ChangeKind = Field(description="`event`: an engagement, product or negative rule "
+                             "matched an event; `fit`: a trait rule now holds or no longer "
+                             "does; `decay`: inactivity lowered the group.")
+    rule: str = Field(description="The rule id (`decay` for decay).")
+    group: Literal["fit", "engagement", "product"] = Field(description="The group it changed.")
+    delta: float = Field(description="Points added (negative: taken off), after caps.")
+    scores: Scores = Field(description="The lead's scores right after this change.")
+    at: AwareDatetime = Field(description="Event time of the change, ISO-8601 UTC (decay: "
+                              "the time it was decayed up to).")
+    at_ms: int = Field(description="`at` in epoch milliseconds.")
+    message_id: str | None = Field(description="messageId of the event being scored (for "
+                                   "decay, the event whose arrival decayed the lead); null "
+                                   "when the decay timer decayed it.")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, v: datetime) -> datetime:
+        return _utc(v)
+
+
 #: Every outbound model, by schema file name (for schemagen and the docs).
 OUTBOUND: tuple[type[_Message], ...] = (StageChange, RoutingAlert, Escalation, LeadAssignment,
                                         DeadLetter, PublishedRules, LeadAttribution,
-                                        NurtureMessage)
+                                        NurtureMessage, ScoreChangeMessage)

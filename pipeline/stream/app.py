@@ -248,7 +248,8 @@ class LeadflowApp:
         )
         self.owners = self.app.Table("owners", default=None, **table, **opts())
         #: Where the stages send (topics, internal topics, partitions, rules version).
-        self.dest = Destinations.of(t, settings.app_id, parts, rules.version)
+        self.dest = Destinations.of(t, settings.app_id, parts, rules.version,
+                                    score_ledger=settings.score_ledger)
         self.identity_topic_name = self.dest.identity
         self.leads_topic_name = self.dest.leads
         self.assign_topic_name = self.dest.assign

@@ -10,7 +10,9 @@ import orjson
 
 from pipeline.core.breakdown import breakdown
 from pipeline.core.rules import CompiledRules
+from pipeline.core.state import MAX_CHANGES
 from pipeline.errors import InvalidQuery
+from pipeline.models.timefmt import iso_z
 from pipeline.stream import dedup
 from pipeline.stream.stages.records import LeadRecord
 from pipeline.stream.stages.score import rec_traits
@@ -47,6 +49,26 @@ def lead_document(lead_id: str, record: Mapping[str, Any], rules: CompiledRules)
         "rules_version": rules.version,
         # the rules its fit was computed under: older until its next event (engine.refit)
         "fit_rules_version": state.fit_rules,
+    }
+
+
+def history_document(lead_id: str, record: Mapping[str, Any], *, ledger: bool) -> dict[str, Any]:
+    """A lead's recent score changes, newest first: what `GET /leads/{id}/history` returns.
+
+    "Recent" is the last `MAX_CHANGES` changes the lead's state keeps: they are written in
+    the same table write as the scores they explain, so the history always agrees with
+    `GET /leads/{id}`, survives restarts and rebalances with the table, and costs no read
+    of a topic. Changes made while the ledger was off are not in it; the full record is
+    the score-changes topic.
+    """
+    state = LeadRecord.from_stored(record).state
+    return {
+        "lead_id": lead_id,
+        "ledger": ledger,
+        "kept": MAX_CHANGES,
+        "scores": state.scores_by_group(),
+        "changes": [{k: v for k, v in c.to_dict().items() if k not in ("output", "lead_id")}
+                    | {"at": iso_z(c.at_ms)} for c in reversed(state.changes)],
     }
 
 

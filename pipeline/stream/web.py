@@ -19,7 +19,13 @@ from pipeline.settings import Settings
 from pipeline.stream import faust_adapter
 from pipeline.stream.access import authorized
 from pipeline.stream.clock import Clock
-from pipeline.stream.leadview import MAX_MATCHES, lead_document, search_leads, search_text
+from pipeline.stream.leadview import (
+    MAX_MATCHES,
+    history_document,
+    lead_document,
+    search_leads,
+    search_text,
+)
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.stages.assign import team_queue
@@ -96,6 +102,22 @@ def install(lf: Served) -> None:
             if stored is None:
                 return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
             return self.json(lead_document(lead_id, stored, lf.rules))
+
+    @app.page("/leads/{lead_id}/history")
+    class LeadHistoryView(web.View):
+        """GET /leads/{id}/history: the lead's recent score changes (`history_document`)."""
+
+        async def get(self, request: web.Request, lead_id: str) -> web.Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
+            routed = await on_owner(leads, lead_id, self.web, request)
+            if routed is not None:
+                return routed
+            stored = leads.get(lead_id.encode())
+            if stored is None:
+                return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
+            return self.json(history_document(lead_id, stored,
+                                              ledger=lf.settings.score_ledger))
 
     @app.page("/search")
     class SearchView(web.View):

@@ -14,7 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from pipeline.console.app import check_console_exposure, console_authorized, make_app
-from pipeline.console.sources import EscalationSeen, QueueItem, StageMove, TeamQueue
+from pipeline.console.sources import (
+    EscalationSeen,
+    QueueItem,
+    ScoreChangeSeen,
+    StageMove,
+    TeamQueue,
+)
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.stream.clock import Clock
@@ -53,6 +59,10 @@ def backend() -> MemoryBackend:
         metrics_texts=[METRICS],
         moves={"u-1": [StageMove(NOW_MS - 90_000, "lead", "mql", "applied", None,
                                  "demo_request", "Demo Requested")]},
+        changes={"u-1": [ScoreChangeSeen(NOW_MS - 90_000, "event", "demo_request", "engagement",
+                                         25.0, 57.5),
+                         ScoreChangeSeen(NOW_MS - 95_000, "decay", "decay", "engagement",
+                                         -2.5, 32.5)]},
         escalated=[EscalationSeen("al-9", "u-9", "sales", "rep-ava", "rep-sam",
                                   "2026-12-29T09:00:00Z", "not acknowledged within 300s")])
 
@@ -88,6 +98,18 @@ async def test_lead_page_shows_stage_score_breakdown_owner_alert_and_traits(
     assert "VP &lt;Sales&gt;" in html and "<Sales>" not in html  # traits escaped
     assert "<td>Acme</td>" in html
     assert "<td>lead</td><td>mql</td><td>applied</td>" in html  # stage history
+    # score changes from the worker's /history, newest first, signed
+    changes = html.split("id=score-changes")[1].split("</table>")[0]
+    assert changes.index("<td>demo_request</td><td>engagement</td><td>+25</td><td>57.5</td>") < (
+        changes.index("<td>decay</td><td>decay</td><td>engagement</td><td>-2.5</td><td>32.5</td>"))
+
+
+async def test_lead_page_says_when_no_score_change_is_kept(
+    client: TestClient, backend: MemoryBackend,
+) -> None:
+    backend.changes.clear()
+    html = await (await client.get("/leads/u-1")).text()
+    assert "No score change kept" in html and "LEADFLOW_SCORE_LEDGER" in html
 
 
 async def test_countdowns_count_on_the_workers_clock(

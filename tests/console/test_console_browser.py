@@ -86,7 +86,8 @@ def offline(bodies: list[dict[str, Any]], rules: Any) -> tuple[LeadState, list[t
     state: LeadState | None = None
     moves: list[tuple[str, str]] = []
     for body in bodies:
-        res = apply(state, parse_message(orjson.dumps(body), source="web"), rules)
+        res = apply(state, parse_message(orjson.dumps(body), source="web"), rules,
+                    ledger=True)
         state = res.state
         moves += [(o.from_stage, o.to_stage) for o in res.outputs
                   if type(o).__name__ == "StageMove"]
@@ -175,6 +176,10 @@ async def test_lead_page_queue_acknowledge_and_funnel_in_chromium(
                 bd_rules = {r for r, *_ in state.contributions.items()}
                 breakdown = await page.text_content("#breakdown") or ""
                 assert bd_rules and all(r in breakdown for r in bd_rules), breakdown
+                # the score changes, from the worker's /history: the core's, newest first
+                assert state.changes
+                assert await page.locator("#score-changes tr td:nth-child(3)").all_text_contents() \
+                    == [c.rule for c in reversed(state.changes)]
                 await page.screenshot(path=str(shots / "lead.png"), full_page=True)
 
                 # -- the team queue: acknowledge the known lead's alert ---------------------

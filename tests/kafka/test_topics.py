@@ -65,7 +65,7 @@ def test_topic_specs_cover_every_topic() -> None:
         "events.web", "events.email", "events.product", "events.crm",
         "leads.stage-changes", "leads.assignments", "routing.sales", "routing.emea",
         "routing.nurture", "routing.recycle", "routing.review", "routing.escalations",
-        "leads.attribution", "leads.nurture", "events.deadletter",
+        "leads.attribution", "leads.nurture", "leads.score-changes", "events.deadletter",
         "lf-identity", "lf-leads", "lf-assign",
         "lf-leads-changelog", "lf-identity-changelog", "lf-owners-changelog",
         "leadflow.rules",

@@ -18,10 +18,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.core.engine import apply
+from pipeline.core.outputs import ScoreChange
 from pipeline.core.rules import load_default_rules
 from pipeline.models.events import parse_message
-from pipeline.stream.leadview import lead_document
-from tests.support.workers import Isolated, WorkerProcess, make_isolated
+from pipeline.stream.leadview import history_document, lead_document
+from tests.support.workers import Isolated, WorkerProcess, consume, make_isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,9 +44,19 @@ def expected_document(body: dict[str, Any]) -> dict[str, Any]:
     """The pure core's view of a lead after its one identify, as the API renders it."""
     rules = load_default_rules()
     e = parse_message(orjson.dumps(body), source="web")
-    state = apply(None, e, rules).state
+    state = apply(None, e, rules, ledger=True).state
     record = {"s": state.to_dict(), "seen": {body["messageId"]: e.timestamp_ms}}
     return lead_document(body["userId"], record, rules)
+
+
+def expected_changes(body: dict[str, Any]) -> tuple[dict[str, Any], list[ScoreChange]]:
+    """The core's score changes for a lead's one identify: `/history` and the topic's."""
+    rules = load_default_rules()
+    e = parse_message(orjson.dumps(body), source="web")
+    res = apply(None, e, rules, ledger=True)
+    record = {"s": res.state.to_dict(), "seen": {body["messageId"]: e.timestamp_ms}}
+    return (history_document(body["userId"], record, ledger=True),
+            [o for o in res.outputs if isinstance(o, ScoreChange)])
 
 
 async def _both_ready(workers: list[WorkerProcess], timeout: float = 120) -> list[int]:
@@ -102,9 +113,31 @@ async def test_any_worker_answers_for_any_lead(
         assert d1["traits"]["country"] == body["traits"]["country"]
     assert len({orjson.dumps(expected_document(b)["scores"]) for b in bodies}) > 1  # varied
 
+    # the score ledger: /history from either worker, and every change on the topic
+    wanted: list[tuple[Any, ...]] = []
+    for body in bodies:
+        history, changes = expected_changes(body)
+        assert changes, body["userId"]  # every identify here earns fit points
+        h1, h2 = [await w.get(f"/leads/{body['userId']}/history") for w in (w1, w2)]
+        assert h1 == h2 == (200, history), (body["userId"], h1, h2)
+        wanted += [(c.lead_id, c.kind, c.rule, c.group, round(c.delta, 4), round(c.total, 2),
+                    c.message_id) for c in changes]
+    topic = isolated.settings.topics.score_changes
+    got = await consume(isolated.bootstrap, [topic],
+                        until=lambda ms: len(ms) >= len(wanted))
+    assert sorted((m["lead_id"], m["kind"], m["rule"], m["group"], m["delta"],
+                   m["scores"]["total"], m["message_id"]) for _, _, m in got) == sorted(wanted)
+    assert all(key == m["lead_id"].encode() for _, key, m in got)
+    # a lead's changes come in the core's order (one partition per lead)
+    per_lead = [m for _, _, m in got if m["lead_id"] == bodies[1]["userId"]]
+    assert [m["rule"] for m in per_lead] == [
+        c.rule for c in expected_changes(bodies[1])[1]]
+
     for w in (w1, w2):
         status, doc = await w.get("/leads/unknown")
         assert status == 404 and doc == {"error": "no lead with id 'unknown'"}
+        assert await w.get("/leads/unknown/history") == (
+            404, {"error": "no lead with id 'unknown'"})
         status, doc = await w.get("/healthz")
         assert (status, doc) == (200, {"status": "ok"})
         status, doc = await w.get("/readyz")
@@ -131,7 +164,8 @@ async def test_the_lead_api_needs_the_token_and_health_does_not(
 
     refusal = {"error": "this path needs 'Authorization: Bearer <token>' "
                         "(the worker's LEADFLOW_API_TOKEN)"}
-    for path in ("/leads/api-1", "/leads/unknown", "/teams/sales/queue", "/search?q=co"):
+    for path in ("/leads/api-1", "/leads/unknown", "/leads/api-1/history", "/teams/sales/queue",
+                 "/search?q=co"):
         for wrong in (None, "", "t0ken", token + "x"):
             assert await w.get(path, token=wrong) == (401, refusal), (path, wrong)
     status, doc = await w.get("/leads/api-1", token=token)

@@ -21,6 +21,7 @@ from pipeline.console.sources import (
     AckSent,
     AlreadyAcknowledged,
     EscalationSeen,
+    ScoreChangeSeen,
     SearchResult,
     StageMove,
     TeamQueue,
@@ -44,6 +45,7 @@ class MemoryBackend:
     routed: set[str] = field(default_factory=set)
     metrics_texts: list[str] = field(default_factory=list)
     moves: dict[str, list[StageMove]] = field(default_factory=dict)
+    changes: dict[str, list[ScoreChangeSeen]] = field(default_factory=dict)
     escalated: list[EscalationSeen] = field(default_factory=list)
     sent: dict[str, AckSent] = field(default_factory=dict)
     down: bool = False
@@ -56,6 +58,10 @@ class MemoryBackend:
     async def lead(self, lead_id: str) -> Mapping[str, Any] | None:
         self._up()
         return self.leads.get(lead_id)
+
+    async def score_history(self, lead_id: str) -> list[ScoreChangeSeen]:
+        self._up()
+        return self.changes.get(lead_id, [])
 
     async def search(self, q: str) -> SearchResult:
         self._up()

@@ -44,7 +44,7 @@ class Rejected:
 class Destinations:
     """Where the stages send: the output topics, the internal topics between the stages,
     their partition count (envelopes go to their keys' partition) and the rules version
-    every output names."""
+    every output names; `score_ledger`: whether score changes are built and sent."""
 
     topics: Topics
     identity: str
@@ -52,13 +52,14 @@ class Destinations:
     assign: str
     partitions: int
     rules_version: str | None
+    score_ledger: bool = True
 
     @classmethod
     def of(cls, topics: Topics, app_id: str, partitions: int,
-           rules_version: str | None) -> Destinations:
+           rules_version: str | None, *, score_ledger: bool = True) -> Destinations:
         """The internal topics of app `app_id` (`<app>-identity`, `-leads`, `-assign`)."""
         return cls(topics, f"{app_id}-identity", f"{app_id}-leads", f"{app_id}-assign",
-                   partitions, rules_version)
+                   partitions, rules_version, score_ledger)
 
 
 class StageOutput(Protocol):

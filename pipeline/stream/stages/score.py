@@ -1,6 +1,7 @@
 """Score: run the core over a batch of a partition's leads (their events, the decay timer's
-ticks and the owners the assign step chose); stage changes and hand-offs go to their topics,
-alerts and acknowledgements to the assign topic, one lead table write per lead."""
+ticks and the owners the assign step chose); stage changes, score changes (the ledger, when
+on) and hand-offs go to their topics, alerts and acknowledgements to the assign topic, one
+lead table write per lead."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.core.outputs import (
     MoveRefused,
     NurtureChange,
     RoutingDecision,
+    ScoreChange,
     StageMove,
 )
 from pipeline.core.routing import RoutingRules, choose_team, email_domain
@@ -32,7 +34,7 @@ from pipeline.models.outputs import (
     StageChange,
     TopReason,
 )
-from pipeline.models.timefmt import iso_offset
+from pipeline.models.timefmt import iso_offset, iso_z
 from pipeline.settings import Topics
 from pipeline.stream.codec import (
     LeadsLine,
@@ -79,6 +81,7 @@ def score_batch(
     dedup_retention_ms: int,
     ticks: Mapping[str, int] | None = None,
     owners: Mapping[str, OwnerUpdate] | None = None,
+    ledger: bool = False,
 ) -> ScoreResult:
     """Run the core over a batch, per lead in arrival order; one table write per lead.
 
@@ -87,7 +90,7 @@ def score_batch(
     time-driven moves of leads that send nothing. `owners` maps a lead to the owner, team
     and alert the assign step chose: written to the lead's state.
     """
-    res = _score(events, get, rules, dedup_retention_ms, ticks or {}, owners or {})
+    res = _score(events, get, rules, dedup_retention_ms, ticks or {}, owners or {}, ledger)
     return ScoreResult(res.outputs, {k: r.to_stored() for k, r in res.records.items()},
                        res.duplicates)
 
@@ -99,6 +102,7 @@ def _score(
     dedup_retention_ms: int,
     ticks: Mapping[str, int],
     owners: Mapping[str, OwnerUpdate],
+    ledger: bool,
 ) -> _Scored:
     by_lead: dict[str, list[Event]] = {}
     for e in events:
@@ -113,7 +117,7 @@ def _score(
             if stored is None or tick_at is None:
                 continue
             rec = LeadRecord.from_stored(stored)
-            res = tick(rec.state, tick_at, rules)
+            res = tick(rec.state, tick_at, rules, ledger=ledger)
             if res.outputs or res.state.hot != rec.state.hot:  # a move, or a hot lead cooled
                 out.outputs.extend(res.outputs)
                 out.records[lead] = replace(rec, state=res.state)
@@ -125,10 +129,11 @@ def _score(
         out.duplicates += len(evs) - len(fresh)
         if not fresh:
             continue
-        res = apply_batch(known.state if known is not None else None, fresh, rules)
+        res = apply_batch(known.state if known is not None else None, fresh, rules,
+                          ledger=ledger)
         out.outputs.extend(res.outputs)
         if tick_at is not None:
-            res = tick(res.state, tick_at, rules)
+            res = tick(res.state, tick_at, rules, ledger=ledger)
             out.outputs.extend(res.outputs)
         out.records[lead] = LeadRecord(res.state, window.to_dict(cap=SEEN_CAP),
                                        known.route if known is not None else None)
@@ -214,7 +219,10 @@ def plan(
     """
     p = Plan()
     for o in outputs:
-        if isinstance(o, StageMove):
+        if type(o) is ScoreChange:  # the most frequent output when the ledger is on
+            p.sends.append((topics.score_changes, o.lead_id.encode(),
+                            orjson.dumps(score_change_body(o, rules_version))))
+        elif isinstance(o, StageMove):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
                 status="applied", reason=None, at=iso_offset(o.at_ms), at_ms=o.at_ms,
@@ -289,6 +297,19 @@ def plan(
                 "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
                 else None, "at_ms": e.timestamp_ms, "event": e.name}))
     return p
+
+
+def score_change_body(c: ScoreChange, rules_version: str | None) -> dict[str, Any]:
+    """The wire form of a score change (`models.outputs.ScoreChangeMessage`), built as a
+    plain dict: there is one per scoring rule hit, and a model per change costs more than
+    scoring the event (tests/stream/stages/test_score.py validates it against the model)."""
+    return {"schema_version": 1, "rules_version": rules_version,
+            "change_id": f"{c.lead_id}:{c.rule}:{c.group}:{c.message_id or c.at_ms}",
+            "lead_id": c.lead_id, "kind": c.kind, "rule": c.rule, "group": c.group,
+            "delta": round(c.delta, 4),
+            "scores": {"total": round(c.total, 2), "fit": round(c.fit, 2),
+                       "engagement": round(c.engagement, 2), "product": round(c.product, 2)},
+            "at": iso_z(c.at_ms), "at_ms": c.at_ms, "message_id": c.message_id}
 
 
 def attribution_message(a: Attribution, rules_version: str | None) -> LeadAttribution:
@@ -395,7 +416,7 @@ def score(
             ticks[line.lead_id] = line.at_ms
         else:
             events.append(line)
-    res = _score(events, get, rules, dedup_retention_ms, ticks, owners)
+    res = _score(events, get, rules, dedup_retention_ms, ticks, owners, dest.score_ledger)
     records = res.records
     p = plan_scored(res.outputs, records, events, get, rules.routing, dest.topics,
                     free_mail=rules.free_email, rules_version=dest.rules_version)

@@ -9,12 +9,13 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from pipeline.core.engine import apply, tick
+from pipeline.core.engine import apply, apply_batch, tick
 from pipeline.core.event import Event
-from pipeline.core.outputs import AlertTrigger, StageMove
+from pipeline.core.outputs import AlertTrigger, ScoreChange, StageMove
 from pipeline.core.state import LeadState
 from pipeline.metrics.registry import Metrics
 from pipeline.models.events import parse_message
+from pipeline.models.outputs import ScoreChangeMessage
 from pipeline.settings import Topics
 from pipeline.simulator import generate
 from pipeline.stream.codec import OwnerUpdate, TickRequest, decode_leads_line, dumps, unpack
@@ -31,6 +32,7 @@ from pipeline.stream.stages.score import (
     tick_due,
     tick_requests,
 )
+from tests.models.test_schemas import check
 from tests.support.stages import DEST, ROUTING, RULES, SOURCES, TOPIC, alert, raw, run_pipeline
 
 
@@ -214,7 +216,8 @@ def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() ->
     by_topic: dict[str, list[Any]] = {}
     for s in out.sends:
         by_topic.setdefault(s.topic, []).append(s)
-    assert set(by_topic) == {"leads.stage-changes", "leads.attribution", "lf-assign"}
+    assert set(by_topic) == {"leads.stage-changes", "leads.attribution", "leads.score-changes",
+                             "lf-assign"}
     assert all(s.key == b"u1" and s.partition is None for s in by_topic["leads.stage-changes"])
     # the move to mql is attributed, and counted by channel when observed
     [att] = by_topic["leads.attribution"]
@@ -276,3 +279,74 @@ def test_a_lead_record_is_stored_in_the_shape_the_table_and_lead_api_read() -> N
     assert again["route"] == {"team": "sales", "alert_id": "a1"}
     assert again["s"]["seen"] == {}  # the window beside the state holds the ids
     assert LeadRecord.from_stored(orjson.loads(dumps(again))) == routed
+
+
+def test_score_changes_go_to_their_topic_one_per_change_and_match_the_schema() -> None:
+    ident = Event("i1", "u1", "identify", 1_767_225_500_000, user_id="u1",
+                  traits={"email": "a@stark.de", "country": "DE", "employees": 50})
+    page = Event("p1", "u1", "page", 1_767_225_600_000, user_id="u1",
+                 url="https://acme.io/pricing")
+    table: dict[str, Any] = {}
+    out = score([ident, page], table.get, RULES, DEST, dedup_retention_ms=10**9, routed_ms=1)
+    sent = [orjson.loads(s.value) for s in out.sends if s.topic == "leads.score-changes"]
+    assert all(s.key == b"u1" for s in out.sends if s.topic == "leads.score-changes")
+    for m in sent:
+        check("score-change.json", orjson.dumps(m))
+        ScoreChangeMessage.model_validate(m)
+    # the same changes as the core's, in order, with the rules version and event time
+    core = [c for c in apply_batch(None, [ident, page], RULES, ledger=True).outputs
+            if isinstance(c, ScoreChange)]
+    assert core, "the scenario changes scores"
+    assert [(m["kind"], m["rule"], m["group"], m["delta"], m["scores"]["total"], m["message_id"],
+             m["at_ms"], m["rules_version"]) for m in sent] == [
+        (c.kind, c.rule, c.group, round(c.delta, 4), round(c.total, 2), c.message_id, c.at_ms,
+         RULES.version) for c in core]
+    assert {m["message_id"] for m in sent} == {"i1", "p1"}
+    assert sent[-1]["change_id"] == f"u1:{core[-1].rule}:engagement:p1"
+    assert sent[-1]["scores"] == {"total": round(core[-1].total, 2),
+                                  "fit": round(core[-1].fit, 2),
+                                  "engagement": round(core[-1].engagement, 2),
+                                  "product": round(core[-1].product, 2)}
+    # the lead keeps them for /history
+    assert len(out.writes["u1"]["s"]["changes"]) == len(core)
+
+
+def test_the_decay_timer_sends_decay_as_a_change_without_a_message_id() -> None:
+    page = Event("p1", "u1", "page", 1_767_225_600_000, user_id="u1",
+                 url="https://acme.io/pricing")
+    table: dict[str, Any] = {}
+    table.update(score([page], table.get, RULES, DEST, dedup_retention_ms=10**9,
+                       routed_ms=1).writes)
+    before = LeadRecord.from_stored(table["u1"]).state.engagement
+    later = page.timestamp_ms + 120 * 86_400_000
+    out = score([TickRequest("u1", later)], table.get, RULES, DEST, dedup_retention_ms=10**9,
+                routed_ms=2)
+    sent = [orjson.loads(s.value) for s in out.sends if s.topic == "leads.score-changes"]
+    assert [(m["kind"], m["rule"], m["group"], m["message_id"], m["at_ms"]) for m in sent] == [
+        ("decay", "decay", "engagement", None, later)]
+    after = LeadRecord.from_stored(out.writes["u1"]).state.engagement
+    assert after < before and sent[0]["delta"] == round(after - before, 4) < 0
+    assert sent[0]["change_id"] == f"u1:decay:engagement:{later}"
+
+
+def test_ledger_off_sends_no_score_change_and_keeps_none() -> None:
+    ident = Event("i1", "u1", "identify", 1_767_225_500_000, user_id="u1",
+                  traits={"email": "a@stark.de", "country": "DE", "employees": 50})
+    page = Event("p1", "u1", "page", 1_767_225_600_000, user_id="u1",
+                 url="https://acme.io/pricing")
+    off = replace(DEST, score_ledger=False)
+    on_out = score([ident, page], {}.get, RULES, DEST, dedup_retention_ms=10**9, routed_ms=1)
+    off_out = score([ident, page], {}.get, RULES, off, dedup_retention_ms=10**9, routed_ms=1)
+    assert [s for s in off_out.sends if s.topic == "leads.score-changes"] == []
+    assert off_out.writes["u1"]["s"]["changes"] == []
+    assert [s for s in on_out.sends if s.topic != "leads.score-changes"] == list(off_out.sends)
+
+
+def test_the_score_changes_topic_is_a_setting() -> None:
+    c = ScoreChange("u1", "event", "pricing_page", "engagement", 10.0, 0.0, 10.0, 0.0, 10.0,
+                    1_767_225_600_000, "m1")
+    p = plan([c], {}, [], {}, ROUTING, Topics(score_changes="mkt.ledger"), free_mail=frozenset(),
+             rules_version="1-abc")
+    [(topic, key, value)] = p.sends
+    assert (topic, key) == ("mkt.ledger", b"u1")
+    assert orjson.loads(value)["rules_version"] == "1-abc"
