@@ -32,7 +32,7 @@ from pipeline.stream.stages.score import (
     tick_due,
     tick_requests,
 )
-from tests.models.test_schemas import check
+from tests.support.schemas import check
 from tests.support.stages import DEST, ROUTING, RULES, SOURCES, TOPIC, alert, raw, run_pipeline
 
 
