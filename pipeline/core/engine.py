@@ -275,7 +275,14 @@ def _gate(w: _Work, r: CompiledRules, own: CompiledRequirement | None) -> str | 
 
 
 def _review(w: _Work, r: CompiledRules, rule: str, why: str, at: int, mid: str | None) -> None:
-    """Send a lead that asked for sales but fails the requirements to the review queue."""
+    """Send a lead that asked for sales but fails the requirements to the review queue.
+
+    One hand-off per event (its id is the event's): a hand-raise that also crosses the hot
+    line is reviewed once, for the hand-raise, as it would be alerted once.
+    """
+    if any(type(o) is RoutingDecision and o.route == "review" and o.message_id == mid
+           and o.at_ms == at for o in w.outs):
+        return
     total = r.total(w.fit, w.engagement, w.product)
     w.outs.append(RoutingDecision(w.lead_id, "review", _temperature(w, r, total), at, why, mid,
                                   round(total, 2), w.groups(), rule))
