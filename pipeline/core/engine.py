@@ -108,9 +108,9 @@ class _Work:
 
     __slots__ = ("achieved", "alert_rules", "caps", "contrib", "counts", "engagement",
                  "first_event_ms", "fit", "fit_hits", "fit_rules", "hot", "last_alert_id",
-                 "last_alert_ms", "last_event_ms", "lead_id", "nurture", "opted_out", "outs",
-                 "owner", "product", "recent", "rejection", "score_ms", "seen", "stage",
-                 "stage_since_ms", "team", "touches", "traits")
+                 "last_alert_ms", "last_event_ms", "lead_id", "nurture", "opportunity",
+                 "opted_out", "outs", "owner", "product", "recent", "rejection", "score_ms",
+                 "seen", "stage", "stage_since_ms", "team", "touches", "traits")
 
     def __init__(self, s: LeadState) -> None:
         self.lead_id = s.lead_id
@@ -141,6 +141,7 @@ class _Work:
         self.touches = s.touches
         self.nurture = s.nurture
         self.opted_out = s.opted_out
+        self.opportunity = s.opportunity
         self.outs: list[Output] = []
 
     def freeze(self) -> LeadState:
@@ -150,7 +151,7 @@ class _Work:
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
             self.owner, self.team, self.last_alert_id, self.rejection, self.fit_rules,
-            self.touches, self.nurture, self.opted_out,
+            self.touches, self.nurture, self.opted_out, self.opportunity,
         )
 
     def groups(self) -> dict[str, float]:
@@ -381,7 +382,13 @@ def _crm(w: _Work, r: CompiledRules, e: Event) -> None:
         return
     deal = deal_amount(e.properties) if target in ("opportunity", "customer") else (
         None, None, None)
-    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal)
+    amount, currency, issue = deal
+    if target == "customer" and amount is None and issue is None and w.opportunity:
+        # a deal won without an amount is worth what its opportunity was
+        deal = (*w.opportunity, None)
+    if _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal) and (
+            target == "opportunity" and amount is not None):
+        w.opportunity = (amount, currency)
 
 
 def _idle(w: _Work, r: CompiledRules, eng: float, prod: float, total: float, t: int,

@@ -76,6 +76,9 @@ class LeadState:
     touches: tuple[Touch, ...] = ()  # the marketing journey, bounded (pipeline.core.touches)
     nurture: str | None = None  # why the lead is in a nurture track; None: it is not
     opted_out: bool = False  # the lead unsubscribed: never enrolled in nurture again
+    #: Amount and currency of the lead's latest opportunity: the revenue of a "Deal Won"
+    #: that names no amount of its own.
+    opportunity: tuple[float, str | None] | None = None
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -118,6 +121,7 @@ class LeadState:
             "touches": [t.to_list() for t in self.touches],
             "nurture": self.nurture,
             "opted_out": self.opted_out,
+            "opportunity": self.opportunity,
         }
 
     @classmethod
@@ -160,6 +164,8 @@ class LeadState:
             tuple(map(Touch.from_list, get("touches") or ())),
             get("nurture"),
             bool(get("opted_out", False)),
+            # states stored before opportunity amounts were kept have none
+            (float(opp[0]), opp[1]) if (opp := get("opportunity")) else None,
         )
 
 
@@ -169,7 +175,7 @@ _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
            "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules",
-           "touches", "nurture", "opted_out")
+           "touches", "nurture", "opted_out", "opportunity")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -205,6 +211,7 @@ def make_state(
     touches: tuple[Touch, ...] = (),
     nurture: str | None = None,
     opted_out: bool = False,
+    opportunity: tuple[float, str | None] | None = None,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -241,6 +248,7 @@ def make_state(
     _SET[25](s, touches)
     _SET[26](s, nurture)
     _SET[27](s, opted_out)
+    _SET[28](s, opportunity)
     return s
 
 
