@@ -31,7 +31,14 @@ from prometheus_client import (
     generate_latest,
 )
 
-from pipeline.core.attribution import AMOUNT_ISSUES, MODELS, UNATTRIBUTED, by_channel
+from pipeline.core.attribution import (
+    AMOUNT_ISSUES,
+    BAD_CAMPAIGN_COST,
+    MODELS,
+    UNATTRIBUTED,
+    CampaignCost,
+    by_channel,
+)
 from pipeline.core.outputs import ATTRIBUTED_STAGES, Attribution
 from pipeline.core.stages import ALLOWED, STAGES
 from pipeline.kafka.topics import DEFAULT_TABLES
@@ -43,7 +50,8 @@ OTHER = "other"
 DEFAULT_SOURCES: frozenset[str] = frozenset({"web", "email", "product", "crm"})
 EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "group"})
 # Dead-letter reasons: the inbound parser's codes plus the stream shell's own.
-DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
+DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal",
+                                                            BAD_CAMPAIGN_COST}
 STAGE_LABELS: frozenset[str] = frozenset(STAGES)
 TABLES: frozenset[str] = frozenset(DEFAULT_TABLES)
 ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
@@ -204,6 +212,11 @@ class Metrics:
             "Lifecycle stage moves applied, by the team that owned the lead at the move "
             f'("{NO_TEAM}" before any team did).',
             ["from_stage", "to_stage", "team"], registry=r)
+        self.campaign_costs = Counter(
+            "leadflow_campaign_cost",
+            'Campaign costs reported by "Campaign Cost" events, by channel (amounts as given, '
+            "not converted between currencies).",
+            ["channel"], registry=r)
         self.stage_moves_refused = Counter(
             "leadflow_stage_moves_refused",
             "Stage moves asked for and refused by the stage machine.",
@@ -279,6 +292,8 @@ class Metrics:
                     self.attributed_moves.labels(stage=stage, channel=channel, model=model)
                 self.attributed_pipeline.labels(channel=channel, model=model)
                 self.attributed_revenue.labels(channel=channel, model=model)
+        for channel in self._channels:
+            self.campaign_costs.labels(channel=channel)
         for issue in AMOUNT_ISSUES:
             self.deal_amounts_ignored.labels(reason=issue)
         for team in self._teams or ():
@@ -416,6 +431,10 @@ class Metrics:
         self.recovery_total.labels(table=table).set(max(0, total))
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
+
+    def campaign_cost(self, cost: CampaignCost) -> None:
+        """A campaign's cost, on its channel (a channel outside the rules file's: `other`)."""
+        self.campaign_costs.labels(channel=bounded(cost.channel, self._channels)).inc(cost.amount)
 
     def set_rules(self, version: str, teams: Iterable[str] = ()) -> None:
         """The worker decides with other rules now: one `leadflow_rules_info` series, and

@@ -7,13 +7,22 @@ from types import MappingProxyType
 
 import pytest
 
-from pipeline.core.attribution import MODELS, by_channel, deal_amount, weights
+from pipeline.core.attribution import (
+    BAD_CAMPAIGN_COST,
+    MODELS,
+    CampaignCost,
+    by_channel,
+    campaign_cost,
+    deal_amount,
+    weights,
+)
 from pipeline.core.engine import apply_batch
 from pipeline.core.event import Event
 from pipeline.core.outputs import Attribution
 from pipeline.core.rules import load_default_rules
 from pipeline.core.state import LeadState
 from pipeline.core.touches import CREATED, Touch
+from pipeline.errors import InvalidEvent
 
 RULES = load_default_rules()
 T0 = 1_767_225_600_000
@@ -177,3 +186,18 @@ def test_an_opportunity_without_a_usable_amount_leaves_a_deal_won_without_one() 
     won = [o for o in res.outputs if isinstance(o, Attribution)][-1]
     assert res.state.opportunity is None
     assert (won.stage, won.amount, won.amount_issue) == ("customer", None, None)
+
+
+def test_campaign_cost_reads_channel_and_amount_and_names_what_is_wrong() -> None:
+    c = campaign_cost("c1", {"channel": " Paid_Social", "campaign": " spring ",
+                             "amount": "99.5", "currency": "eur"})
+    assert c == CampaignCost("paid_social", "spring", 99.5, "EUR", "c1")
+    assert campaign_cost("c2", {"channel": "email", "amount": 0}).amount == 0.0
+    for props, why in [({"amount": 5}, "needs properties.channel"),
+                       ({"channel": 7, "amount": 5}, "needs properties.channel"),
+                       ({"channel": "email"}, "properties.amount is missing"),
+                       ({"channel": "email", "amount": "NaN"}, "'NaN': not_finite"),
+                       ({"channel": "email", "amount": True}, "True: not_a_number")]:
+        with pytest.raises(InvalidEvent, match=why) as exc:
+            campaign_cost("c3", props)
+        assert exc.value.reason == BAD_CAMPAIGN_COST

@@ -48,6 +48,8 @@ REQUIRED = (
     "leadflow_channel_model:attributed_pipeline:increase1d",
     "leadflow_channel_model:attributed_revenue:increase1d",
     "leadflow_channel_model:funnel_mql_to_opportunity:ratio_rate1d",
+    "leadflow_channel:campaign_cost:increase1d",
+    "leadflow_channel_model:cac:ratio_rate1d",
 )
 
 
