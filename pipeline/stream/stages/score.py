@@ -354,7 +354,7 @@ def plan_scored(
         route = rec.route if rec is not None else Route.from_stored(get(lead))
         if route is not None:
             routes[lead] = route
-    # the lead's team at its moves: the batch changes it only by an owner update
+    # the lead's team after the batch: an owner update in the same batch also names its moves
     teams = {o.lead_id: records[o.lead_id].state.team for o in outputs
              if isinstance(o, StageMove | MoveRefused) and o.lead_id in records}
     return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail,
