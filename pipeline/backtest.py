@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.attribution import UNATTRIBUTED, by_channel
+from pipeline.core.attribution import CAMPAIGN_COST, UNATTRIBUTED, by_channel
 from pipeline.core.engine import apply_batch, tick
 from pipeline.core.event import Event
 from pipeline.core.outputs import AlertTrigger, Attribution, Output, StageMove
@@ -86,7 +86,8 @@ def load_events(path: Path, *, source: str = "") -> Loaded:
 
 def stitch(events: list[Event]) -> list[Event]:
     """Give every event of an anonymousId later identified (by an identify, a call with both
-    ids, or an alias naming it as previousId) the user's lead id; drop repeated messageIds."""
+    ids, or an alias naming it as previousId) the user's lead id; drop repeated messageIds
+    and "Campaign Cost" events (no lead's activity: the workers count them, never score)."""
     users: dict[str, str] = {}
     for e in events:
         if e.type == "alias" and e.user_id and e.name:
@@ -96,6 +97,8 @@ def stitch(events: list[Event]) -> list[Event]:
     res = []
     seen: set[tuple[str, str]] = set()
     for e in events:
+        if e.type == "track" and e.name == CAMPAIGN_COST:
+            continue
         lead = e.user_id or (users.get(e.anonymous_id) if e.anonymous_id else None)
         if lead is not None and lead != e.lead_id:
             e = dataclasses.replace(e, lead_id=lead)

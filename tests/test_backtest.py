@@ -118,6 +118,19 @@ def test_alias_and_repeats_are_stitched_as_the_stream_does(tmp_path: Path) -> No
     assert rep["result"]["score_buckets"]["10-20"] == 1
 
 
+def test_campaign_costs_are_no_lead_of_the_backtest(tmp_path: Path) -> None:
+    msgs = [
+        {"type": "page", "messageId": "p1", "userId": "cy", "timestamp": _ts(1),
+         "name": "Pricing", "context": {"page": {"url": "https://example.com/pricing"}}},
+        {"type": "track", "messageId": "c1", "userId": "marketing-ops", "timestamp": _ts(2),
+         "event": "Campaign Cost", "properties": {"channel": "paid_search", "amount": 500}},
+    ]
+    p = tmp_path / "costs.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(m) for m in msgs) + b"\n")
+    rep = backtest(p, load_default_rules())
+    assert rep["result"]["leads"] == 1  # cy only: the cost's sender is not scored
+
+
 def test_team_capacity_against_the_alerts_each_day(tmp_path: Path) -> None:
     text = default_rules_text()
     reps = ("        - {id: rep-sam, capacity: 3}\n        - {id: rep-ava, capacity: 2}\n"

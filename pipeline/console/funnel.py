@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import LeadflowError
+from pipeline.metrics.registry import NO_TEAM
 
 QUALIFIED = ("mql", "pql")
 
@@ -29,12 +30,21 @@ RATIOS = (
     ("acceptance", "Acceptance", "leadflow:acceptance:ratio_rate1d"),
     ("recycle", "Recycle rate", "leadflow:recycle:ratio_rate1d"),
 )
+#: (key, label, from stage, to stage, recorded series) of each conversion KPI by team: the
+#: share of a team's moves out of the stage that went to the next.
+TEAM_RATIOS = (
+    ("mql_to_sal", "MQL → SAL", "mql", "sal", "leadflow_team:funnel_mql_to_sal:ratio_rate1d"),
+    ("sal_to_sql", "SAL → SQL", "sal", "sql", "leadflow_team:funnel_sal_to_sql:ratio_rate1d"),
+    ("sql_to_opportunity", "SQL → opportunity", "sql", "opportunity",
+     "leadflow_team:funnel_sql_to_opportunity:ratio_rate1d"),
+)
 #: The recorded series of the routing KPIs, by team.
 TEAM_SERIES = {
     "alerts": "leadflow_team:alerts:increase1h",
     "breach_ratio": "leadflow_team:sla_breach:ratio_rate1h",
     "p50_s": "leadflow_team:speed_to_lead_seconds:p50_rate1d",
     "p90_s": "leadflow_team:speed_to_lead_seconds:p90_rate1d",
+    **{key: series for key, _, _, _, series in TEAM_RATIOS},
 }
 
 
@@ -58,7 +68,8 @@ class Ratio:
 @dataclass(frozen=True, slots=True)
 class TeamRouting:
     """A team's alerts, the share that breached their SLA, speed-to-lead quantiles
-    (seconds; None: no first touch yet). `breaches` is None when only the ratio is known."""
+    (seconds; None: no first touch yet). `breaches` is None when only the ratio is known.
+    `conversion` is one `Ratio` per `TEAM_RATIOS`, over the moves of the team's leads."""
 
     team: str
     alerts: float
@@ -66,6 +77,7 @@ class TeamRouting:
     p50_s: float | None
     p90_s: float | None
     breaches: float | None = None
+    conversion: tuple[Ratio, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +163,34 @@ def funnel(metrics_texts: list[str], teams: Iterable[str] | None = None) -> Funn
     alerts: dict[str, float] = defaultdict(float)
     breaches: dict[str, float] = defaultdict(float)
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    # team -> (from stage, to stage) -> moves
+    team_moves: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
     for s in samples:
         team = s.label("team")
-        if s.name == "leadflow_alerts_total":
+        if s.name == "leadflow_team_stage_moves_total":
+            team_moves[team][(s.label("from_stage"), s.label("to_stage"))] += s.value
+        elif s.name == "leadflow_alerts_total":
             alerts[team] += s.value
         elif s.name == "leadflow_sla_breaches_total":
             breaches[team] += s.value
         elif s.name == "leadflow_speed_to_lead_seconds_bucket":
             buckets[team][float(s.label("le"))] += s.value
+
+    def conversion(team: str) -> tuple[Ratio, ...]:
+        moved = team_moves[team]
+        return tuple(
+            Ratio.of(key, label, moved[(frm, to)],
+                     sum(n for (f, _), n in moved.items() if f == frm))
+            for key, label, frm, to, _ in TEAM_RATIOS)
+
     routing = tuple(
         TeamRouting(team, alerts[team],
                     breaches[team] / alerts[team] if alerts[team] > 0 else None,
                     histogram_quantile(0.5, buckets[team].items()),
-                    histogram_quantile(0.9, buckets[team].items()), breaches[team])
-        for team in sorted(set(alerts) | set(breaches) | set(buckets))
-        if team and (keep is None or team in keep))
+                    histogram_quantile(0.9, buckets[team].items()), breaches[team],
+                    conversion(team))
+        for team in sorted(set(alerts) | set(breaches) | set(buckets) | set(team_moves))
+        if team and team != NO_TEAM and (keep is None or team in keep))
     n = len(metrics_texts)
     return Funnel(ratios, routing, f"counted since the workers started (summed over {n} "
                                    f"worker{'s' if n != 1 else ''})")
@@ -192,6 +217,7 @@ def funnel_from_prometheus(results: dict[str, Vector], teams: Iterable[str] | No
     keep = None if teams is None else frozenset(teams)
     routing = tuple(
         TeamRouting(team, f.get("alerts", 0.0), f.get("breach_ratio"), f.get("p50_s"),
-                    f.get("p90_s"))
+                    f.get("p90_s"), conversion=tuple(
+                        Ratio(key, label, f.get(key)) for key, label, _, _, _ in TEAM_RATIOS))
         for team, f in sorted(by_team.items()) if keep is None or team in keep)
     return Funnel(ratios, routing, f"from Prometheus, over {window}")

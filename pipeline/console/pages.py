@@ -262,8 +262,17 @@ def funnel_page(f: Funnel) -> str:
         (f"{t.team} {q}", v, _secs(v)) for t in speeds
         for q, v in (("p50", t.p50_s), ("p90", t.p90_s))], top) if speeds else \
         "<p class=muted>No first sales touch measured yet.</p>"
+    by_team = [(t.team, r) for t in teams for r in t.conversion]
+    team_conv = bar_chart("conversion-by-team", [
+        (f"{team} {r.label}", r.value, _pct(r.value) + (
+            f" ({r.numerator:g}/{r.denominator:g})" if r.numerator is not None else ""))
+        for team, r in by_team], 1.0) if by_team else \
+        "<p class=muted>No stage move of a team's lead yet.</p>"
     body = (f"<h1>Funnel</h1><p class=muted id=source>The KPIs of "
             f"deploy/prometheus/recording_rules.yml, {escape(f.source)}.</p>"
-            f"<h2>Conversion</h2>{conv}<h2>SLA breaches by team</h2>{breach}"
+            f"<h2>Conversion</h2>{conv}"
+            f"<h2>Conversion by team</h2><p class=muted>Of the moves out of a stage while "
+            f"the team owned the lead, the share to the next stage.</p>{team_conv}"
+            f"<h2>SLA breaches by team</h2>{breach}"
             f"<h2>Speed to lead</h2>{speed}")
     return layout("Funnel", body)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from pipeline.core.touches import Touch, created_index
+from pipeline.errors import InvalidEvent
 
 Model = Literal["first_touch", "last_touch", "linear", "u_shaped", "w_shaped"]
 MODELS: tuple[Model, ...] = get_args(Model)
@@ -139,3 +141,43 @@ def deal_amount(properties: Mapping[str, Any]) -> tuple[float | None, str | None
     if f < 0:
         return None, currency, "negative"
     return f, currency, None
+
+
+# -- campaign costs ------------------------------------------------------------------------
+
+#: The track event that reports what a campaign cost (properties channel, campaign, amount,
+#: currency): counted per channel for CAC, never scored as a lead's activity.
+CAMPAIGN_COST = "Campaign Cost"
+#: The dead-letter reason of a "Campaign Cost" that cannot be counted.
+BAD_CAMPAIGN_COST = "bad_campaign_cost"
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignCost:
+    """What a campaign cost: `amount` in `currency` (as given, not converted)."""
+
+    channel: str
+    campaign: str | None
+    amount: float
+    currency: str | None
+    message_id: str
+
+
+def campaign_cost(message_id: str, properties: Mapping[str, Any]) -> CampaignCost:
+    """The cost a "Campaign Cost" event reports; InvalidEvent naming the property if unusable.
+
+    `channel` must be given (a channel of the rules file; the metric counts any other as
+    `other`); `amount` must be a number of zero or more, as for deal amounts.
+    """
+    ch = properties.get("channel")
+    if not isinstance(ch, str) or not ch.strip():
+        raise InvalidEvent(BAD_CAMPAIGN_COST,
+                           f"{CAMPAIGN_COST!r} needs properties.channel (a channel name)")
+    amount, currency, issue = deal_amount(properties)
+    if amount is None:
+        got = repr(properties.get("amount"))[:80]
+        raise InvalidEvent(BAD_CAMPAIGN_COST, f"{CAMPAIGN_COST!r} properties.amount "
+                           f"{'is missing' if issue is None else f'{got}: {issue}'}")
+    camp = properties.get("campaign")
+    campaign = camp.strip()[:200] if isinstance(camp, str) and camp.strip() else None
+    return CampaignCost(ch.strip().lower(), campaign, amount, currency, message_id)

@@ -119,8 +119,9 @@ class _Work:
     __slots__ = ("achieved", "alert_rules", "caps", "changes", "contrib", "counts",
                  "engagement", "first_event_ms", "fit", "fit_hits", "fit_rules", "hot",
                  "last_alert_id", "last_alert_ms", "last_event_ms", "lead_id", "ledger",
-                 "nurture", "opted_out", "outs", "owner", "product", "recent", "rejection",
-                 "score_ms", "seen", "stage", "stage_since_ms", "team", "touches", "traits")
+                 "nurture", "opportunity", "opted_out", "outs", "owner", "product", "recent",
+                 "rejection", "score_ms", "seen", "stage", "stage_since_ms", "team", "touches",
+                 "traits")
 
     def __init__(self, s: LeadState, ledger: bool = False) -> None:
         self.lead_id = s.lead_id
@@ -151,6 +152,7 @@ class _Work:
         self.touches = s.touches
         self.nurture = s.nurture
         self.opted_out = s.opted_out
+        self.opportunity = s.opportunity
         self.outs: list[Output] = []
         self.ledger = ledger
         self.changes = s.changes
@@ -162,7 +164,7 @@ class _Work:
             self.fit_hits, self.caps, self.counts, self.achieved, self.seen, self.contrib,
             tuple(self.recent[-MAX_RECENT:]), self.hot, self.last_alert_ms, self.alert_rules,
             self.owner, self.team, self.last_alert_id, self.rejection, self.fit_rules,
-            self.touches, self.nurture, self.opted_out, self.kept_changes(),
+            self.touches, self.nurture, self.opted_out, self.kept_changes(), self.opportunity,
         )
 
     def kept_changes(self) -> tuple[ScoreChange, ...]:
@@ -312,7 +314,14 @@ def _gate(w: _Work, r: CompiledRules, own: CompiledRequirement | None) -> str | 
 
 
 def _review(w: _Work, r: CompiledRules, rule: str, why: str, at: int, mid: str | None) -> None:
-    """Send a lead that asked for sales but fails the requirements to the review queue."""
+    """Send a lead that asked for sales but fails the requirements to the review queue.
+
+    One hand-off per event (its id is the event's): a hand-raise that also crosses the hot
+    line is reviewed once, for the hand-raise, as it would be alerted once.
+    """
+    if any(type(o) is RoutingDecision and o.route == "review" and o.message_id == mid
+           and o.at_ms == at for o in w.outs):
+        return
     total = r.total(w.fit, w.engagement, w.product)
     w.outs.append(RoutingDecision(w.lead_id, "review", _temperature(w, r, total), at, why, mid,
                                   round(total, 2), w.groups(), rule))
@@ -426,7 +435,13 @@ def _crm(w: _Work, r: CompiledRules, e: Event) -> None:
         return
     deal = deal_amount(e.properties) if target in ("opportunity", "customer") else (
         None, None, None)
-    _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal)
+    amount, currency, issue = deal
+    if target == "customer" and amount is None and issue is None and w.opportunity:
+        # a deal won without an amount is worth what its opportunity was
+        deal = (*w.opportunity, None)
+    if _move(w, r, target, CRM, f"crm:{name}", t, mid, detail, deal) and (
+            target == "opportunity" and amount is not None):
+        w.opportunity = (amount, currency)
 
 
 def _idle(w: _Work, r: CompiledRules, eng: float, prod: float, total: float, t: int,

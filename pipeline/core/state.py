@@ -81,6 +81,9 @@ class LeadState:
     opted_out: bool = False  # the lead unsubscribed: never enrolled in nurture again
     #: The latest score changes, oldest first (kept only with the ledger on).
     changes: tuple[ScoreChange, ...] = ()
+    #: Amount and currency of the lead's latest opportunity: the revenue of a "Deal Won"
+    #: that names no amount of its own.
+    opportunity: tuple[float, str | None] | None = None
 
     def scores_by_group(self) -> dict[str, float]:
         """Group scores rounded for display."""
@@ -124,6 +127,7 @@ class LeadState:
             "nurture": self.nurture,
             "opted_out": self.opted_out,
             "changes": [c.to_row() for c in self.changes],
+            "opportunity": self.opportunity,
         }
 
     @classmethod
@@ -168,6 +172,8 @@ class LeadState:
             bool(get("opted_out", False)),
             # states stored before the ledger have no changes
             tuple([ScoreChange.from_row(d["lead_id"], c) for c in get("changes") or ()]),
+            # states stored before opportunity amounts were kept have none
+            (float(opp[0]), opp[1]) if (opp := get("opportunity")) else None,
         )
 
 
@@ -177,7 +183,7 @@ _FIELDS = ("lead_id", "stage", "stage_since_ms", "fit", "engagement", "product",
            "first_event_ms", "last_event_ms", "traits", "fit_hits", "caps", "counts",
            "achieved", "seen", "contributions", "recent", "hot", "last_alert_ms",
            "alert_rules", "owner", "team", "last_alert_id", "rejection", "fit_rules",
-           "touches", "nurture", "opted_out", "changes")
+           "touches", "nurture", "opted_out", "changes", "opportunity")
 if tuple(f.name for f in fields(LeadState)) != _FIELDS:
     raise RuntimeError("LeadState's fields changed: update make_state")
 _SET = tuple(getattr(LeadState, n).__set__ for n in _FIELDS)  # the slots' setters, in order
@@ -214,6 +220,7 @@ def make_state(
     nurture: str | None = None,
     opted_out: bool = False,
     changes: tuple[ScoreChange, ...] = (),
+    opportunity: tuple[float, str | None] | None = None,
 ) -> LeadState:
     """`LeadState(...)` with every field given in order, without the frozen `__init__`'s cost.
 
@@ -251,6 +258,7 @@ def make_state(
     _SET[26](s, nurture)
     _SET[27](s, opted_out)
     _SET[28](s, changes)
+    _SET[29](s, opportunity)
     return s
 
 

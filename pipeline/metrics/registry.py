@@ -31,7 +31,14 @@ from prometheus_client import (
     generate_latest,
 )
 
-from pipeline.core.attribution import AMOUNT_ISSUES, MODELS, UNATTRIBUTED, by_channel
+from pipeline.core.attribution import (
+    AMOUNT_ISSUES,
+    BAD_CAMPAIGN_COST,
+    MODELS,
+    UNATTRIBUTED,
+    CampaignCost,
+    by_channel,
+)
 from pipeline.core.outputs import ATTRIBUTED_STAGES, Attribution
 from pipeline.core.stages import ALLOWED, STAGES
 from pipeline.kafka.topics import DEFAULT_TABLES
@@ -43,7 +50,8 @@ OTHER = "other"
 DEFAULT_SOURCES: frozenset[str] = frozenset({"web", "email", "product", "crm"})
 EVENT_TYPES: frozenset[str] = frozenset({"track", "page", "identify", "alias", "group"})
 # Dead-letter reasons: the inbound parser's codes plus the stream shell's own.
-DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal"}
+DEADLETTER_REASONS: frozenset[str] = frozenset(REASONS) | {"empty", "internal",
+                                                            BAD_CAMPAIGN_COST}
 STAGE_LABELS: frozenset[str] = frozenset(STAGES)
 TABLES: frozenset[str] = frozenset(DEFAULT_TABLES)
 ALERT_KINDS: frozenset[str] = frozenset({"instant", "hot_score", "pql", "nurture", "recycle"})
@@ -55,6 +63,10 @@ UNSPECIFIED_REASON = "unspecified"  # the engine's word for a rejection without 
 RULES_LOAD_FAILURES: frozenset[str] = frozenset({"invalid", "behind"})
 # Team names come from the rules file; without a known set they are only length-capped.
 MAX_LABEL_LEN = 64
+# The team label of a stage move of a lead no team owns yet.
+NO_TEAM = "none"
+# The stages whose moves out are counted by team (the funnel rates by team start there).
+TEAM_FUNNEL_STAGES: frozenset[str] = frozenset({"mql", "sal", "sql"})
 
 # Event time -> emitted: events can arrive late (backfills, a worker catching up on lag), so
 # the buckets run from 1 ms to about an hour.
@@ -195,6 +207,16 @@ class Metrics:
         self.stage_moves = Counter(
             "leadflow_stage_moves", "Lifecycle stage moves applied.",
             ["from_stage", "to_stage"], registry=r)
+        self.team_stage_moves = Counter(
+            "leadflow_team_stage_moves",
+            "Lifecycle stage moves applied, by the team that owned the lead at the move "
+            f'("{NO_TEAM}" before any team did).',
+            ["from_stage", "to_stage", "team"], registry=r)
+        self.campaign_costs = Counter(
+            "leadflow_campaign_cost",
+            'Campaign costs reported by "Campaign Cost" events, by channel (amounts as given, '
+            "not converted between currencies).",
+            ["channel"], registry=r)
         self.stage_moves_refused = Counter(
             "leadflow_stage_moves_refused",
             "Stage moves asked for and refused by the stage machine.",
@@ -257,6 +279,7 @@ class Metrics:
             self.deadletters.labels(reason=reason)
         for from_stage, to_stage in ALLOWED:
             self.stage_moves.labels(from_stage=from_stage, to_stage=to_stage)
+        self._init_team_moves([*(self._teams or ()), NO_TEAM])
         for stage in REJECTABLE_STAGES:
             self.leads_rejected.labels(from_stage=stage)
         for table in TABLES:
@@ -269,12 +292,21 @@ class Metrics:
                     self.attributed_moves.labels(stage=stage, channel=channel, model=model)
                 self.attributed_pipeline.labels(channel=channel, model=model)
                 self.attributed_revenue.labels(channel=channel, model=model)
+        for channel in self._channels:
+            self.campaign_costs.labels(channel=channel)
         for issue in AMOUNT_ISSUES:
             self.deal_amounts_ignored.labels(reason=issue)
         for team in self._teams or ():
             for kind in ALERT_KINDS:
                 self.alerts.labels(team=team, kind=kind)
                 self.sla_breaches.labels(team=team, kind=kind)
+
+    def _init_team_moves(self, teams: Iterable[str]) -> None:
+        for from_stage, to_stage in ALLOWED:
+            if from_stage in TEAM_FUNNEL_STAGES:
+                for team in teams:
+                    self.team_stage_moves.labels(
+                        from_stage=from_stage, to_stage=to_stage, team=team)
 
     # -- label bounding ---------------------------------------------------------------------
     def _team(self, team: str) -> str:
@@ -315,19 +347,23 @@ class Metrics:
 
     def stage_move(
         self, from_stage: str, to_stage: str, refused: bool = False, cause: str | None = None,
-        detail: str | None = None,
+        detail: str | None = None, team: str | None = None,
     ) -> None:
         """A lead moved (or was refused a move) from `from_stage` to `to_stage`.
 
         `cause` is the move's `cause_rule` (e.g. "crm:Lead Rejected", "decay"); it is not a
         label (rule ids are unbounded) but tells a sales rejection from an idle-time recycle,
         which the acceptance rate needs. `detail` is the reason sales gave with a rejection.
+        `team` is the team owning the lead (None: no team yet), bounded by the rules' teams.
         """
         frm, to = self._stage(from_stage), self._stage(to_stage)
         if refused:
             self.stage_moves_refused.labels(from_stage=frm, to_stage=to).inc()
             return
         self.stage_moves.labels(from_stage=frm, to_stage=to).inc()
+        self.team_stage_moves.labels(
+            from_stage=frm, to_stage=to,
+            team=NO_TEAM if team is None else self._team(team)).inc()
         if cause == LEAD_REJECTED_CAUSE and to == "recycled":
             self.leads_rejected.labels(from_stage=frm).inc()
             reason = bounded(detail or UNSPECIFIED_REASON, self._reasons)
@@ -396,6 +432,10 @@ class Metrics:
         self._remaining[table] = remaining
         self.recovering.set(1 if any(self._remaining.values()) else 0)
 
+    def campaign_cost(self, cost: CampaignCost) -> None:
+        """A campaign's cost, on its channel (a channel outside the rules file's: `other`)."""
+        self.campaign_costs.labels(channel=bounded(cost.channel, self._channels)).inc(cost.amount)
+
     def set_rules(self, version: str, teams: Iterable[str] = ()) -> None:
         """The worker decides with other rules now: one `leadflow_rules_info` series, and
         the teams those rules add become label values (at 0) instead of "other"."""
@@ -409,6 +449,7 @@ class Metrics:
                 for kind in ALERT_KINDS:
                     self.alerts.labels(team=team, kind=kind)
                     self.sla_breaches.labels(team=team, kind=kind)
+            self._init_team_moves(set(teams) - self._teams)
             self._teams = self._teams | frozenset(teams)
 
     def rules_load_failed(self, reason: str) -> None:

@@ -287,8 +287,12 @@ def test_funnel_page_from_prometheus_says_so_and_shows_the_ratios() -> None:
     html = funnel_page(funnel_from_prometheus({
         "leadflow:funnel_mql_to_sal:ratio_rate1d": [({}, 0.4)],
         TEAM_SERIES["alerts"]: [({"team": "sales"}, 8.0)],
-        TEAM_SERIES["breach_ratio"]: [({"team": "sales"}, 0.25)]}, ["sales"], window="a day"))
+        TEAM_SERIES["breach_ratio"]: [({"team": "sales"}, 0.25)],
+        TEAM_SERIES["mql_to_sal"]: [({"team": "sales"}, 0.75)]}, ["sales"], window="a day"))
     assert "from Prometheus, over a day" in html
     assert "data-label='MQL → SAL' data-value='0.4'" in html and "40.0%<" in html
     assert "data-label='SAL → SQL' data-value=''" in html  # no sample: no bar, "no data"
     assert "25.0% of 8 alerts" in html
+    # conversion by team: a bar per team and ratio, "no data" without a sample
+    assert "data-label='sales MQL → SAL' data-value='0.75'" in html and "75.0%<" in html
+    assert "data-label='sales SQL → opportunity' data-value=''" in html

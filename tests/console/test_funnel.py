@@ -20,11 +20,15 @@ from pipeline.metrics.registry import Metrics
 
 def worker_text(moves: dict[tuple[str, str], int], *, rejected: int = 0,
                 alerts: dict[str, int] | None = None, breaches: dict[str, int] | None = None,
-                touches: dict[str, list[float]] | None = None) -> str:
+                touches: dict[str, list[float]] | None = None,
+                team_moves: dict[tuple[str, str, str | None], int] | None = None) -> str:
     """The /metrics text of a worker's real registry after these counts."""
     m = Metrics(registry=CollectorRegistry(), sources=["web"], teams=["sales", "emea"])
     for (a, b), n in moves.items():
         m.stage_moves.labels(from_stage=a, to_stage=b).inc(n)
+    for (a, b, team), n in (team_moves or {}).items():
+        for _ in range(n):
+            m.stage_move(a, b, team=team)
     if rejected:
         m.leads_rejected.labels(from_stage="mql").inc(rejected)
     for team, n in (alerts or {}).items():
@@ -74,6 +78,24 @@ def test_sla_breaches_and_speed_to_lead_by_team() -> None:
     assert [t.team for t in funnel([worker_text({})], teams=["emea"]).teams] == ["emea"]
 
 
+def test_conversion_by_team_divides_by_the_moves_out_of_the_stage() -> None:
+    w1 = worker_text({}, team_moves={("mql", "sal", "sales"): 3, ("mql", "recycled", "sales"): 1,
+                                     ("sal", "sql", "sales"): 1, ("mql", "sal", None): 5,
+                                     ("lead", "mql", None): 9})
+    w2 = worker_text({}, team_moves={("mql", "recycled", "sales"): 2, ("sal", "sql", "emea"): 2,
+                                     ("sal", "recycled", "emea"): 2})
+    f = funnel([w1, w2])
+    got = {t.team: [(r.key, r.numerator, r.denominator) for r in t.conversion]
+           for t in f.teams}
+    # "none" (moves before a team owned the lead) is no team of the page
+    assert got == {
+        "emea": [("mql_to_sal", 0, 0), ("sal_to_sql", 2, 4), ("sql_to_opportunity", 0, 0)],
+        "sales": [("mql_to_sal", 3, 6), ("sal_to_sql", 1, 1), ("sql_to_opportunity", 0, 0)],
+    }
+    [sales] = [t for t in f.teams if t.team == "sales"]
+    assert [r.value for r in sales.conversion] == [0.5, 1.0, None]
+
+
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
     buckets = [(1.0, 0.0), (2.0, 10.0), (4.0, 20.0), (math.inf, 20.0)]
     assert histogram_quantile(0.5, buckets) == 2.0
@@ -95,6 +117,8 @@ def test_from_prometheus_reads_the_recorded_series() -> None:
     results[TEAM_SERIES["breach_ratio"]] = [({"team": "sales"}, 0.25)]
     results[TEAM_SERIES["p50_s"]] = [({"team": "sales"}, 42.0)]
     results[TEAM_SERIES["p90_s"]] = [({"team": "sales"}, float("nan"))]  # too few to say
+    results[TEAM_SERIES["mql_to_sal"]] = [({"team": "sales"}, 0.75)]
+    results[TEAM_SERIES["sal_to_sql"]] = [({"team": "sales"}, 0.5)]
     f = funnel_from_prometheus(results, ["sales", "emea"])
     assert [(r.key, r.value) for r in f.ratios] == [
         ("mql_to_sal", 0.1), ("sal_to_sql", 0.2), ("sql_to_opportunity", 0.30000000000000004),
@@ -103,4 +127,6 @@ def test_from_prometheus_reads_the_recorded_series() -> None:
     (sales,) = f.teams  # nurture is no team of the rules; emea has no series yet
     assert (sales.team, sales.alerts, sales.breach_ratio, sales.p50_s, sales.p90_s) == \
         ("sales", 8.0, 0.25, 42.0, None)
+    assert [(r.key, r.value) for r in sales.conversion] == [
+        ("mql_to_sal", 0.75), ("sal_to_sql", 0.5), ("sql_to_opportunity", None)]
     assert f.source.startswith("from Prometheus")

@@ -7,12 +7,22 @@ from types import MappingProxyType
 
 import pytest
 
-from pipeline.core.attribution import MODELS, by_channel, deal_amount, weights
+from pipeline.core.attribution import (
+    BAD_CAMPAIGN_COST,
+    MODELS,
+    CampaignCost,
+    by_channel,
+    campaign_cost,
+    deal_amount,
+    weights,
+)
 from pipeline.core.engine import apply_batch
 from pipeline.core.event import Event
 from pipeline.core.outputs import Attribution
 from pipeline.core.rules import load_default_rules
+from pipeline.core.state import LeadState
 from pipeline.core.touches import CREATED, Touch
+from pipeline.errors import InvalidEvent
 
 RULES = load_default_rules()
 T0 = 1_767_225_600_000
@@ -135,3 +145,59 @@ def test_attribution_without_touches_credits_nothing() -> None:
     res = apply_batch(None, evs, RULES)
     (att,) = [o for o in res.outputs if isinstance(o, Attribution)]
     assert att.touches == () and dict(att.credits) == {m: () for m in MODELS}
+
+
+def _won(evs: list[Event], state: LeadState | None) -> tuple[Attribution, LeadState]:
+    res = apply_batch(state, evs, RULES)
+    return [o for o in res.outputs if isinstance(o, Attribution)][-1], res.state
+
+
+def test_a_deal_won_without_an_amount_is_worth_its_opportunity() -> None:
+    lead = [_ev("i1", 1, "identify", traits={"email": "ann@corp.example"}, user_id="u1"),
+            _ev("d1", 2, name="Demo Requested"),
+            _ev("o1", 3, name="Opportunity Created",
+                properties={"amount": "40000", "currency": "usd"})]
+    res = apply_batch(None, lead, RULES)
+    assert res.state.opportunity == (40000.0, "USD")
+    # no amount at all, even with a currency of its own: the opportunity's amount and currency
+    won, _ = _won([_ev("w1", 4, name="Deal Won", properties={"currency": "eur"})], res.state)
+    assert (won.stage, won.amount, won.currency, won.amount_issue) == (
+        "customer", 40000.0, "USD", None)
+    # an amount of its own wins
+    won, _ = _won([_ev("w2", 4, name="Deal Won", properties={"amount": 35000})], res.state)
+    assert (won.amount, won.currency, won.amount_issue) == (35000.0, None, None)
+    # an amount that is given but unusable stays named, not replaced
+    won, _ = _won([_ev("w3", 4, name="Deal Won", properties={"amount": "lots"})], res.state)
+    assert (won.amount, won.amount_issue) == (None, "not_a_number")
+    # the state survives its stored form, and one stored before the field existed loads
+    assert LeadState.from_dict(res.state.to_dict()) == res.state
+    old = res.state.to_dict()
+    del old["opportunity"]
+    won, _ = _won([_ev("w4", 4, name="Deal Won")], LeadState.from_dict(old))
+    assert (won.amount, won.amount_issue) == (None, None)
+
+
+def test_an_opportunity_without_a_usable_amount_leaves_a_deal_won_without_one() -> None:
+    lead = [_ev("i1", 1, "identify", traits={"email": "ann@corp.example"}, user_id="u1"),
+            _ev("d1", 2, name="Demo Requested"),
+            _ev("o1", 3, name="Opportunity Created", properties={"amount": -10}),
+            _ev("w1", 4, name="Deal Won")]
+    res = apply_batch(None, lead, RULES)
+    won = [o for o in res.outputs if isinstance(o, Attribution)][-1]
+    assert res.state.opportunity is None
+    assert (won.stage, won.amount, won.amount_issue) == ("customer", None, None)
+
+
+def test_campaign_cost_reads_channel_and_amount_and_names_what_is_wrong() -> None:
+    c = campaign_cost("c1", {"channel": " Paid_Social", "campaign": " spring ",
+                             "amount": "99.5", "currency": "eur"})
+    assert c == CampaignCost("paid_social", "spring", 99.5, "EUR", "c1")
+    assert campaign_cost("c2", {"channel": "email", "amount": 0}).amount == 0.0
+    for props, why in [({"amount": 5}, "needs properties.channel"),
+                       ({"channel": 7, "amount": 5}, "needs properties.channel"),
+                       ({"channel": "email"}, "properties.amount is missing"),
+                       ({"channel": "email", "amount": "NaN"}, "'NaN': not_finite"),
+                       ({"channel": "email", "amount": True}, "True: not_a_number")]:
+        with pytest.raises(InvalidEvent, match=why) as exc:
+            campaign_cost("c3", props)
+        assert exc.value.reason == BAD_CAMPAIGN_COST

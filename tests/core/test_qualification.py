@@ -138,6 +138,27 @@ def test_student_demo_request_and_hot_score_go_to_review_not_to_a_team() -> None
         ("hot_threshold", "outside the ICP: out_of_icp_title")]
 
 
+def test_a_hand_raise_that_also_crosses_the_hot_line_is_one_review_hand_off() -> None:
+    # A recruiter at an ICP company: fit -20 (out_of_icp_title) + 5 business e-mail + 10
+    # size + 5 industry + 5 country = 5. Engagement 64 (`engaged`): total 69, an MQL. A demo
+    # request (+30) takes engagement to 94, total 99: the hand-raise fails alerts.require and
+    # the same event crosses the hot line (90). One event, one review hand-off (its id is
+    # `<lead>:review:<messageId>`), named for the hand-raise as an alert would be.
+    recruiter = {**VP, "title": "Recruiter"}
+    s, _ = run(None, [ev("identify", T0, traits=recruiter), *engaged(T0 + 1)])
+    assert (s.fit, s.stage, s.hot) == (5.0, "mql", False)
+    demo = ev("track", T0 + 100, "Demo Requested")
+    s, outs = run(s, [demo])
+    assert alerts(outs) == []
+    assert [(r.rule, r.reason, r.message_id, r.temperature, r.score_total)
+            for r in reviews(outs)] == [
+        ("demo_request", "outside the ICP: out_of_icp_title", demo.message_id, "hot", 99.0)]
+    # the hot line was crossed all the same: a later event inside the cooldown sends nothing
+    assert s.hot and s.stage == "mql"
+    s, outs = run(s, [ev("page", T0 + 200, url="https://x.com/pricing")])
+    assert reviews(outs) == [] and alerts(outs) == []
+
+
 def test_sql_needs_bant_criteria() -> None:
     s, _ = run(None, [ev("identify", T0, traits=VP), ev("track", T0 + 1, "Demo Requested")])
     assert s.stage == "mql"

@@ -468,6 +468,29 @@ def test_model_competitor_and_student_never_alerted() -> None:
     assert o.routes == (Route("review", "d", "demo_request"),)
 
 
+def test_model_reviews_a_hand_raise_that_crosses_the_hot_line_once() -> None:
+    # shipped rules: a recruiter at an ICP company has fit 5 (-20 title, +5 +10 +5 +5);
+    # 3 pricing views (3 x 11), 3 downloads (3 x 5), 2 webinars (2 x 8): engagement 64, an
+    # MQL at the first webinar (total 61), 69 after. The demo request (+30, total 99) fails
+    # alerts.require and crosses the hot line: one review, for the hand-raise; hot, no alert.
+    steps: list[Step] = [
+        _ev("a", "identify", T0, "i", traits={
+            "title": "Recruiter", "email": "ana@globex.com", "address": {"country": "US"},
+            "company": {"employee_count": 200, "industry": "software"}}),
+        *[_page(T0 + k, f"p{k}") for k in range(1, 4)],
+        *[_track(T0 + 10 + k, f"dl{k}", "Document Downloaded") for k in range(3)],
+        *[_track(T0 + 20 + k, f"w{k}", "Webinar Registered") for k in range(2)],
+        _track(T0 + MIN, "d", "Demo Requested")]
+    o = _model(DEFAULT, steps)
+    assert (o.fit, o.stage, o.hot, o.alerts) == (5, "mql", True, ())
+    assert o.routes == (Route("nurture", "w0", None), Route("review", "d", "demo_request"))
+    # the engine agrees
+    res = engine.apply_batch(None, [s for s in steps if isinstance(s, Event)], DEFAULT)
+    assert [(x.route, x.message_id, x.rule) for x in res.outputs
+            if isinstance(x, RoutingDecision)] == [("nurture", "w0", None),
+                                                   ("review", "d", "demo_request")]
+
+
 def test_model_crm_moves() -> None:
     # shipped rules: a demo request makes an MQL; accepted -> sal; qualified without BANT is
     # refused (stays sal), with it -> sql; opportunity; won -> customer. A second lead:

@@ -37,6 +37,9 @@ REQUIRED = (
     "leadflow:funnel_sql_to_opportunity:ratio_rate1d",
     "leadflow:acceptance:ratio_rate1d",
     "leadflow:recycle:ratio_rate1d",
+    "leadflow_team:funnel_mql_to_sal:ratio_rate1d",
+    "leadflow_team:funnel_sal_to_sql:ratio_rate1d",
+    "leadflow_team:funnel_sql_to_opportunity:ratio_rate1d",
     "leadflow_team:alerts:increase1h",
     "leadflow_team:sla_breach:ratio_rate1h",
     "leadflow_team:speed_to_lead_seconds:p50_rate1d",
@@ -45,6 +48,8 @@ REQUIRED = (
     "leadflow_channel_model:attributed_pipeline:increase1d",
     "leadflow_channel_model:attributed_revenue:increase1d",
     "leadflow_channel_model:funnel_mql_to_opportunity:ratio_rate1d",
+    "leadflow_channel:campaign_cost:increase1d",
+    "leadflow_channel_model:cac:ratio_rate1d",
 )
 
 

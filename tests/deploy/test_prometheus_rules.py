@@ -36,7 +36,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_check_rules() -> None:
     res = run("check", "rules", *RULE_FILES)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 23 rules found" in res.stdout + res.stderr
+    assert "SUCCESS: 28 rules found" in res.stdout + res.stderr
 
 
 def test_check_config() -> None:

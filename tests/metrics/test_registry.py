@@ -95,6 +95,29 @@ def test_stage_moves_applied_and_refused(m: Metrics, reg: CollectorRegistry) -> 
     assert val(reg, "leadflow_stage_moves_total", from_stage="customer", to_stage="mql") is None
 
 
+def test_stage_moves_by_the_team_owning_the_lead(m: Metrics, reg: CollectorRegistry) -> None:
+    name = "leadflow_team_stage_moves_total"
+    # the funnel's moves exist at 0 for every team of the rules and for "none" before traffic
+    for team in ("emea", "na", "none"):
+        assert val(reg, name, from_stage="mql", to_stage="sal", team=team) == 0
+        assert val(reg, name, from_stage="sql", to_stage="opportunity", team=team) == 0
+    m.stage_move("lead", "mql")  # no team yet
+    m.stage_move("mql", "sal", team="emea")
+    m.stage_move("mql", "sal", team="emea")
+    m.stage_move("sal", "sql", team="na")
+    m.stage_move("mql", "sal", team="lead-42@example.com")  # not a team of the rules
+    m.stage_move("sal", "sql", refused=True, team="na")
+    assert val(reg, name, from_stage="lead", to_stage="mql", team="none") == 1
+    assert val(reg, name, from_stage="mql", to_stage="sal", team="emea") == 2
+    assert val(reg, name, from_stage="mql", to_stage="sal", team="other") == 1
+    assert val(reg, name, from_stage="sal", to_stage="sql", team="na") == 1  # refusal: no move
+    # the plain counter counts the same moves
+    assert val(reg, "leadflow_stage_moves_total", from_stage="mql", to_stage="sal") == 3
+    # teams that new rules add start at 0 too
+    m.set_rules("1-cccccccccccc", ["apac"])
+    assert val(reg, name, from_stage="sal", to_stage="sql", team="apac") == 0
+
+
 def test_histograms_in_seconds(m: Metrics, reg: CollectorRegistry) -> None:
     m.processed(0.002)
     # a batch at once: an old event (inside the buckets, not +Inf only) and clock skew

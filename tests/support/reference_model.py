@@ -403,7 +403,9 @@ class ReferenceModel:
             ld.alert_rules = [rule]
             ld.last_alert_at = t
         if not self._eligible(ld, own):
-            ld.routes.append(Route("review", mid, rule))
+            # one review per event: a hand-raise reviewed by `_lines` keeps its hand-off
+            if not any(x.route == "review" and x.message_id == mid for x in ld.routes):
+                ld.routes.append(Route("review", mid, rule))
             return True
         ld.alerts.append(Alert(kind, rule, mid, updates))
         ld.last_alert = len(ld.alerts) - 1

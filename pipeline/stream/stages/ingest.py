@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline import deadletters
+from pipeline.core.attribution import CAMPAIGN_COST, CampaignCost, campaign_cost
 from pipeline.core.event import Event
 from pipeline.core.identity import identity_key
 from pipeline.errors import InvalidEvent
@@ -23,10 +24,12 @@ if TYPE_CHECKING:  # the stages count through it; importing it pulls in the web 
 
 @dataclass(slots=True)
 class IngestResult:
-    """Valid events (to be stitched) and rejected messages, in input order."""
+    """Valid events (to be stitched), campaign costs and rejected messages, in input order."""
 
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    # "Campaign Cost" events: counted, not a lead's activity, so never stitched or scored
+    costs: list[tuple[Event, CampaignCost]] = field(default_factory=list)
     # The internal form of each event, encoded here so that a message that validates but
     # cannot be re-encoded is rejected alone, not with the rest of its batch.
     encoded: list[bytes] = field(default_factory=list)
@@ -53,6 +56,9 @@ def ingest_batch(
                 max_bytes=max_bytes,
                 max_future_skew_ms=max_future_skew_ms,
             )
+            if event.type == "track" and event.name == CAMPAIGN_COST:
+                out.costs.append((event, campaign_cost(event.message_id, event.properties)))
+                continue
             encoded = encode_event(event)
         except InvalidEvent as exc:
             out.rejected.append(Rejected(m, exc.reason, exc.detail))
@@ -91,12 +97,15 @@ class Ingested:
     #: (source, event type) -> events read
     events_in: Mapping[tuple[str, str], int]
     writes: Mapping[str, object] = field(default_factory=dict)  # ingest keeps no state
+    costs: tuple[CampaignCost, ...] = ()
 
     def observe(self, metrics: Metrics, now_s: float) -> None:
         for rej in self.rejected:
             metrics.dead_letter(rej.reason)
         for (source, kind), n in self.events_in.items():
             metrics.event_in(source, kind, n)
+        for cost in self.costs:
+            metrics.campaign_cost(cost)
 
 
 def ingest(
@@ -118,7 +127,8 @@ def ingest(
                         for e, line in zip(res.events, res.encoded, strict=True)),
                        dest.partitions)
     return Ingested(tuple(sends), tuple(res.events), tuple(res.rejected),
-                    Counter((e.source, e.type) for e in res.events))
+                    Counter((e.source, e.type) for e in [*res.events, *(e for e, _ in res.costs)]),
+                    costs=tuple(c for _, c in res.costs))
 
 
 @dataclass(frozen=True, slots=True)

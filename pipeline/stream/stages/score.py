@@ -187,6 +187,18 @@ def _text(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class CountedMove:
+    """A stage move (or refusal) as the metrics count it."""
+
+    from_stage: str
+    to_stage: str
+    refused: bool
+    cause: str | None  # the move's cause rule
+    detail: str | None  # e.g. the reason sales gave with a rejection
+    team: str | None  # the team owning the lead (None: no team yet)
+
+
 @dataclass(slots=True)
 class Plan:
     """What the score stage sends: (topic, key, value) triples and assignment commands."""
@@ -194,8 +206,7 @@ class Plan:
     sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     assign: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # team, command
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
-    # from, to, refused, cause rule, detail (for metrics)
-    moves: list[tuple[str, str, bool, str | None, str | None]] = field(default_factory=list)
+    moves: list[CountedMove] = field(default_factory=list)  # for metrics
     attributions: list[Attribution] = field(default_factory=list)  # for metrics by channel
 
 
@@ -210,14 +221,17 @@ def plan(
     free_mail: frozenset[str],
     owners_of: Mapping[str, str | None] | None = None,
     rules_version: str | None = None,
+    teams_of: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Map one batch's core outputs (and acknowledgement events) to messages.
 
     `traits_of` is read for the leads with an alert or hand-off, `routes` for the leads with
     an acknowledgement event (`plan_scored` looks up just those); `owners_of` gives the
-    lead's current owner, for an alert that updates an earlier one.
+    lead's current owner, for an alert that updates an earlier one, and `teams_of` the team
+    owning a lead that moved, for the moves by team.
     """
     p = Plan()
+    teams = teams_of or {}
     for o in outputs:
         if type(o) is ScoreChange:  # the most frequent output when the ledger is on
             p.sends.append((topics.score_changes, o.lead_id.encode(),
@@ -230,7 +244,8 @@ def plan(
                 scores=_scores(o.score_total, o.scores_by_group), rules_version=rules_version,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, False, o.cause_rule, o.detail))
+            p.moves.append(CountedMove(o.from_stage, o.to_stage, False, o.cause_rule, o.detail,
+                                       teams.get(o.lead_id)))
         elif isinstance(o, MoveRefused):
             msg = StageChange(
                 lead_id=o.lead_id, from_stage=o.from_stage, to_stage=o.to_stage,
@@ -239,7 +254,8 @@ def plan(
                 rules_version=rules_version,
             )
             p.sends.append((topics.stage_changes, o.lead_id.encode(), msg.to_bytes()))
-            p.moves.append((o.from_stage, o.to_stage, True, None, None))
+            p.moves.append(CountedMove(o.from_stage, o.to_stage, True, None, None,
+                                       teams.get(o.lead_id)))
         elif isinstance(o, AlertTrigger):
             traits = traits_of.get(o.lead_id, {})
             team, why = choose_team(routing, traits)
@@ -359,8 +375,11 @@ def plan_scored(
         route = rec.route if rec is not None else Route.from_stored(get(lead))
         if route is not None:
             routes[lead] = route
+    # the lead's team after the batch: an owner update in the same batch also names its moves
+    teams = {o.lead_id: records[o.lead_id].state.team for o in outputs
+             if isinstance(o, StageMove | MoveRefused) and o.lead_id in records}
     return plan(outputs, traits, events, routes, routing, topics, free_mail=free_mail,
-                owners_of=owners, rules_version=rules_version)
+                owners_of=owners, rules_version=rules_version, teams_of=teams)
 
 
 def rec_traits(record: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -375,8 +394,7 @@ class Scored:
     sends: tuple[Send, ...]
     writes: Mapping[str, Any]
     duplicates: int
-    #: from, to, refused, cause rule, detail
-    moves: tuple[tuple[str, str, bool, str | None, str | None], ...]
+    moves: tuple[CountedMove, ...]
     #: event time (ms) of every event scored, for the processing lag
     event_ms: tuple[int, ...]
     #: the moves' attributions, for the metrics by channel
@@ -385,8 +403,9 @@ class Scored:
     def observe(self, metrics: Metrics, now_s: float) -> None:
         for _ in range(self.duplicates):
             metrics.duplicate()
-        for frm, to, refused, cause, detail in self.moves:
-            metrics.stage_move(frm, to, refused=refused, cause=cause, detail=detail)
+        for m in self.moves:
+            metrics.stage_move(m.from_stage, m.to_stage, refused=m.refused, cause=m.cause,
+                               detail=m.detail, team=m.team)
         for att in self.attributions:
             metrics.attribution(att)
         metrics.processed(*(now_s - ms / 1000 for ms in self.event_ms))

@@ -206,6 +206,27 @@ def test_the_owner_chosen_by_assign_is_written_to_the_lead_and_published() -> No
     assert LeadState.from_dict(leads["u0"]["s"]).owner == "r2"
 
 
+def test_moves_are_counted_by_the_team_owning_the_lead() -> None:
+    ident = Event("i1", "u1", "identify", 1_767_225_500_000, user_id="u1",
+                  traits={"email": "a@stark.de", "country": "DE", "employees": 50})
+    demo = Event("d1", "u1", "track", 1_767_225_600_000, name="Demo Requested", user_id="u1")
+    table: dict[str, Any] = {}
+    out = score([ident, demo], table.get, RULES, DEST, dedup_retention_ms=10**9, routed_ms=1)
+    # no team before the assign stage's owner comes back
+    assert {(m.to_stage, m.team) for m in out.moves} == {("lead", None), ("mql", None)}
+    table.update(out.writes)
+    table.update(score([OwnerUpdate("u1", "rep-1", "emea", "x")], table.get, RULES, DEST,
+                       dedup_retention_ms=10**9, routed_ms=2).writes)
+    accepted = Event("a1", "u1", "track", 1_767_225_700_000, name="Lead Accepted",
+                     user_id="u1")
+    out = score([accepted], table.get, RULES, DEST, dedup_retention_ms=10**9, routed_ms=3)
+    assert [(m.from_stage, m.to_stage, m.team) for m in out.moves] == [("mql", "sal", "emea")]
+    reg = CollectorRegistry()
+    out.observe(Metrics(reg, teams=["emea"]), accepted.timestamp_ms / 1000)
+    assert reg.get_sample_value("leadflow_team_stage_moves_total",
+                                {"from_stage": "mql", "to_stage": "sal", "team": "emea"}) == 1
+
+
 def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() -> None:
     ident = Event("i1", "u1", "identify", 1_767_225_500_000, user_id="u1",
                   traits={"email": "a@stark.de", "country": "DE", "employees": 50})
@@ -227,7 +248,7 @@ def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() ->
     body = orjson.loads(cmd.value)
     assert (cmd.key, body["op"], body["routed_ms"]) == (b"emea", "alert", 42)
     assert out.writes["u1"]["route"] == {"team": "emea", "alert_id": body["alert"]["alert_id"]}
-    assert [(m[0], m[1]) for m in out.moves][:1] == [("visitor", "lead")]
+    assert [(m.from_stage, m.to_stage) for m in out.moves][:1] == [("visitor", "lead")]
     assert out.event_ms == (ident.timestamp_ms, demo.timestamp_ms)
     reg = CollectorRegistry()
     out.observe(Metrics(reg), demo.timestamp_ms / 1000 + 2)
