@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -18,10 +19,31 @@ from pipeline.backtest import BadLine, Loaded, stitch
 from pipeline.errors import InvalidEvent, LeadflowError
 from pipeline.kafka.security import KafkaSecurity
 from pipeline.models.events import parse_message
+from pipeline.models.timefmt import iso_z
 
 
 class LogReadError(LeadflowError):
     """The input topics could not be read as asked."""
+
+
+async def _check_retained(consumer: AIOKafkaConsumer, tps: list[Any], since_ms: int) -> None:
+    """LogReadError when records at or after `since_ms` are gone from a partition: it keeps
+    records only from a later time (retention or deleted records), so the backtest would
+    silently start later than asked."""
+    starts = await consumer.beginning_offsets(tps)
+    trimmed = [tp for tp in tps if starts[tp] > 0]
+    if not trimmed:
+        return
+    first = await consumer.offsets_for_times({tp: 0 for tp in trimmed})
+    gone = sorted((found.timestamp, tp.topic, tp.partition) for tp in trimmed
+                  if (found := first.get(tp)) is not None and found.timestamp > since_ms)
+    if gone:
+        ts, topic, partition = gone[-1]
+        raise LogReadError(
+            f"--since {iso_z(since_ms)} reaches before what {topic}[{partition}] still "
+            f"holds: its oldest record is from {iso_z(ts)} (older ones are past the topic's "
+            f"retention); ask for --since {iso_z(ts)} or later"
+            + (f" ({len(gone)} partitions are trimmed so)" if len(gone) > 1 else ""))
 
 
 async def read_inputs(
@@ -48,6 +70,7 @@ async def read_inputs(
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
+        await _check_retained(consumer, tps, since_ms)
         found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
         starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp])
                   for tp in tps}
