@@ -4,7 +4,8 @@ Pure functions, so that the rules are unit-tested (tests/benchmarks/test_figures
 
 - `rate`: events over a wall-clock (or CPU) span;
 - `quantiles`: exact nearest-rank quantiles of a sample, no histogram interpolation;
-- `throughput_span`: which polls of a consumer group start and stop a system's clock.
+- `throughput_span`: which polls of a consumer group start and stop a system's clock;
+- `standby_lags`: how far a standby's store is behind its changelog, in records and seconds.
 """
 
 from __future__ import annotations
@@ -98,3 +99,38 @@ def throughput_span(polls: Sequence[Poll]) -> Span | None:
     end = next((p for p in polls[first:] if p.done), polls[-1])
     cpu = None if begin.cpu_s is None or end.cpu_s is None else end.cpu_s - begin.cpu_s
     return Span(begin.t0, end.t1, end.committed, end.done, cpu)
+
+
+@dataclass(frozen=True, slots=True)
+class StandbySample:
+    """One look at a standby partition: when (seconds), the changelog's end offset (the
+    next offset to be written) and the offset of the last record the standby's store holds
+    (-1 before the first)."""
+
+    at_s: float
+    end: int
+    stored: int
+
+
+def standby_lags(samples: Sequence[StandbySample]) -> list[tuple[int, float]]:
+    """Per sample of one partition (in time order): (records behind, seconds behind).
+
+    Records: end - 1 - stored (at least 0). Seconds: how long ago the changelog was last
+    no further than the store is now (the age of the standby's view; 0 when it is caught
+    up), to the resolution of the samples; before any such sample, since the first one.
+    """
+    out: list[tuple[int, float]] = []
+    for i, s in enumerate(samples):
+        if i and s.at_s < samples[i - 1].at_s:
+            raise ValueError("samples must be in time order")
+        behind = max(0, s.end - 1 - s.stored)
+        if behind == 0:
+            out.append((0, 0.0))
+            continue
+        since = samples[0].at_s
+        for earlier in reversed(samples[:i]):
+            if earlier.end - 1 <= s.stored:
+                since = earlier.at_s
+                break
+        out.append((behind, s.at_s - since))
+    return out

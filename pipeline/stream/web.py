@@ -198,4 +198,27 @@ def readiness(lf: Served) -> dict[str, Any]:
         "rules": lf.rules_feed.status(),
         # records left per table and partition while recovering, with a rate and time left
         "recovery": lf.recovery_progress.snapshot(),
+        "standbys": standby_positions(app),
     }
+
+
+def standby_positions(app: Any) -> dict[str, dict[str, dict[str, int | None]]]:
+    """Per table and standby partition of this worker: `stored`, the offset of the last
+    changelog record its store holds (its persisted offset; -1 before the first), and `end`,
+    the changelog's end offset as this worker's consumer last saw it (None before a fetch).
+
+    Faust applies a standby's records in buffers of `standby_buffer_size`, so what a
+    takeover would start from is the store, not the records received.
+    """
+    recovery = cast(Any, app.tables).recovery
+    consumer = app.consumer
+    out: dict[str, dict[str, dict[str, int | None]]] = {}
+    for tp in sorted(recovery.standby_tps):
+        table = recovery.tp_to_table.get(tp)
+        if table is None:
+            continue
+        stored = table.data.persisted_offset(tp)
+        end = consumer.highwater(tp) if consumer is not None else None
+        out.setdefault(str(table.name), {})[str(tp.partition)] = {
+            "stored": -1 if stored is None else int(stored), "end": end}
+    return out

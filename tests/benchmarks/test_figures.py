@@ -91,3 +91,24 @@ def test_a_poll_that_could_not_tell_does_not_start_the_clock() -> None:
 
 def test_no_clock_for_a_system_never_assigned() -> None:
     assert fig.throughput_span([_poll(0, False), _poll(1, False)]) is None
+
+
+def test_standby_lag_is_records_behind_and_the_age_of_its_view() -> None:
+    f = load_script("figures")
+    S = f.StandbySample
+    samples = [S(0.0, 10, 9), S(1.0, 20, 9), S(2.0, 30, 19), S(3.0, 30, 29), S(4.0, 40, 25)]
+    assert f.standby_lags(samples) == [
+        (0, 0.0),  # caught up
+        (10, 1.0),  # holds offset 9: the changelog last ended there at 0 s
+        (10, 1.0),  # holds 19: the changelog ended at 19 at 1 s
+        (0, 0.0),
+        (14, 3.0),  # holds 25: the changelog was past it at 2 and 3 s, at 19 at 1 s
+    ]
+
+
+def test_standby_lag_before_any_caught_up_sample_counts_from_the_first() -> None:
+    f = load_script("figures")
+    S = f.StandbySample
+    assert f.standby_lags([S(5.0, 100, -1), S(7.5, 200, 50)]) == [(100, 0.0), (149, 2.5)]
+    with pytest.raises(ValueError, match="time order"):
+        f.standby_lags([S(2.0, 1, 0), S(1.0, 1, 0)])

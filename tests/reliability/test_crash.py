@@ -96,9 +96,17 @@ async def test_sigkill_is_exact_and_loses_nothing(
 
     kills = 0
     repeats = 0.0  # events a worker dropped as already scored: read again after a kill
-    for life in range(KILLS):
+    restarts: list[float] = []  # seconds from each worker's start to its /readyz 200
+
+    async def started() -> WorkerProcess:
+        t = time.monotonic()
         w = worker_factory(iso)
         await w.wait_ready()
+        restarts.append(round(time.monotonic() - t, 1))
+        return w
+
+    for life in range(KILLS):
+        w = await started()
         half = len(lives[life]) // 2
         await trickle(lives[life][:half])
         scored = await w.metric("leadflow_events_scored_total")
@@ -116,8 +124,7 @@ async def test_sigkill_is_exact_and_loses_nothing(
         w.stop(signal.SIGKILL)
         kills += 1
         timeline.append(round(time.monotonic() - t0, 1))
-    w = worker_factory(iso)
-    await w.wait_ready()
+    w = await started()
     for share in lives[KILLS:]:
         await trickle(share)
     timeline.append(round(time.monotonic() - t0, 1))
@@ -141,6 +148,7 @@ async def test_sigkill_is_exact_and_loses_nothing(
         f"alerts: lost={len(v.alerts_lost)} duplicated={v.alerts_duplicated} of",
         f"{v.alerts_emitted} ({len(ref.alerts)} expected) unexpected={len(v.alerts_unexpected)}",
         f"stage-order-dependent-leads={v.stage_order_dependent} kill-times-s={timeline}",
+        f"ready-after-start-s={restarts}",
         f"total-s={time.monotonic() - t0:.0f}",
     ]))
     assert not v.wrong_events, (v.wrong_events[:5], w.tail())

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.support.reliability import Reference, _stitched, judge, messages, reference
+from tests.support.reliability import (
+    Reference,
+    _stitched,
+    judge,
+    messages,
+    reference,
+    takeover_s,
+)
 
 
 def _ref(alerts: list[str]) -> Reference:
@@ -32,3 +39,9 @@ def test_the_reference_raises_each_id_of_the_simulated_traffic_once() -> None:
     ref = reference(msgs, _stitched(msgs))
     assert sum(":review:" in k for k in ref.alerts) > 0
     assert max(Counter(ref.alerts).values()) == 1
+def test_takeover_counts_from_the_kill_to_the_first_later_alert_of_a_moved_partition() -> None:
+    parts = {"a": 0, "b": 1, "c": 2}
+    alerts = [("a", 99.0), ("b", 103.5), ("c", 101.0), ("a", 104.0), ("zz", 100.5)]
+    # "c" is on a partition that stayed; "a" at 99 came before the kill; "zz" is unknown
+    assert takeover_s(100.0, {0, 1}, parts, alerts) == (3.5, 2)
+    assert takeover_s(100.0, {3}, parts, alerts) == (None, 0)

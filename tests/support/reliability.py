@@ -335,3 +335,34 @@ def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
     with capsys.disabled():
         sys.stdout.write(f"\n{line}\n")
         sys.stdout.flush()
+
+
+async def lead_partitions(iso: Isolated, *, read_committed: bool = False) -> dict[str, int]:
+    """The partition of the internal `<app>-leads` topic (and so of the leads table) that
+    each lead's events went through."""
+    recs = await read_all(iso.bootstrap, [f"{iso.env['LEADFLOW_APP_ID']}-leads"],
+                          read_committed=read_committed)
+    out: dict[str, int] = {}
+    for r in recs:
+        for line in unpack(r.value or b""):
+            if not line.startswith(CONTROL_PREFIXES):
+                out.setdefault(decode_event(line).lead_id, r.partition)
+    return out
+
+
+async def team_alert_times(iso: Isolated, *, read_committed: bool = False
+                           ) -> list[tuple[str, float]]:
+    """(lead id, record timestamp in epoch seconds) of every alert on the teams' topics."""
+    t = iso.settings.topics
+    recs = await read_all(iso.bootstrap, [t.routing(team) for team in TEAMS],
+                          read_committed=read_committed)
+    return [(str(orjson.loads(r.value)["lead_id"]), r.timestamp / 1000) for r in recs]
+
+
+def takeover_s(killed_at: float, moved: set[int], partition_of: dict[str, int],
+               alerts: list[tuple[str, float]]) -> tuple[float | None, int]:
+    """Seconds from `killed_at` (epoch) to the first alert sent after it for a lead of a
+    `moved` partition (None if there was none), and how many such alerts came after it."""
+    after = sorted(ts for lead, ts in alerts
+                   if ts > killed_at and partition_of.get(lead) in moved)
+    return (after[0] - killed_at if after else None), len(after)

@@ -93,6 +93,21 @@ class WorkerProcess:
                    for sample in family.samples if sample.name == name
                    and all(sample.labels.get(k) == v for k, v in labels.items()))
 
+    async def partitions(self, topic: str) -> set[int]:
+        """Partitions of `topic` this worker consumes now, from its /metrics (the offsets
+        it reports per assigned partition with something committed)."""
+        import aiohttp
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with aiohttp.ClientSession() as s, s.get(self.url("/metrics")) as r:
+            assert r.status == 200, r.status
+            text = await r.text()
+        return {int(sample.labels["partition"])
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "leadflow_consumer_highwater"
+                and sample.labels.get("topic") == topic}
+
     async def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
