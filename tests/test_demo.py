@@ -75,3 +75,29 @@ def test_reset_never_touches_a_configured_cluster(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="only resets the local development broker"):
         reset_demo(s, print)
     assert (s.home / "worker" / s.app_id).is_dir()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_default_demo_traffic_fits_what_the_shipped_teams_can_work(seed: int) -> None:
+    # The demo's traffic through the core: no team gets more alerts in the day than its
+    # reps' daily caps allow, so alerts get owners instead of piling up unowned.
+    from pipeline.backtest import alerts_per_team_day, run, stitch
+    from pipeline.core.rules import load_default_rules
+    from pipeline.demo import DEMO_VISITORS
+    from pipeline.models.events import parse_message
+    from pipeline.simulator import generate
+
+    rules = load_default_rules()
+    start = 1_764_579_600_000  # a Monday, 09:00 UTC: the teams' working day
+    events = [parse_message(m.value(), source=m.source)
+              for m in generate(DEMO_VISITORS, seed=seed, start_ms=start)]
+    per_day = alerts_per_team_day(run(stitch(events), rules), rules)
+    assert per_day, "the demo's traffic raises no alert at all"
+    for team in rules.routing.teams:
+        caps = [r.daily_cap for r in team.reps]
+        if any(c is None for c in caps):
+            continue  # a rep without a cap: the team takes any number
+        for day, counts in per_day.items():
+            assert counts.get(team.name, 0) <= sum(c for c in caps if c is not None), \
+                (team.name, day, counts)
+    assert any(counts.get("enterprise", 0) > 0 for counts in per_day.values())

@@ -7,6 +7,7 @@ import asyncio
 import typer
 
 from pipeline.cli.errors import fail
+from pipeline.demo import DEMO_RATE, DEMO_VISITORS
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
 
@@ -55,7 +56,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
         rate: float = typer.Option(200.0, help="Messages per second (0: as fast as possible)."),
-        visitors: int = typer.Option(2000, help="Visitor journeys to play."),
+        visitors: int = typer.Option(
+            DEMO_VISITORS, help="Visitor journeys to play (the default fits the shipped "
+            "teams' daily capacity)."),
         seed: int = typer.Option(7, help="Random seed: the same seed gives the same traffic."),
     ) -> None:
         """Produce realistic synthetic Segment traffic to the input topics."""
@@ -78,8 +81,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        rate: float = typer.Option(100.0, help="Simulated messages per second."),
-        visitors: int = typer.Option(3000, help="Visitor journeys to play."),
+        rate: float = typer.Option(DEMO_RATE, help="Simulated messages per second."),
+        visitors: int = typer.Option(
+            DEMO_VISITORS, help="Visitor journeys to play (the default fits the shipped "
+            "teams' daily capacity)."),
         web_port: int = typer.Option(6066, help="Worker web port (lead API, /metrics)."),
         reset: bool = typer.Option(
             False, "--reset", help="First delete earlier runs' state (the worker's tables, "
