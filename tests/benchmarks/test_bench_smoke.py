@@ -22,9 +22,12 @@ async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
     assert r["events_per_s"] is not None and r["events_per_s"] > 0
     assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["p50_ms"] <= r["p99_ms"]
     assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] > 10
-    # The published rate is the committed events over the published span.
-    assert r["seconds"] is not None and r["seconds"] > 0
-    assert r["events_per_s"] == pytest.approx(20000 / r["seconds"], rel=0.01)
+    # The published rate is the committed events over the span. Both figures are rounded
+    # (seconds to 0.01, the rate to 0.1): the rate lies within what the span's rounding allows,
+    # which on a fast run of half a second is more than 1 %.
+    s = r["seconds"]
+    assert s is not None and s > 0.005
+    assert 20000 / (s + 0.005) - 0.05 <= r["events_per_s"] <= 20000 / (s - 0.005) + 0.05
 
 
 @pytest.mark.integration
