@@ -28,10 +28,6 @@ from pipeline.settings import Settings
 console = Console()
 #: How often piped output gets the summary line.
 SUMMARY_EVERY_S = 10.0
-#: The demo's traffic by default: as many journeys as the shipped teams can work in a day
-#: (the enterprise reps' daily caps hold; tests/test_demo.py checks it), about a minute long.
-DEMO_VISITORS = 500
-DEMO_RATE = 30.0
 
 
 class DemoError(LeadflowError):

@@ -43,6 +43,13 @@ UTM = [None, None, {"source": "google", "medium": "cpc", "name": "brand"},
        {"source": "newsletter", "medium": "email", "name": "weekly"}]
 
 
+#: The demo's and `leadflow simulate`'s traffic by default: as many journeys as the shipped
+#: teams can work in a day (the enterprise reps' daily caps hold; tests/test_demo.py checks
+#: it), about a minute long at DEMO_RATE.
+DEMO_VISITORS = 500
+DEMO_RATE = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One simulated message: which input source it belongs to, its key and its body."""

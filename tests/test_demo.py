@@ -83,9 +83,8 @@ def test_the_default_demo_traffic_fits_what_the_shipped_teams_can_work(seed: int
     # reps' daily caps allow, so alerts get owners instead of piling up unowned.
     from pipeline.backtest import alerts_per_team_day, run, stitch
     from pipeline.core.rules import load_default_rules
-    from pipeline.demo import DEMO_VISITORS
     from pipeline.models.events import parse_message
-    from pipeline.simulator import generate
+    from pipeline.simulator import DEMO_VISITORS, generate
 
     rules = load_default_rules()
     start = 1_764_579_600_000  # a Monday, 09:00 UTC: the teams' working day

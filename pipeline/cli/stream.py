@@ -7,9 +7,9 @@ import asyncio
 import typer
 
 from pipeline.cli.errors import fail
-from pipeline.demo import DEMO_RATE, DEMO_VISITORS
 from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
+from pipeline.simulator import DEMO_RATE, DEMO_VISITORS
 
 
 def register(app: typer.Typer) -> None:
