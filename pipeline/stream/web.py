@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from itertools import islice
 from typing import Any, Protocol, cast
 
@@ -88,36 +89,34 @@ def install(lf: Served) -> None:
         except SameNode:
             return None
 
+    async def lead_answer(view: web.View, request: web.Request, lead_id: str,
+                          render: Callable[[Any], Any]) -> web.Response:
+        """A view of one lead: the token checked, the owning worker asked, 404 if unknown."""
+        if (denied := refused(view, request)) is not None:
+            return denied
+        routed = await on_owner(leads, lead_id, view.web, request)
+        if routed is not None:
+            return routed
+        stored = leads.get(lead_id.encode())
+        if stored is None:
+            return view.json({"error": f"no lead with id {lead_id!r}"}, status=404)
+        return view.json(render(stored))
+
     @app.page("/leads/{lead_id}")
     class LeadView(web.View):
         """GET /leads/{id}: stage, scores by group, breakdown, last events, owner."""
 
         async def get(self, request: web.Request, lead_id: str) -> web.Response:
-            if (denied := refused(self, request)) is not None:
-                return denied
-            routed = await on_owner(leads, lead_id, self.web, request)
-            if routed is not None:
-                return routed
-            stored = leads.get(lead_id.encode())
-            if stored is None:
-                return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
-            return self.json(lead_document(lead_id, stored, lf.rules))
+            return await lead_answer(self, request, lead_id,
+                                     lambda stored: lead_document(lead_id, stored, lf.rules))
 
     @app.page("/leads/{lead_id}/history")
     class LeadHistoryView(web.View):
         """GET /leads/{id}/history: the lead's recent score changes (`history_document`)."""
 
         async def get(self, request: web.Request, lead_id: str) -> web.Response:
-            if (denied := refused(self, request)) is not None:
-                return denied
-            routed = await on_owner(leads, lead_id, self.web, request)
-            if routed is not None:
-                return routed
-            stored = leads.get(lead_id.encode())
-            if stored is None:
-                return self.json({"error": f"no lead with id {lead_id!r}"}, status=404)
-            return self.json(history_document(lead_id, stored,
-                                              ledger=lf.settings.score_ledger))
+            return await lead_answer(self, request, lead_id, lambda stored: history_document(
+                lead_id, stored, ledger=lf.settings.score_ledger))
 
     @app.page("/search")
     class SearchView(web.View):
