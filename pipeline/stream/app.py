@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import faust
-import orjson
 from faust.types import TP, EventT
 
 from pipeline.core.rules import CompiledRules
@@ -36,7 +35,7 @@ from pipeline.settings import Settings
 from pipeline.stream import faust_adapter, restore, transactions, web
 from pipeline.stream.access import advertised_host
 from pipeline.stream.clock import Clock
-from pipeline.stream.codec import decode_event, decode_leads_line, unpack
+from pipeline.stream.codec import decode_assign, decode_event, decode_leads_line, unpack
 from pipeline.stream.inputs import InputConsumer
 from pipeline.stream.offsets import OffsetWatch, generation_starts, read_range
 from pipeline.stream.produce import Send, send_records
@@ -517,7 +516,7 @@ class LeadflowApp:
         await self._run_batches(stream, self._assign_batch, self.tuning.batch_max)
 
     async def _assign_batch(self, events: list[Event]) -> None:
-        cmds = [(_key(ev).decode(), orjson.loads(_value(ev))) for ev in events]
+        cmds = [(_key(ev).decode(), decode_assign(_value(ev))) for ev in events]
         owners = BatchTable(self.owners, {_key(ev): ev for ev in events})
         await self._commit(assign_stage(cmds, owners.get, self.rules.routing, self.dest), owners)
 

@@ -167,6 +167,78 @@ def tick_line(lead: str, at_ms: int) -> bytes:
 LeadsLine = Event | OwnerUpdate | TickRequest
 
 
+# -- assign commands: the records of the <app>-assign topic, keyed by team --------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCommand:
+    """A hot lead's alert to give an owner (built by the score stage). `alert` is the
+    routing alert's body plus the fields only the assign step reads (`assign._INTERNAL`);
+    its SLA runs from `routed_ms`, when the score stage routed it."""
+
+    alert: Mapping[str, Any]
+    routed_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckCommand:
+    """A rep's acknowledgement of `alert_id` (None: of every alert of the lead) at `at_ms`."""
+
+    lead_id: str
+    alert_id: str | None
+    at_ms: int
+    event: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlaTick:
+    """The SLA timer's request to act on a team's alerts whose SLA lapsed by `now_ms`."""
+
+    now_ms: int
+
+
+AssignCommand = AlertCommand | AckCommand | SlaTick
+
+
+def encode_assign(cmd: AssignCommand) -> bytes:
+    """An assign command as its record on the assign topic (`{"op": ..., ...}`)."""
+    if isinstance(cmd, AlertCommand):
+        return dumps({"op": "alert", "alert": cmd.alert, "routed_ms": cmd.routed_ms})
+    if isinstance(cmd, AckCommand):
+        return orjson.dumps({"op": "ack", "lead_id": cmd.lead_id, "alert_id": cmd.alert_id,
+                             "at_ms": cmd.at_ms, "event": cmd.event})
+    return orjson.dumps({"op": "tick", "now_ms": cmd.now_ms})
+
+
+def decode_assign(raw: bytes) -> AssignCommand:
+    """An assign-topic record -> its command; a ValueError names what is wrong."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"assign command is not JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"assign command is a JSON {type(d).__name__}, not an object")
+    op = d.get("op")
+    if op == "alert" and not isinstance(d.get("alert"), dict):
+        raise ValueError("assign command 'alert': `alert` is missing or not an object")
+    try:
+        if op == "alert":
+            alert = d["alert"]
+            routed = d.get("routed_ms")
+            return AlertCommand(alert, int(routed) if routed is not None else None)
+        if op == "ack":
+            aid = d.get("alert_id")
+            return AckCommand(str(d["lead_id"]), aid if isinstance(aid, str) else None,
+                              int(d["at_ms"]), d.get("event"))
+        if op == "tick":
+            return SlaTick(int(d["now_ms"]))
+    except KeyError as exc:
+        raise ValueError(f"assign command {op!r} has no {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"assign command {op!r}: {exc}") from exc
+    raise ValueError(f"assign command has unknown op {op!r} (expected alert, ack or tick)")
+
+
 def decode_leads_line(line: bytes, record_key: bytes | None) -> LeadsLine:
     """One line of a leads-topic envelope; `record_key` names the lead of a keyed tick
     (the form older versions sent)."""

@@ -11,10 +11,16 @@ import pytest
 from pipeline.core.event import Event
 from pipeline.stream.codec import (
     CONTROL_PREFIXES,
+    AckCommand,
+    AlertCommand,
+    AssignCommand,
     OwnerUpdate,
+    SlaTick,
     TickRequest,
+    decode_assign,
     decode_event,
     decode_leads_line,
+    encode_assign,
     encode_event,
     encode_owner,
     encode_tick,
@@ -59,3 +65,36 @@ def test_the_decay_prefilter_only_rules_out_records_that_cannot_match() -> None:
     assert may_hold(orjson.dumps({"s": {"stage": "mql", "hot": False}}), marks)
     assert may_hold(orjson.dumps({"s": {"stage": "lead", "hot": True}}), marks)
     assert not may_hold(orjson.dumps({"s": {"stage": "lead", "hot": False}}), marks)
+
+
+@pytest.mark.parametrize("cmd", [
+    AlertCommand({"alert_id": "a1", "lead_id": "u1", "kind": "instant"}, routed_ms=42),
+    AlertCommand({"alert_id": "a1", "lead_id": "u1", "kind": "instant"}),
+    AckCommand("u1", "a1", 1_000, "Alert Acknowledged"),
+    AckCommand("u1", None, 1_000),
+    SlaTick(301_000),
+])
+def test_assign_commands_round_trip(cmd: AssignCommand) -> None:
+    assert decode_assign(encode_assign(cmd)) == cmd
+
+
+def test_an_assign_record_of_the_untyped_form_still_decodes() -> None:
+    # records written before the commands were typed, still on the topic after an upgrade
+    raw = b'{"op":"ack","lead_id":"u1","alert_id":7,"at_ms":5,"event":"Lead Contacted"}'
+    assert decode_assign(raw) == AckCommand("u1", None, 5, "Lead Contacted")
+    assert decode_assign(b'{"op":"alert","alert":{"alert_id":"a"}}') == \
+        AlertCommand({"alert_id": "a"}, None)
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    (b"not json", "not JSON"),
+    (b"[1]", "a JSON list, not an object"),
+    (b'{"op":"merge"}', "unknown op 'merge' (expected alert, ack or tick)"),
+    (b'{"op":"tick"}', "'tick' has no 'now_ms'"),
+    (b'{"op":"ack","lead_id":"u1","at_ms":"soon"}', "assign command 'ack': invalid literal"),
+    (b'{"op":"alert","alert":3}', "`alert` is missing or not an object"),
+])
+def test_a_bad_assign_record_is_refused_with_what_is_wrong(raw: bytes, says: str) -> None:
+    with pytest.raises(ValueError, match="assign command") as err:
+        decode_assign(raw)
+    assert says in str(err.value)

@@ -7,6 +7,7 @@ from typing import Any
 from pipeline.core.routing import RoutingRules
 from pipeline.core.rules import load_default_rules
 from pipeline.settings import Topics
+from pipeline.stream.codec import AlertCommand
 from pipeline.stream.stages.ingest import ingest_batch
 from pipeline.stream.stages.records import Destinations, RawMessage
 from pipeline.stream.stages.score import score_batch
@@ -47,6 +48,6 @@ ROUTING = RoutingRules.model_validate({
 })
 
 
-def alert(i: int, at: int) -> dict[str, Any]:
-    return {"op": "alert", "alert": {"alert_id": f"a{i}", "lead_id": f"u{i}", "kind": "instant",
-                                     "triggered_ms": at, "domain": None}}
+def alert(i: int, at: int) -> AlertCommand:
+    return AlertCommand({"alert_id": f"a{i}", "lead_id": f"u{i}", "kind": "instant",
+                         "triggered_ms": at, "domain": None})

@@ -4,9 +4,10 @@ shape the shell consumes."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pipeline.core.routing import TeamState
 from pipeline.core.state import LeadState
 from pipeline.settings import Topics
 from pipeline.stream.codec import pack
@@ -129,3 +130,95 @@ class LeadRecord:
     def traits(self) -> Mapping[str, Any]:
         """The latest traits (from identify calls), for routing: values without their times."""
         return {k: v[0] for k, v in self.state.traits.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAlert:
+    """An alert whose SLA clock runs (or, `waiting`, that waits for its team to open).
+
+    `alert` is the assign command's alert body; `excluded` the reps it was taken from on
+    lapsed SLAs; `supersedes` the alerts it replaced (an acknowledgement of one closes it);
+    a waiting alert says why (`reason`) and since when (`since`, ISO time)."""
+
+    due_ms: int
+    alert: Mapping[str, Any]
+    owner: str | None
+    excluded: tuple[str, ...] = ()
+    supersedes: tuple[str, ...] = ()
+    waiting: bool = False
+    reason: str | None = None
+    since: str | None = None
+
+    @property
+    def lead_id(self) -> str:
+        return str(self.alert["lead_id"])
+
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> PendingAlert:
+        return cls(int(d["due_ms"]), d["alert"], d.get("owner"), tuple(d.get("excluded", ())),
+                   tuple(d.get("supersedes", ())), bool(d.get("waiting", False)),
+                   d.get("reason"), d.get("since"))
+
+    def to_stored(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"due_ms": self.due_ms, "alert": self.alert, "owner": self.owner,
+                               "excluded": list(self.excluded),
+                               "supersedes": list(self.supersedes)}
+        if self.waiting:
+            out.update(waiting=True, reason=self.reason, since=self.since)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAlert:
+    """An alert no rep could take, in the team's queue (with why) until acknowledged."""
+
+    alert_id: str
+    lead_id: str
+    kind: str
+    since: str
+    reason: str
+
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> QueuedAlert:
+        return cls(d["alert_id"], d["lead_id"], d["kind"], d["since"], d["reason"])
+
+    def to_stored(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "lead_id": self.lead_id, "kind": self.kind,
+                "since": self.since, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRecord:
+    """A team as the owners table keeps it: its assignment state, the alerts whose SLA
+    runs (`pending`, by alert id), the unowned queue (oldest first) and how many alerts
+    the queue's cap dropped.
+
+    Stored as `{"state": ..., "pending": {id: ...}, "queue": {id: ...}, "queue_dropped": n}`.
+    """
+
+    state: TeamState = field(default_factory=TeamState)
+    pending: Mapping[str, PendingAlert] = field(default_factory=dict)
+    queue: Mapping[str, QueuedAlert] = field(default_factory=dict)
+    queue_dropped: int = 0
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any] | None) -> TeamRecord:
+        if stored is None:
+            return cls()
+        return cls(TeamState.from_dict(stored.get("state") or {}),
+                   {k: PendingAlert.from_stored(v)
+                    for k, v in (stored.get("pending") or {}).items()},
+                   {k: QueuedAlert.from_stored(v) for k, v in (stored.get("queue") or {}).items()},
+                   int(stored.get("queue_dropped", 0)))
+
+    def to_stored(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state.to_dict(),
+                               "pending": {k: v.to_stored() for k, v in self.pending.items()},
+                               "queue": {k: v.to_stored() for k, v in self.queue.items()}}
+        if self.queue_dropped:
+            out["queue_dropped"] = self.queue_dropped
+        return out
+
+    def overdue(self, now_ms: int) -> bool:
+        """Whether an alert's SLA (or a waiting alert's opening) has come by `now_ms`."""
+        return any(p.due_ms <= now_ms for p in self.pending.values())

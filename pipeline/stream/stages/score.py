@@ -37,10 +37,13 @@ from pipeline.models.outputs import (
 from pipeline.models.timefmt import iso_offset, iso_z
 from pipeline.settings import Topics
 from pipeline.stream.codec import (
+    AckCommand,
+    AlertCommand,
+    AssignCommand,
     LeadsLine,
     OwnerUpdate,
     TickRequest,
-    dumps,
+    encode_assign,
     encode_tick,
     may_hold,
     stage_marks,
@@ -204,7 +207,7 @@ class Plan:
     """What the score stage sends: (topic, key, value) triples and assignment commands."""
 
     sends: list[tuple[str, bytes, bytes]] = field(default_factory=list)
-    assign: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # team, command
+    assign: list[tuple[str, AssignCommand]] = field(default_factory=list)  # team, command
     alerts: list[tuple[str, str]] = field(default_factory=list)  # team, kind (for metrics)
     moves: list[CountedMove] = field(default_factory=list)  # for metrics
     attributions: list[Attribution] = field(default_factory=list)  # for metrics by channel
@@ -273,7 +276,7 @@ def plan(
                 "current_owner": (owners_of or {}).get(o.lead_id) if o.updates else None,
                 "rules_version": rules_version,
             }
-            p.assign.append((team.name, {"op": "alert", "alert": body}))
+            p.assign.append((team.name, AlertCommand(body)))
             p.alerts.append((team.name, o.kind))
         elif isinstance(o, RoutingDecision):
             traits = traits_of.get(o.lead_id, {})
@@ -309,9 +312,8 @@ def plan(
             if route is None:
                 continue
             aid = e.properties.get("alert_id")
-            p.assign.append((str(route.team), {
-                "op": "ack", "lead_id": e.lead_id, "alert_id": aid if isinstance(aid, str)
-                else None, "at_ms": e.timestamp_ms, "event": e.name}))
+            p.assign.append((str(route.team), AckCommand(
+                e.lead_id, aid if isinstance(aid, str) else None, e.timestamp_ms, e.name)))
     return p
 
 
@@ -441,13 +443,13 @@ def score(
                     free_mail=rules.free_email, rules_version=dest.rules_version)
     sends = [Send(name, key, value, None) for name, key, value in p.sends]
     for team, cmd in p.assign:
-        if cmd["op"] == "alert":
-            cmd["routed_ms"] = routed_ms
-            lead = cmd["alert"]["lead_id"]
+        if isinstance(cmd, AlertCommand):
+            cmd = replace(cmd, routed_ms=routed_ms)
+            lead = cmd.alert["lead_id"]
             if lead in records:  # remember the route so acknowledgements find the team
                 records[lead] = replace(records[lead],
-                                        route=Route(team, cmd["alert"]["alert_id"]))
-        sends.append(Send(dest.assign, team.encode(), dumps(cmd), None))
+                                        route=Route(team, cmd.alert["alert_id"]))
+        sends.append(Send(dest.assign, team.encode(), encode_assign(cmd), None))
     return Scored(tuple(sends), {k: r.to_stored() for k, r in records.items()},
                   res.duplicates, tuple(p.moves), tuple(e.timestamp_ms for e in events),
                   tuple(p.attributions))

@@ -3,6 +3,7 @@ messages it sends."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -13,9 +14,18 @@ from pipeline.core.routing import RoutingRules
 from pipeline.metrics.registry import Metrics
 from pipeline.models.outputs import Escalation, LeadAssignment, RoutingAlert
 from pipeline.settings import Topics
-from pipeline.stream.codec import OwnerUpdate, decode_leads_line, unpack
+from pipeline.stream.codec import (
+    AckCommand,
+    AlertCommand,
+    OwnerUpdate,
+    SlaTick,
+    decode_assign,
+    decode_leads_line,
+    unpack,
+)
 from pipeline.stream.keys import partition_for
-from pipeline.stream.stages.assign import assign_batch, assign_stage, overdue, sla_ticks
+from pipeline.stream.stages.assign import assign_batch, assign_stage, sla_ticks
+from pipeline.stream.stages.records import TeamRecord
 from pipeline.stream.stages.score import plan
 from tests.support.stages import DEST, ROUTING, RULES, alert
 
@@ -30,14 +40,14 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
     assert all(e.body["sla_seconds"] == 300 for e in placed)
     # a0 acknowledged, a1 contacted (no alert id: by lead), the rest lapse
     res = assign_batch([
-        ("sales", {"op": "ack", "lead_id": "u0", "alert_id": "a0", "at_ms": 61_000}),
-        ("sales", {"op": "ack", "lead_id": "u1", "alert_id": None, "at_ms": 121_000}),
+        ("sales", AckCommand("u0", "a0", 61_000)),
+        ("sales", AckCommand("u1", None, 121_000)),
     ], table.get, ROUTING)
     table.update(res.writes)
     assert res.speed_to_lead == [("sales", "instant", 60.0), ("sales", "instant", 120.0)]
-    assert not overdue(table["sales"], 300_000)
-    assert overdue(table["sales"], 301_000)
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    assert not TeamRecord.from_stored(table["sales"]).overdue(300_000)
+    assert TeamRecord.from_stored(table["sales"]).overdue(301_000)
+    res = assign_batch([("sales", SlaTick(301_000))], table.get, ROUTING)
     table.update(res.writes)
     esc = [e for e in res.emitted if e.role == "escalations"]
     again = [e for e in res.emitted if e.role == "team"]
@@ -52,14 +62,14 @@ def test_assign_spreads_by_weight_acks_stop_sla_and_lapsed_alerts_escalate() -> 
 
 def test_the_sla_of_a_late_trigger_runs_from_when_it_was_routed() -> None:
     table: dict[str, Any] = {}
-    late = {**alert(0, 1000), "routed_ms": 10_000_000}  # a trigger from long before
+    late = replace(alert(0, 1000), routed_ms=10_000_000)  # a trigger from long before
     res = assign_batch([("sales", late)], table.get, ROUTING)
     table.update(res.writes)
     assert res.emitted[0].body["due_at"] == "1970-01-01T02:51:40.000+00:00"  # 10,000 s + 300 s
-    assert not overdue(table["sales"], 10_000_000 + 299_999)
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    assert not TeamRecord.from_stored(table["sales"]).overdue(10_000_000 + 299_999)
+    res = assign_batch([("sales", SlaTick(301_000))], table.get, ROUTING)
     assert res.emitted == []
-    assert overdue(table["sales"], 10_300_000)
+    assert TeamRecord.from_stored(table["sales"]).overdue(10_300_000)
 
 
 def test_an_alert_nobody_acknowledges_escalates_once_per_rep_then_stops() -> None:
@@ -68,13 +78,13 @@ def test_an_alert_nobody_acknowledges_escalates_once_per_rep_then_stops() -> Non
     table.update(res.writes)
     assert res.emitted[0].body["owner"] == "r1"
     # r1 lets it lapse: reassigned to r2
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    res = assign_batch([("sales", SlaTick(301_000))], table.get, ROUTING)
     table.update(res.writes)
     esc = [e.body for e in res.emitted if e.role == "escalations"]
     assert [(e["from_owner"], e["to_owner"]) for e in esc] == [("r1", "r2")]
-    assert overdue(table["sales"], 601_000)
+    assert TeamRecord.from_stored(table["sales"]).overdue(601_000)
     # r2 lets it lapse too: one last escalation, unowned, and the timer stops
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 601_000})], table.get, ROUTING)
+    res = assign_batch([("sales", SlaTick(601_000))], table.get, ROUTING)
     table.update(res.writes)
     esc = [e.body for e in res.emitted if e.role == "escalations"]
     team = [e.body for e in res.emitted if e.role == "team"]
@@ -82,8 +92,8 @@ def test_an_alert_nobody_acknowledges_escalates_once_per_rep_then_stops() -> Non
     assert "no rep of team sales left" in esc[0]["reason"]
     assert team[0]["owner"] is None and team[0]["due_at"] is None
     assert table["sales"]["pending"] == {}
-    assert not overdue(table["sales"], 10**12)
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 901_000})], table.get, ROUTING)
+    assert not TeamRecord.from_stored(table["sales"]).overdue(10**12)
+    res = assign_batch([("sales", SlaTick(901_000))], table.get, ROUTING)
     assert res.emitted == [] and res.breaches == []
 
 
@@ -112,7 +122,7 @@ def test_alert_from_the_core_becomes_a_valid_wire_alert_with_audit_trail() -> No
     assert alert.sla_seconds == 300 and alert.lead.email_domain == "globex.com"
     assert alert.top_reasons and alert.top_reasons[0].points > 0
     # the SLA lapses: a valid escalation and a reassignment to the other rep
-    res = assign_batch([(out.team, {"op": "tick", "now_ms": 1_767_225_600_000 + 301_000})],
+    res = assign_batch([(out.team, SlaTick(1_767_225_600_000 + 301_000))],
                        table.get, RULES.routing)
     esc = Escalation.model_validate(next(e.body for e in res.emitted if e.role == "escalations"))
     again = RoutingAlert.model_validate(next(e.body for e in res.emitted if e.role == "team"))
@@ -135,14 +145,13 @@ def test_a_command_for_a_team_the_rules_no_longer_have_goes_to_the_catch_all_tea
     assert res.writes["sales"]["pending"]["a0"]["due_ms"] == 301_000
 
 
-def _wire_alert(i: int, at: int) -> dict[str, Any]:
+def _wire_alert(i: int, at: int) -> AlertCommand:
     """`alert` with every field the routing topic's message needs."""
     cmd = alert(i, at)
-    cmd["alert"].update({
-        "temperature": "hot", "triggered_at": "1970-01-01T00:00:01.000+00:00",
+    return replace(cmd, alert={
+        **cmd.alert, "temperature": "hot", "triggered_at": "1970-01-01T00:00:01.000+00:00",
         "trigger": {"rule": "demo", "message_id": f"m{i}"},
         "scores": {"total": 90.0, "fit": 10.0, "engagement": 80.0, "product": 0.0}})
-    return cmd
 
 
 def test_the_stage_sends_wire_alerts_owners_assignments_and_escalations() -> None:
@@ -166,7 +175,7 @@ def test_the_stage_sends_wire_alerts_owners_assignments_and_escalations() -> Non
     [tick] = sla_ticks(items, 301_000, DEST)
     assert (tick.topic, tick.key, orjson.loads(tick.value)) == (
         "lf-assign", b"sales", {"op": "tick", "now_ms": 301_000})
-    out = assign_stage([("sales", orjson.loads(tick.value))], table.get, ROUTING, DEST)
+    out = assign_stage([("sales", decode_assign(tick.value))], table.get, ROUTING, DEST)
     esc = [s for s in out.sends if s.topic == "routing.escalations"]
     assert [Escalation.model_validate_json(s.value).to_owner for s in esc] == ["r2"]
     assert out.breaches == (("sales", "instant"),)

@@ -18,7 +18,16 @@ from pipeline.models.events import parse_message
 from pipeline.models.outputs import ScoreChangeMessage
 from pipeline.settings import Topics
 from pipeline.simulator import generate
-from pipeline.stream.codec import OwnerUpdate, TickRequest, decode_leads_line, dumps, unpack
+from pipeline.stream.codec import (
+    AckCommand,
+    AlertCommand,
+    OwnerUpdate,
+    SlaTick,
+    TickRequest,
+    decode_leads_line,
+    dumps,
+    unpack,
+)
 from pipeline.stream.dedup import SeenWindow
 from pipeline.stream.keys import partition_for
 from pipeline.stream.stages.assign import assign_batch
@@ -108,9 +117,10 @@ def test_plan_maps_outputs_to_topics_and_assign_commands() -> None:
                   free_mail=RULES.free_email)
     # the move to mql comes with its attribution (the lead had no touch: none credited)
     assert {t for t, _, _ in p.sends} == {"leads.stage-changes", "leads.attribution"}
-    assert [(team, c["op"], c["alert"]["kind"]) for team, c in p.assign] == [
-        ("emea", "alert", "instant")]
-    alert = p.assign[0][1]["alert"]
+    [(team, cmd)] = p.assign
+    assert isinstance(cmd, AlertCommand)
+    assert (team, cmd.alert["kind"], cmd.routed_ms) == ("emea", "instant", None)
+    alert = cmd.alert
     assert alert["domain"] == "stark.de" and alert["lead"]["country"] == "DE"
     first = orjson.loads(p.sends[0][2])
     assert first["lead_id"] == "u1" and first["status"] == "applied"
@@ -160,8 +170,7 @@ def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
     p = plan_scored([], {}, [ack, page], get, RULES.routing, Topics(),
                     free_mail=RULES.free_email)
     assert asked == ["u1"]
-    assert p.assign == [("sales", {"op": "ack", "lead_id": "u1", "alert_id": "x",
-                                   "at_ms": t0, "event": "Alert Acknowledged"})]
+    assert p.assign == [("sales", AckCommand("u1", "x", t0, "Alert Acknowledged"))]
     # A lead written in the batch is read from its write, not from the table.
     asked.clear()
     written = LeadRecord(apply(None, ack, RULES).state, None, Route("emea", "y"))
@@ -194,7 +203,7 @@ def test_the_owner_chosen_by_assign_is_written_to_the_lead_and_published() -> No
     doc = lead_document("u0", leads["u0"], RULES)
     assert (doc["owner"], doc["team"], doc["last_alert_id"]) == ("r1", "sales", "a0")
     # the SLA lapses: the reassignment is written back too
-    res = assign_batch([("sales", {"op": "tick", "now_ms": 301_000})], table.get, ROUTING)
+    res = assign_batch([("sales", SlaTick(301_000))], table.get, ROUTING)
     own, asg = owner_of(res)
     assert own["owner"] == "r2" and asg["reassigned"] is True
     leads.update(score_batch([], leads.get, RULES, dedup_retention_ms=10**9,
