@@ -9,21 +9,23 @@ group and reads the same input from the start:
    whether the broker has assigned them their partitions (group Stable with members) and
    how many offsets are committed. The clock starts at the last poll that saw no group
    assigned (the system cannot have consumed anything yet) and stops at the first poll that
-   saw every input offset (for leadflow also every offset of its internal re-keyed topics)
-   committed; `events_per_s` is the input offsets committed then over that span
-   (`figures.throughput_span`). The rule is the same for every system and only needs its
-   group, so it does not depend on how often a system commits: a system that commits every
-   few seconds used to have the work before its first commit counted without its time.
+   saw every input offset (for leadflow and quix_leadflow also every offset of their
+   internal re-keyed topics) committed; `events_per_s` is the input offsets committed then
+   over that span (`figures.throughput_span`). The rule is the same for every system and
+   only needs its group, so it does not depend on how often a system commits: a system
+   that commits every few seconds used to have the work before its first commit counted
+   without its time.
    Commits still bound the end, so every system commits often: limit and leadflow per
    batch, Faust and Quix every `COMMIT_INTERVAL_S` (their defaults are 2.8 s and 5 s);
 2. latency: with the system caught up, `--latency-s` seconds of traffic at `--rate` events/s
    are produced with the send time as event time and record timestamp. Latency is produce ->
    done, in wall-clock ms on this machine, per record: limit: consumed and decoded;
    naive_faust: table written; quixstreams: state written (each recorded in the system's
-   process); leadflow: the alert on its team routing topic (the alert record's timestamp,
-   set by the worker's producer, minus its `triggered_ms`, the triggering event's time),
-   so only the events that raise an alert are samples. p50/p99 are exact nearest-rank
-   quantiles of those samples (`figures.quantiles`);
+   process); leadflow and quix_leadflow (leadflow's stages in a Quix Streams application,
+   `benchmarks/quix_leadflow_system.py`): the alert on its team routing topic (the alert
+   record's timestamp, set when handed to its producer, minus its `triggered_ms`, the
+   triggering event's time), so only the events that raise an alert are samples. p50/p99
+   are exact nearest-rank quantiles of those samples (`figures.quantiles`);
 3. peak RSS: VmHWM of the system's process (read from /proc before it is stopped).
 
 Used by `leadflow bench` (pipeline/cli/bench.py).

@@ -190,3 +190,25 @@ def test_the_quix_venv_gets_the_stage_dependencies_as_pyproject_pins_them(tmp_pa
     short.write_text('[project]\ndependencies = ["orjson>=3.9", "faust-streaming"]\n')
     with pytest.raises(LookupError, match="aiokafka"):
         bench.stage_requirements(short)
+
+
+def test_one_record_at_a_time_gives_the_stage_moves_of_the_batched_stages() -> None:
+    from pipeline.core.outputs import MoveRefused, StageMove
+    from tests.support.stages import run_pipeline
+
+    traffic = load_script("traffic")
+    msgs = traffic.generate(3000, 600, seed=3, start_ms=T0 - 3_600_000, end_ms=T0)
+    steps = _steps()
+    app = Topics(steps)
+    topic = {"crm": INPUTS["crm"]}
+    app.run([(topic.get(s, INPUTS["web"]), k, v) for s, k, v in msgs])
+    quix = sorted((d["lead_id"], d["from_stage"], d["to_stage"], d["status"], d["at_ms"])
+                  for d in (orjson.loads(v) for _, v in app.on(steps.dest.topics.stage_changes)))
+    raws = [RawMessage("events.crm" if s == "crm" else "events.web", 0, i, T0, k, v)
+            for i, (s, k, v) in enumerate(msgs)]
+    outputs, _ = run_pipeline(raws, batch=1000)
+    batched = sorted((o.lead_id, o.from_stage, o.to_stage,
+                      "applied" if isinstance(o, StageMove) else "refused", o.at_ms)
+                     for o in outputs if isinstance(o, StageMove | MoveRefused))
+    assert len(batched) > 600  # every lead is identified (visitor -> lead), some go further
+    assert quix == batched
