@@ -9,21 +9,23 @@ group and reads the same input from the start:
    whether the broker has assigned them their partitions (group Stable with members) and
    how many offsets are committed. The clock starts at the last poll that saw no group
    assigned (the system cannot have consumed anything yet) and stops at the first poll that
-   saw every input offset (for leadflow also every offset of its internal re-keyed topics)
-   committed; `events_per_s` is the input offsets committed then over that span
-   (`figures.throughput_span`). The rule is the same for every system and only needs its
-   group, so it does not depend on how often a system commits: a system that commits every
-   few seconds used to have the work before its first commit counted without its time.
+   saw every input offset (for leadflow and quix_leadflow also every offset of their
+   internal re-keyed topics) committed; `events_per_s` is the input offsets committed then
+   over that span (`figures.throughput_span`). The rule is the same for every system and
+   only needs its group, so it does not depend on how often a system commits: a system
+   that commits every few seconds used to have the work before its first commit counted
+   without its time.
    Commits still bound the end, so every system commits often: limit and leadflow per
    batch, Faust and Quix every `COMMIT_INTERVAL_S` (their defaults are 2.8 s and 5 s);
 2. latency: with the system caught up, `--latency-s` seconds of traffic at `--rate` events/s
    are produced with the send time as event time and record timestamp. Latency is produce ->
    done, in wall-clock ms on this machine, per record: limit: consumed and decoded;
    naive_faust: table written; quixstreams: state written (each recorded in the system's
-   process); leadflow: the alert on its team routing topic (the alert record's timestamp,
-   set by the worker's producer, minus its `triggered_ms`, the triggering event's time),
-   so only the events that raise an alert are samples. p50/p99 are exact nearest-rank
-   quantiles of those samples (`figures.quantiles`);
+   process); leadflow and quix_leadflow (leadflow's stages in a Quix Streams application,
+   `benchmarks/quix_leadflow_system.py`): the alert on its team routing topic (the alert
+   record's timestamp, set when handed to its producer, minus its `triggered_ms`, the
+   triggering event's time), so only the events that raise an alert are samples. p50/p99
+   are exact nearest-rank quantiles of those samples (`figures.quantiles`);
 3. peak RSS: VmHWM of the system's process (read from /proc before it is stopped).
 
 Used by `leadflow bench` (pipeline/cli/bench.py).
@@ -56,9 +58,18 @@ from pipeline.kafka.topics import TopicSpec, ensure_topics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ("limit", "naive_faust", "quixstreams", "leadflow", "leadflow_2w")
+SYSTEMS = ("limit", "naive_faust", "quixstreams", "quix_leadflow", "leadflow", "leadflow_2w")
 #: leadflow as `leadflow worker` runs it: one process, or two on this machine (`--processes 2`).
 LEADFLOW_PROCESSES = {"leadflow": 1, "leadflow_2w": 2}
+#: Systems that run leadflow's stages (their own internal topics `<group>-<hop>`) and whose
+#: latency is read from their alerts on the team routing topics.
+ALERTING = (*LEADFLOW_PROCESSES, "quix_leadflow")
+#: What leadflow's pure stages import beyond the standard library (names in pyproject.toml's
+#: dependencies): installed in the quix venv for `quix_leadflow` (aiokafka for its murmur2).
+STAGE_DEPS = ("aiokafka", "orjson", "pydantic", "pydantic-settings", "ruamel.yaml", "tzdata")
+STAGE_PROBE = ("import pipeline.stream.stages.assign, pipeline.stream.stages.ingest, "
+               "pipeline.stream.stages.score, pipeline.stream.stages.stitch, pipeline.settings; "
+               "from pipeline.core.rules import load_default_rules; load_default_rules()")
 SOURCES = ("web", "email", "product", "crm")
 INTERNAL = ("identity", "leads", "assign")
 #: Commit interval given to Faust and Quix Streams (seconds): the end of a throughput phase
@@ -326,6 +337,58 @@ def quix_python(workdir: Path, log: Any = None) -> tuple[Path | None, str]:
     return (py, "") if r.returncode == 0 else (None, f"quixstreams import failed: {r.stderr}")
 
 
+def stage_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """The requirement strings of `STAGE_DEPS` as pyproject.toml pins them."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+    def name(req: str) -> str:
+        return re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower()
+    found = [d for d in deps if name(d) in STAGE_DEPS]
+    missing = set(STAGE_DEPS) - {name(d) for d in found}
+    if missing:
+        raise LookupError(f"{sorted(missing)} not in {pyproject}'s dependencies")
+    return found
+
+
+def quix_leadflow_python(workdir: Path, log: Any = None) -> tuple[Path | None, str]:
+    """The quix venv's python, able to import leadflow's pure stages from this tree (on
+    PYTHONPATH, `_env`) once `STAGE_DEPS` are installed in it; or None and why not."""
+    py, why = quix_python(workdir, log)
+    if py is None:
+        return py, why
+    probe = [str(py), "-c", STAGE_PROBE]
+    if subprocess.run(probe, capture_output=True, env=_env(), cwd=ROOT).returncode == 0:
+        return py, ""
+    reqs = stage_requirements()
+    if log:
+        log(f"installing {', '.join(reqs)} in {py.parent.parent} (once)…")
+    cmd = [str(py), "-m", "pip", "install", "-q", *reqs]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"pip install {' '.join(reqs)}: {exc}"
+    if r.returncode != 0:
+        return None, f"pip install {' '.join(reqs)} failed: {(r.stderr or r.stdout)[-400:]}"
+    r = subprocess.run(probe, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    return (py, "") if r.returncode == 0 else (
+        None, f"leadflow's stages do not import in the quix venv: {r.stderr[-400:]}")
+
+
+def routing_prefix(run: Run, name: str) -> str:
+    """Where a system's team alerts go: `<prefix>.routing.` for leadflow (`leadflow_env`),
+    `<prefix>.<system>.routing.` for quix_leadflow (all its outputs under `<prefix>.<system>.`)."""
+    if name in LEADFLOW_PROCESSES:
+        return f"{run.prefix}.routing."
+    return f"{outputs_prefix(run, name)}routing."
+
+
+def outputs_prefix(run: Run, name: str) -> str:
+    return f"{run.prefix}.{name.replace('_', '-')}."
+
+
 async def _alert_latencies(bootstrap: str, routing_prefix: str, since_ms: float,
                            timeout_s: float = 30.0) -> list[float]:
     """Alert record timestamp minus `triggered_ms` (ms), for alerts triggered at `since_ms` or
@@ -398,6 +461,16 @@ def leadflow_env(run: Run, group: str, port: int, home: Path) -> dict[str, str]:
     return env
 
 
+def _worker_settings(settings: Any, tuning: Any) -> list[str]:
+    """The worker's settings the quix_leadflow steps take (as `leadflow worker` reads them
+    from this environment), as its command line arguments."""
+    return ["--visitor-buffer", str(tuning.visitor_buffer),
+            "--max-message-bytes", str(settings.max_message_bytes),
+            "--max-future-skew-s", str(settings.max_future_skew_s),
+            "--dedup-retention-s", str(settings.dedup_retention_s),
+            "--score-ledger" if settings.score_ledger else "--no-score-ledger"]
+
+
 def _start(name: str, run: Run, group: str, out: Path) -> tuple[
         subprocess.Popen[bytes] | None, list[str], dict[str, Any], str]:
     """Start a system: (process, topics whose offsets mark it done, extras, unavailable why)."""
@@ -419,6 +492,20 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
                "--state-dir", str(run.workdir / "quix-state"),
                "--commit-interval", str(COMMIT_INTERVAL_S)]
         env = dict(os.environ)
+    elif name == "quix_leadflow":
+        from pipeline.settings import Settings
+        from pipeline.stream.app import Tuning
+
+        py, why = quix_leadflow_python(run.workdir, run.log)
+        if py is None:
+            return None, [], extras, why
+        cmd = [str(py), str(HERE / "quix_leadflow_system.py"), *common,
+               "--sources", ",".join(run.inputs), "--out-prefix", outputs_prefix(run, name),
+               "--state-dir", str(run.workdir / "quix-leadflow-state"),
+               "--partitions", str(run.partitions),
+               "--commit-interval", str(COMMIT_INTERVAL_S),
+               *_worker_settings(Settings(), Tuning())]
+        env = _env()
     else:
         n = LEADFLOW_PROCESSES[name]
         port = free_ports(n)
@@ -431,7 +518,7 @@ def _start(name: str, run: Run, group: str, out: Path) -> tuple[
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                             start_new_session=True)
     done_topics = list(run.inputs.values())
-    if name in LEADFLOW_PROCESSES:
+    if name in ALERTING:
         done_topics += [f"{group}-{t}" for t in INTERNAL]
     return proc, done_topics, extras, ""
 
@@ -498,20 +585,22 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
         return res
     finally:
         _stop(proc)
-    if name in LEADFLOW_PROCESSES:
-        lats = await _alert_latencies(run.bootstrap, f"{run.prefix}.routing.", t_lat)
-        res.latency_events = len(lats)
-        res.p50_ms, res.p99_ms = _p50_p99(lats)
-        res.notes.append("latency over the latency phase's events that raised an alert")
-    elif out.exists():
+    if out.exists():  # the systems that record what they did, per input record
         data = json.loads(out.read_bytes())
-        lats = [lat for ts, lat in zip(data["ts"], data["lat_ms"], strict=True) if ts >= t_lat]
-        res.latency_events = len(lats)
-        res.p50_ms, res.p99_ms = _p50_p99(lats)
         consumed = sum(1 for ts in data["ts"] if ts < t_lat)
         res.decoded = consumed
         if consumed != run.events and res.complete:
             res.notes.append(f"processed {consumed} throughput events (at-least-once)")
+        if name not in ALERTING:
+            lats = [lat for ts, lat in zip(data["ts"], data["lat_ms"], strict=True)
+                    if ts >= t_lat]
+            res.latency_events = len(lats)
+            res.p50_ms, res.p99_ms = _p50_p99(lats)
+    if name in ALERTING:
+        lats = await _alert_latencies(run.bootstrap, routing_prefix(run, name), t_lat)
+        res.latency_events = len(lats)
+        res.p50_ms, res.p99_ms = _p50_p99(lats)
+        res.notes.append("latency over the latency phase's events that raised an alert")
     return res
 
 
