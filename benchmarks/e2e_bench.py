@@ -55,6 +55,7 @@ from traffic import generate, live_events
 
 from pipeline.devkafka.ports import free_ports
 from pipeline.kafka.topics import TopicSpec, ensure_topics
+from pipeline.settings import Topics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -450,13 +451,11 @@ def leadflow_env(run: Run, group: str, port: int, home: Path) -> dict[str, str]:
         "LEADFLOW_BOOTSTRAP_SERVERS": run.bootstrap, "LEADFLOW_APP_ID": group,
         "LEADFLOW_PARTITIONS": str(run.partitions), "LEADFLOW_WEB_PORT": str(port),
         "LEADFLOW_HOME": str(home),
+        # Every other topic (outputs, dead letters, published rules) under the run's prefix:
+        # a run must neither write to nor follow the broker's shared default topics.
+        **{f"LEADFLOW_TOPIC_{name.upper()}": f"{p}.{f.default}"
+           for name, f in Topics.model_fields.items() if name not in SOURCES},
         **{f"LEADFLOW_TOPIC_{s.upper()}": t for s, t in run.inputs.items()},
-        "LEADFLOW_TOPIC_STAGE_CHANGES": f"{p}.leads.stage-changes",
-        "LEADFLOW_TOPIC_ROUTING_PREFIX": f"{p}.routing.",
-        "LEADFLOW_TOPIC_NURTURE": f"{p}.routing.nurture",
-        "LEADFLOW_TOPIC_RECYCLE": f"{p}.routing.recycle",
-        "LEADFLOW_TOPIC_ESCALATIONS": f"{p}.routing.escalations",
-        "LEADFLOW_TOPIC_DEADLETTER": f"{p}.events.deadletter",
     })
     return env
 

@@ -55,13 +55,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
 from pipeline.core.identity import identity_key
 from pipeline.core.rules import CompiledRules, load_default_rules
 from pipeline.errors import LeadflowError
 from pipeline.settings import Topics
-from pipeline.stream.codec import OwnerUpdate, decode_event, decode_leads_line, encode_event, unpack
+from pipeline.stream.codec import (
+    OwnerUpdate,
+    decode_assign,
+    decode_event,
+    decode_leads_line,
+    encode_event,
+    unpack,
+)
 from pipeline.stream.produce import Send
 from pipeline.stream.stages.assign import assign_stage
 from pipeline.stream.stages.ingest import dead_letter, identity_key_bytes, ingest_batch
@@ -170,7 +175,7 @@ class Steps:
             check(k)
             stored: Mapping[str, Any] | None = state.get("team")
             return stored
-        res = assign_stage([(key.decode(), orjson.loads(value))], get, self.rules.routing,
+        res = assign_stage([(key.decode(), decode_assign(value))], get, self.rules.routing,
                            self.dest)
         for k, record in res.writes.items():
             check(k)

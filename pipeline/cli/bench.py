@@ -17,7 +17,7 @@ from pipeline.errors import LeadflowError
 from pipeline.settings import Settings
 
 BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e_bench.py"
-ALL_SYSTEMS = "limit,naive_faust,quixstreams,leadflow,leadflow_2w"
+ALL_SYSTEMS = "limit,naive_faust,quixstreams,quix_leadflow,leadflow,leadflow_2w"
 
 
 def _load() -> ModuleType:
