@@ -119,11 +119,13 @@ class StandbyFollower:
     def positions(self) -> dict[str, dict[int, StandbyPosition]]:
         """Per table and standby partition followed now: stored offset and end seen."""
         consumer = self._consumer
+        # Before its first assign, or a partition it does not follow (see `_read`).
+        assigned = consumer.assignment() if consumer is not None else set()
         out: dict[str, dict[int, StandbyPosition]] = {}
         for ktp, t in sorted(self._targets.items()):
             stored = t.store.persisted_offset(t.tp)
             end = None
-            if consumer is not None:
+            if consumer is not None and ktp in assigned:
                 end = (consumer.last_stable_offset(ktp) if self.exactly_once
                        else consumer.highwater(ktp))
             out.setdefault(t.table, {})[ktp.partition] = StandbyPosition(

@@ -21,13 +21,21 @@ class _Store:
 
 @dataclass
 class _Consumer:
+    """Like aiokafka's: asking about a partition it is not assigned fails."""
+
+    assigned: set[TopicPartition]
     highwaters: dict[TopicPartition, int] = field(default_factory=dict)
     stable: dict[TopicPartition, int] = field(default_factory=dict)
 
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
     def highwater(self, tp: TopicPartition) -> int | None:
+        assert tp in self.assigned, "Partition is not assigned"
         return self.highwaters.get(tp)
 
     def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        assert tp in self.assigned, "Partition is not assigned"
         return self.stable.get(tp)
 
 
@@ -55,16 +63,19 @@ def test_each_standby_partition_names_its_stored_offset_and_the_end_seen() -> No
         "leads": {"1": {"stored": 41, "end": None}, "3": {"stored": -1, "end": None}},
     }
     follower._consumer = _Consumer(  # type: ignore[assignment]
-        highwaters={TopicPartition(*LEADS1): 50, TopicPartition(*IDENT0): 8},
-        stable={TopicPartition(*LEADS1): 45})
-    assert standby_positions(follower)["leads"] == {
-        "1": {"stored": 41, "end": 50}, "3": {"stored": -1, "end": None}}
+        {TopicPartition(*LEADS1), TopicPartition(*LEADS3)},
+        highwaters={TopicPartition(*LEADS1): 50}, stable={TopicPartition(*LEADS1): 45})
+    # leads[3] assigned, nothing fetched yet; identity[0] not (yet) assigned: no end
+    assert standby_positions(follower) == {
+        "identity": {"0": {"stored": 7, "end": None}},
+        "leads": {"1": {"stored": 41, "end": 50}, "3": {"stored": -1, "end": None}}}
 
 
 def test_under_exactly_once_the_end_is_the_last_stable_offset() -> None:
     follower = _follower(exactly_once=True)
     follower._consumer = _Consumer(  # type: ignore[assignment]
-        highwaters={TopicPartition(*LEADS1): 50}, stable={TopicPartition(*LEADS1): 45})
+        {TopicPartition(*LEADS1)}, highwaters={TopicPartition(*LEADS1): 50},
+        stable={TopicPartition(*LEADS1): 45})
     assert standby_positions(follower)["leads"]["1"] == {"stored": 41, "end": 45}
 
 
