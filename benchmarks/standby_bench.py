@@ -10,7 +10,10 @@ changelogs' end offsets from the broker. Per sample (`figures.standby_lags`): re
 behind (end - 1 - stored) and seconds behind (the age of the standby's view: how long ago
 the changelog was last no further than the store is now). Reported over the load phase:
 max and nearest-rank p99 of both, over every standby partition of every table; and the
-records still behind at the end of the drain; and the maxima per table.
+records still behind at the end of the drain; and the maxima per table. A worker that does
+not answer a sample within 2 s is counted in `samples_missed` (that sample has no figure);
+`sample_gap_s_max`, the longest time between two samples of a partition, is the resolution
+of the seconds behind.
 
     python benchmarks/standby_bench.py [--rate 3000] [--seconds 40] [--json]
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -112,6 +116,7 @@ async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: i
         _say(f"{leads:,} leads identified; offering {rate:,.0f} events/s for {seconds:.0f} s")
         await ends_of.start()
         samples: dict[Key, list[StandbySample]] = {}
+        missed: list[str] = []
         t0 = time.monotonic()
         producing = asyncio.create_task(_produce_paced(
             bootstrap, int(rate * seconds), leads, rate, run.inputs, seed))
@@ -125,12 +130,26 @@ async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: i
                 break
             if now - t0 > timeout_s:
                 raise TimeoutError(f"load not done after {timeout_s:.0f} s")
-            ends = await ends_of.end_offsets(tps)
-            for port in ports:
-                for (table, partition), stored in (await _standbys(port)).items():
+            # The end offsets and both workers' stores at once: samples far apart (a
+            # busy machine) would make any lag read as the time between them.
+            ends, *views = await asyncio.gather(
+                ends_of.end_offsets(tps), *(_standbys(port) for port in ports),
+                return_exceptions=True)
+            if isinstance(ends, BaseException):
+                raise ends
+            at = time.monotonic() - t0
+            for port, held in zip(ports, views, strict=True):
+                if isinstance(held, TimeoutError | OSError):
+                    # A worker too busy to answer within the sample's timeout: the sample
+                    # is missing (counted in the result), not a lag of zero.
+                    missed.append(f"{port}: {held!r}")
+                    continue
+                if isinstance(held, BaseException):
+                    raise held
+                for (table, partition), stored in held.items():
                     end = ends[TopicPartition(f"{group}-{table}-changelog", partition)]
                     samples.setdefault((table, partition), []).append(
-                        StandbySample(time.monotonic() - t0, end, stored))
+                        StandbySample(at, end, stored))
             await asyncio.sleep(every_s)
         load_s = (load_end or time.monotonic()) - t0
         during: list[tuple[int, float]] = []
@@ -150,7 +169,14 @@ async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: i
         p99_s = quantiles(secs, [0.99])
         result.update({
             "offered_s": round(load_s, 1),
+            # what the producer reached (below --rate when the machine is too busy)
+            "offered_per_s": round(int(rate * seconds) / load_s) if load_s > 0 else None,
             "samples": len(during),
+            "samples_missed": len(missed),
+            # the resolution of the seconds behind: the longest time between two samples
+            "sample_gap_s_max": round(max(
+                (b.at_s - a.at_s for series in samples.values()
+                 for a, b in itertools.pairwise(series) if b.at_s <= load_s), default=0.0), 2),
             "standby_partitions": sorted(f"{t}[{p}]" for t, p in samples),
             "standby_lag_records_max": int(max(records, default=0)),
             "standby_lag_records_p99": None if p99_r is None else int(p99_r[0]),

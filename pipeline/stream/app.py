@@ -47,6 +47,7 @@ from pipeline.stream.stages.ingest import failed, identity_key_bytes, ingest
 from pipeline.stream.stages.records import Destinations, RawMessage, StageOutput
 from pipeline.stream.stages.score import score, tick_due, tick_requests
 from pipeline.stream.stages.stitch import stitch
+from pipeline.stream.standby import StandbyFollower
 from pipeline.stream.tables import BatchTable
 
 Event = EventT[Any]
@@ -223,7 +224,11 @@ class LeadflowApp:
             bootstrap, exactly_once=settings.processing_guarantee == "exactly_once",
             client_kwargs=KafkaSecurity.from_settings(settings).client_kwargs(),
             on_restored=metrics.restored, on_progress=self._report_recovery)
-        restore.install(self.app, self.restorer)
+        #: Follows the standby partitions between rebalances (`stream.standby`).
+        self.standby = StandbyFollower(
+            bootstrap, exactly_once=settings.processing_guarantee == "exactly_once",
+            client_kwargs=KafkaSecurity.from_settings(settings).client_kwargs())
+        restore.install(self.app, self.restorer, self.standby)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                                "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = self.app.topic(*self.sources, **raw)

@@ -28,10 +28,10 @@ Exactly-once: the consumer reads `read_committed`, so records of aborted or open
 transactions never reach the store and the end is the last stable offset, which is also
 what Faust's recovery takes as the end (`transactions._Consumer.highwaters`).
 
-Standby partitions go the same path at assignment, after the actives, so a worker that
-becomes a standby catches up with a bulk restore too. Afterwards a standby follows its
-changelog through Faust's per-message loop again (its records arrive through Faust's
-consumer, which owns those partitions); that steady-state path is not replaced here.
+Standby partitions are not restored here: right after the assignment they are taken out
+of Faust's recovery and followed, from their persisted offsets, by
+`standby.StandbyFollower` (the same write batches, in the background between rebalances),
+so the rebalance callback waits for the active partitions only.
 
 The cost of restoring inside the rebalance callback: the group's next rebalance waits for
 it. A member that joins meanwhile holds the group until this worker rejoins, and past
@@ -59,9 +59,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
-from rocksdict import WriteBatch
 
-from pipeline.stream import faust_adapter
+from pipeline.stream.standby import StandbyFollower
+from pipeline.stream.tables import write_fetch
 
 log = logging.getLogger(__name__)
 
@@ -233,42 +233,59 @@ class BulkRestore:
 
     @staticmethod
     def _write(p: _Plan, records: list[Any], position: int) -> None:
-        """One write batch: the records (tombstones delete) and the persisted offset."""
-        wb = WriteBatch(raw_mode=True)
-        for r in records:
-            if r.value is None:
-                wb.delete(r.key)
-            else:
-                wb.put(r.key, r.value)
-        wb.put(p.store.offset_key, str(position - 1).encode())
-        # Through the adapter (Faust's stores have no public per-partition handle); this
-        # also opens a standby partition's database.
-        faust_adapter.partition_db(p.store, p.tp.partition).write(wb)
+        write_fetch(p.store, p.tp.partition, records, position)
 
 
 class _Recovery(Recovery):
-    """Faust's recovery service, preceded by a bulk restore of the assigned partitions."""
+    """Faust's recovery service, preceded by a bulk restore of the assigned active
+    partitions; the standby partitions are followed by `standby.StandbyFollower`."""
 
     restorer: BulkRestore | None = None
+    follower: StandbyFollower | None = None
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
                            newly_assigned: set[TP], generation_id: int = 0) -> None:
         app = self.app
         if self.restorer is not None and generation_id == app.consumer_generation_id:
-            await self.restorer.restore(self._targets(), lambda: (
-                generation_id == app.consumer_generation_id and not self.should_stop))
+            await self.restorer.restore(self._targets(app.assignor.assigned_actives()),
+                                        lambda: (generation_id == app.consumer_generation_id
+                                                 and not self.should_stop))
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.follower is not None and generation_id == app.consumer_generation_id:
+            self._follow_standbys()
 
-    def _targets(self) -> list[tuple[str, Any, TP]]:
-        """Assigned changelog partitions of RocksDB (rocksdict) tables: actives first."""
-        assignor = self.app.assignor
+    def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Before any store closes or opens a partition of the coming assignment.
+        if self.follower is not None:
+            self.follower.stop()
+        super().on_partitions_revoked(revoked)
+
+    async def on_stop(self) -> None:
+        if self.follower is not None:
+            await self.follower.close()
+        await super().on_stop()
+
+    def _follow_standbys(self) -> None:
+        """Take the RocksDB tables' standby partitions away from Faust's recovery (which
+        then never seeks nor resumes them) and have the follower read them instead."""
+        assert self.follower is not None
+        targets = self._targets(self.app.assignor.assigned_standbys())
+        for _, _, tp in targets:
+            # In place: Faust's recovery task holds these very sets.
+            self.standby_tps.discard(tp)
+            self.standbys_for_table[self.tp_to_table[tp]].discard(tp)
+            self.standby_offsets.pop(tp, None)
+            self.standby_highwaters.pop(tp, None)
+        self.follower.start(targets)
+
+    def _targets(self, tps: Iterable[TP]) -> list[tuple[str, Any, TP]]:
+        """Those of `tps` that are changelog partitions of RocksDB (rocksdict) tables."""
         tables = {t.changelog_topic.get_topic_name(): t for t in self.tables.values()}
         out: list[tuple[str, Any, TP]] = []
-        for tps in (assignor.assigned_actives(), assignor.assigned_standbys()):
-            for tp in sorted(tps):
-                table = tables.get(tp.topic)
-                if table is not None and getattr(table.data, "use_rocksdict", False):
-                    out.append((cast(str, table.name), table.data, tp))
+        for tp in sorted(tps):
+            table = tables.get(tp.topic)
+            if table is not None and getattr(table.data, "use_rocksdict", False):
+                out.append((cast(str, table.name), table.data, tp))
         return out
 
 
@@ -276,6 +293,7 @@ class RestoringTableManager(TableManager):
     """Faust's table manager with `_Recovery` as its recovery service."""
 
     restorer: BulkRestore | None = None
+    follower: StandbyFollower | None = None
 
     @property
     def recovery(self) -> Recovery:
@@ -283,13 +301,16 @@ class RestoringTableManager(TableManager):
         if self._recovery is None:
             rec = _Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
             rec.restorer = self.restorer
+            rec.follower = self.follower
             self._recovery = rec
         return self._recovery
 
 
-def install(app: Any, restorer: BulkRestore) -> None:
-    """Have `app` (built with ``TableManager=RestoringTableManager``) restore in bulk."""
+def install(app: Any, restorer: BulkRestore, follower: StandbyFollower | None = None) -> None:
+    """Have `app` (built with ``TableManager=RestoringTableManager``) restore its actives
+    in bulk and, given a `follower`, follow its standbys with it."""
     tables = app.tables
     if not isinstance(tables, RestoringTableManager):
         raise TypeError("the app's table manager is not RestoringTableManager")
     tables.restorer = restorer
+    tables.follower = follower

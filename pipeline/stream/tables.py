@@ -1,8 +1,9 @@
-"""One batch's view of a Faust table: reads through its store, writes coalesced."""
+"""One batch's view of a Faust table (reads through its store, writes coalesced), and a
+changelog fetch written to a store in one batch (`write_fetch`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -108,3 +109,18 @@ class BatchTable:
                 last[meta.partition] = max(meta.offset, last.get(meta.partition, -1))
         for partition, offset in last.items():
             store.set_persisted_offset(TP(self.changelog, partition), offset + past)
+
+
+def write_fetch(store: Any, partition: int, records: Iterable[Any], position: int) -> None:
+    """One write batch: a fetch's records (tombstones delete) and the persisted offset, the
+    consumer's `position` - 1 (so the store and its offset always change together)."""
+    wb = WriteBatch(raw_mode=True)
+    for r in records:
+        if r.value is None:
+            wb.delete(r.key)
+        else:
+            wb.put(r.key, r.value)
+    wb.put(store.offset_key, str(position - 1).encode())
+    # Through the adapter (Faust's stores have no public per-partition handle); this
+    # also opens a standby partition's database.
+    faust_adapter.partition_db(store, partition).write(wb)

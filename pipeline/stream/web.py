@@ -30,6 +30,7 @@ from pipeline.stream.leadview import (
 from pipeline.stream.progress import RecoveryProgress
 from pipeline.stream.rules_feed import RulesFeed
 from pipeline.stream.stages.assign import team_queue
+from pipeline.stream.standby import StandbyFollower
 
 
 def free_web_port(host: str) -> int:
@@ -50,6 +51,7 @@ class Served(Protocol):
     recovery_progress: RecoveryProgress
     rules_feed: RulesFeed
     clock: Clock
+    standby: StandbyFollower
 
     @property
     def app(self) -> faust.App: ...
@@ -197,27 +199,19 @@ def readiness(lf: Served) -> dict[str, Any]:
         "rules": lf.rules_feed.status(),
         # records left per table and partition while recovering, with a rate and time left
         "recovery": lf.recovery_progress.snapshot(),
-        "standbys": standby_positions(app),
+        "standbys": standby_positions(lf.standby),
     }
 
 
-def standby_positions(app: Any) -> dict[str, dict[str, dict[str, int | None]]]:
+def standby_positions(follower: StandbyFollower) -> dict[str, dict[str, dict[str, int | None]]]:
     """Per table and standby partition of this worker: `stored`, the offset of the last
     changelog record its store holds (its persisted offset; -1 before the first), and `end`,
-    the changelog's end offset as this worker's consumer last saw it (None before a fetch).
+    the changelog's end offset (the last stable offset under exactly-once) as the standby
+    follower last saw it (None before its first fetch).
 
-    Faust applies a standby's records in buffers of `standby_buffer_size`, so what a
-    takeover would start from is the store, not the records received.
+    The follower writes each fetch with its offset in one batch, so `stored` is both what
+    the store holds and where a takeover would start from.
     """
-    recovery = cast(Any, app.tables).recovery
-    consumer = app.consumer
-    out: dict[str, dict[str, dict[str, int | None]]] = {}
-    for tp in sorted(recovery.standby_tps):
-        table = recovery.tp_to_table.get(tp)
-        if table is None:
-            continue
-        stored = table.data.persisted_offset(tp)
-        end = consumer.highwater(tp) if consumer is not None else None
-        out.setdefault(str(table.name), {})[str(tp.partition)] = {
-            "stored": -1 if stored is None else int(stored), "end": end}
-    return out
+    return {table: {str(p): {"stored": pos.stored, "end": pos.end}
+                    for p, pos in parts.items()}
+            for table, parts in follower.positions().items()}

@@ -17,5 +17,9 @@ async def test_standby_lag_is_measured_on_every_standby_partition(kafka_bootstra
     assert res["standby_partitions"] == sorted(
         f"{t}[{p}]" for t in ("identity", "leads", "owners") for p in (0, 1))
     assert res["samples"] > 0 and res["offered_s"] > 0
+    # events sent over the time it took (offered_s is rounded to 0.1 s)
+    assert res["offered_per_s"] == pytest.approx(300 * 8 / res["offered_s"], rel=0.02)
     assert 0 <= res["standby_lag_records_p99"] <= res["standby_lag_records_max"]
     assert 0 <= res["standby_lag_s_p99"] <= res["standby_lag_s_max"] <= res["offered_s"]
+    # the seconds' resolution: a time between two samples, within the load
+    assert 0 < res["sample_gap_s_max"] <= res["offered_s"]

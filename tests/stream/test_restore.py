@@ -17,10 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from rocksdict import AccessType, Options, Rdict
 
-from pipeline.kafka.topics import DEFAULT_TABLES
-from pipeline.stream.keys import partition_for
 from tests.support.reliability import (
     alert_ids,
     events_per_lead,
@@ -28,93 +25,16 @@ from tests.support.reliability import (
     make_isolated,
     messages,
     produce,
-    read_all,
     reference,
     report,
     seen_order,
     settled,
     stage_changes,
 )
-from tests.support.workers import Isolated, WorkerProcess
+from tests.support.stores import expected_tables, stored_tables, tamper
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-OFFSET_KEY = b"__faust\0offset__"  # where Faust's RocksDB store keeps its persisted offset
-
-
-def changelog(iso: Isolated, table: str) -> str:
-    return f"{iso.env['LEADFLOW_APP_ID']}-{table}-changelog"
-
-
-async def expected_tables(iso: Isolated, *, eos: bool
-                          ) -> tuple[dict[tuple[str, int], dict[bytes, bytes]], int]:
-    """The last value of every key per table partition, as a reader of the changelogs
-    sees them (read_committed under exactly-once), and how many records that was."""
-    topics = {changelog(iso, t): t for t in DEFAULT_TABLES}
-    records = await read_all(iso.bootstrap, list(topics), read_committed=eos)
-    out: dict[tuple[str, int], dict[bytes, bytes]] = {}
-    for r in records:  # in offset order
-        part = out.setdefault((topics[r.topic], r.partition), {})
-        if r.value is None:
-            part.pop(r.key, None)
-        else:
-            part[r.key] = r.value
-    return out, len(records)
-
-
-def stored_tables(home: Path, iso: Isolated) -> dict[tuple[str, int], dict[bytes, bytes]]:
-    """Every key and value in a worker's RocksDB tables (read only: the worker may run)."""
-    tables = home / "worker" / iso.env["LEADFLOW_APP_ID"] / "v1" / "tables"
-    out: dict[tuple[str, int], dict[bytes, bytes]] = {}
-    for table in DEFAULT_TABLES:
-        for p in range(iso.settings.partitions):
-            path = tables / f"{table}-{p}.db"
-            if not path.exists():
-                continue
-            db = Rdict(str(path), options=Options(raw_mode=True),
-                       access_type=AccessType.read_only())
-            try:
-                got = {bytes(k): bytes(v) for k, v in db.items() if k != OFFSET_KEY}
-            finally:
-                db.close()
-            if got:
-                out[(table, p)] = got
-    return out
-
-
-async def tamper(iso: Isolated, bootstrap: str, producer: AIOKafkaProducer, *, eos: bool,
-                 real_lead: bytes) -> dict[str, bytes]:
-    """Overwrites, a tombstone and (exactly-once) an aborted transaction on the leads
-    changelog; the synthetic keys by what must become of them."""
-    topic = changelog(iso, "leads")
-    parts = iso.settings.partitions
-    recs = await read_all(bootstrap, [topic], read_committed=eos)
-    values = [r.value for r in recs if r.value is not None]
-    real_value = next(r.value for r in reversed(recs) if r.key == real_lead)
-    keys = {"overwritten": b"restore-overwritten", "deleted": b"restore-deleted",
-            "aborted": b"restore-aborted"}
-    writes = [(keys["overwritten"], values[0]), (keys["deleted"], values[1]),
-              (keys["overwritten"], values[-1]), (keys["deleted"], None)]
-    if not eos:
-        for key, value in writes:
-            await producer.send_and_wait(topic, value, key=key,
-                                         partition=partition_for(key, parts))
-        return keys
-    tx = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topic}-test")
-    await tx.start()
-    try:
-        async with tx.transaction():
-            for key, value in writes:
-                await tx.send(topic, value, key=key, partition=partition_for(key, parts))
-        await tx.begin_transaction()
-        wrong = next(v for v in values if v != real_value)
-        for key, value in [(keys["aborted"], values[0]), (real_lead, wrong)]:
-            await (await tx.send(topic, value, key=key, partition=partition_for(key, parts)))
-        await tx.abort_transaction()
-    finally:
-        await tx.stop()
-    return keys
-
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_fresh_worker_restores_in_bulk_exactly_then_scores_on(
