@@ -37,6 +37,14 @@ committed); and events.web[3] offset 330 handled, then 336-350, 331-335 never de
 partitions back until the seek is done, and `ExactlyOnce.run` still drops any record below
 the offset this worker has committed for its partition (or seen twice in one batch).
 
+That seek is also what reads again the records Faust's consumer throws away during a
+rebalance: records fetched while its flow is stopped (`Consumer.getmany`, "getmany called
+while flow not active") or cut off by a new generation are dropped, on the promise that
+the seek to the committed offsets fetches them once more. aiokafka's `seek_to_committed`
+skips a partition with no committed offset (or 0), so there the position stayed past the
+dropped records and they were never delivered, and the next batch's transaction committed
+past them. `_ConsumerThread.seek_to_committed` seeks such partitions to their beginning.
+
 Sends outside a batch (the SLA and decay timers' requests) go through Faust's plain
 idempotent producer: they are requests whose effects happen in-stream, in transactions.
 
@@ -54,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -296,7 +304,38 @@ class ExactlyOnce(TransactionManager):
             log.warning("abort of %s failed: %r", tid, exc)
 
 
+def from_start(committed: Mapping[Any, int | None], changelogs: Collection[str]) -> list[Any]:
+    """The stream partitions of `committed` (partition -> committed offset) that must be
+    read from their beginning: nothing committed yet, or 0. Changelog partitions are left
+    to Faust's recovery, which positions them itself."""
+    return sorted(tp for tp, offset in committed.items()
+                  if not offset and tp.topic not in changelogs)
+
+
 class _ConsumerThread(AIOKafkaConsumerThread):
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, and partitions with none to their beginning.
+
+        Faust drops what its fetcher brought during a rebalance and relies on this seek to
+        read it again; aiokafka's seeks only partitions committed past 0 (module docstring).
+        """
+        return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
+
+    async def _seek_to_committed(self) -> Mapping[Any, int | None]:
+        consumer = faust_adapter.aiokafka_consumer(self)
+        committed = cast(Mapping[Any, "int | None"], await consumer.seek_to_committed())
+        fresh = from_start(committed, faust_adapter.changelog_topics(self.app.tables))
+        if fresh:
+            log.debug("no committed offset for %s: reading from the beginning",
+                      ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh))
+            # One ListOffsets request and a seek each, not `seek_to_beginning`, which waits
+            # for the fetcher's next round of offset resets.
+            starts = await consumer.beginning_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in fresh])
+            for tp, offset in starts.items():
+                consumer.seek(tp, offset)
+        return committed
+
     async def _highwaters(self, partitions: list[TP]) -> dict[TP, int]:
         # Faust's version returns `last_stable_offset`, unknown (None) for a partition not
         # fetched yet; `end_offsets` asks the broker, at the consumer's isolation level.

@@ -46,16 +46,9 @@ STEPS = 60
 SECONDS = 18.0
 
 
-# Under exactly-once a SIGKILL stalled the survivor in 2 of 4 runs (2026-12-03): it
-# restored, said it was ready, then scored nothing more of the moved partitions.
-STALL = pytest.mark.xfail(reason="exactly-once takeover after SIGKILL can stall (issue 23)",
-                          strict=False)
-
-
 @pytest.mark.parametrize(("guarantee", "stop"), [
     ("at_least_once", signal.SIGTERM), ("exactly_once", signal.SIGTERM),
-    ("at_least_once", signal.SIGKILL),
-    pytest.param("exactly_once", signal.SIGKILL, marks=STALL),
+    ("at_least_once", signal.SIGKILL), ("exactly_once", signal.SIGKILL),
 ], ids=["at_least_once-sigterm", "exactly_once-sigterm", "at_least_once-sigkill",
         "exactly_once-sigkill"])
 async def test_survivor_takes_over_and_result_is_exact(
