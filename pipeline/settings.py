@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     # big dedicated host; these keep a worker with a million leads well under 1 GiB.
     rocksdb_write_buffer_mb: int = Field(default=16, ge=1)
     rocksdb_block_cache_mb: int = Field(default=16, ge=1)
+    #: Decoded lead records kept between batches (`stream.cache`), estimated MB; 0: none.
+    lead_cache_mb: int = Field(default=64, ge=0)
     kafka_version: str = KAFKA_VERSION
     kafka_heap_mb: int = Field(default=512, ge=128)
     topics: Topics = Field(default_factory=Topics)
