@@ -9,7 +9,7 @@ which a shared machine disturbs far less than wall time; comparing two commits w
 shows what a change to the hot path buys before `leadflow bench` measures it end to end.
 
     .venv/bin/python benchmarks/steps_bench.py [--events 200000] [--leads 50000] [--json]
-        [--lead-cache-mb 64]   # the worker's default; 0 reads and decodes every lead
+        [--lead-cache-mb 64]   # default: the worker's (0: every lead read and decoded)
 """
 
 from __future__ import annotations
