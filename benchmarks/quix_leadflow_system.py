@@ -71,7 +71,7 @@ from pipeline.stream.produce import Send
 from pipeline.stream.stages.assign import assign_stage
 from pipeline.stream.stages.ingest import dead_letter, identity_key_bytes, ingest_batch
 from pipeline.stream.stages.records import Destinations, RawMessage
-from pipeline.stream.stages.score import score
+from pipeline.stream.stages.score import score, stored_records
 from pipeline.stream.stages.stitch import stitch_batch
 
 TS: array[float] = array("d")
@@ -161,11 +161,11 @@ class Steps:
             return stored
         line = decode_leads_line(value, key)
         check(line.lead_id)
-        res = score([line], get, self.rules, self.dest,
+        res = score([line], stored_records(get), self.rules, self.dest,
                     dedup_retention_ms=self.dedup_retention_ms, routed_ms=now_ms)
         for k, record in res.writes.items():
             check(k)
-            state.set("lead", record)
+            state.set("lead", record.to_stored())
         return list(res.sends)
 
     def assign(self, value: bytes, key: bytes, state: State) -> list[Send]:

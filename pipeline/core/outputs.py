@@ -221,8 +221,10 @@ class ScoreChange:
     def from_row(cls, lead_id: str, row: Any) -> ScoreChange:
         """Reverse `to_row`."""
         kind, rule, group, delta, fit, eng, prod, total, at_ms, mid = row
-        return cls(lead_id, kind, rule, group, float(delta), float(fit), float(eng),
-                   float(prod), float(total), at_ms, mid)
+        # Through the slot setters: a stored lead holds up to MAX_CHANGES of these, rebuilt
+        # on every read of the lead, and the frozen `__init__` cost more than the rest.
+        return make_change(lead_id, kind, rule, group, float(delta), float(fit), float(eng),
+                           float(prod), float(total), at_ms, mid)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form, scores rounded for display."""

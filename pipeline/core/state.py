@@ -262,6 +262,18 @@ def make_state(
     return s
 
 
+def without_seen(state: LeadState) -> LeadState:
+    """The state with an empty dedup list (the form a lead record stores it in, beside its
+    own window: see `stream.stages.records.LeadRecord`)."""
+    if not state.seen:
+        return state
+    s = _new(LeadState)
+    for setter, name in zip(_SET, _FIELDS, strict=True):
+        setter(s, getattr(state, name))
+    _SET[14](s, _EMPTY)
+    return s
+
+
 def with_owner(state: LeadState, owner: str | None, team: str | None) -> LeadState:
     """The state with the owner and team the assign step chose (or reassigned)."""
     return replace(state, owner=owner, team=team)

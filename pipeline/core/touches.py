@@ -56,9 +56,21 @@ class Touch:
 
     @classmethod
     def from_list(cls, v: Sequence[Any]) -> Touch:
-        """Rebuild a touch from `to_list` output."""
-        return cls(str(v[0]), int(v[1]), str(v[2]), v[3], v[4], v[5], v[6], int(v[7]),
-                   int(v[8]), tuple(v[9]))
+        """Rebuild a touch from `to_list` output (through the slot setters, as `make_touch`:
+        every read of a lead rebuilds its touches)."""
+        t = _new(Touch)
+        st = _T_SET
+        st[0](t, str(v[0]))
+        st[1](t, int(v[1]))
+        st[2](t, str(v[2]))
+        st[3](t, v[3])
+        st[4](t, v[4])
+        st[5](t, v[5])
+        st[6](t, v[6])
+        st[7](t, int(v[7]))
+        st[8](t, int(v[8]))
+        st[9](t, tuple(v[9]))
+        return t
 
     def with_mark(self, mark: str) -> Touch:
         """The touch with one more mark (kept once)."""
@@ -72,6 +84,7 @@ class Touch:
 _T_FIELDS = ("channel", "at_ms", "message_id", "source", "medium", "campaign", "referrer",
              "count", "last_ms", "marks")
 _T_SET = tuple(getattr(Touch, n).__set__ for n in _T_FIELDS)  # the slots' setters, in order
+_new = object.__new__
 
 
 def make_touch(channel: str, at_ms: int, message_id: str, source: str | None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from pipeline.errors import LeadflowError
 
@@ -25,13 +26,29 @@ def _utc(when: int | datetime) -> datetime:
     return datetime.fromtimestamp(when / 1000, UTC)
 
 
+# The score stage writes an event's time once per output of the event (every score change,
+# stage change, alert): the same few milliseconds again and again.
+@lru_cache(maxsize=4096)
+def _offset_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+@lru_cache(maxsize=4096)
+def _z_ms(ms: int) -> str:
+    return _offset_ms(ms).replace("+00:00", "Z")
+
+
 def iso_offset(when: int | datetime) -> str:
     """Epoch milliseconds (or a datetime) as ``2026-11-30T08:00:00.000+00:00``."""
+    if type(when) is int:
+        return _offset_ms(when)
     return _utc(when).isoformat(timespec="milliseconds")
 
 
 def iso_z(when: int | datetime) -> str:
     """Epoch milliseconds (or a datetime) as ``2026-11-30T08:00:00.000Z``."""
+    if type(when) is int:
+        return _z_ms(when)
     return iso_offset(when).replace("+00:00", "Z")
 
 

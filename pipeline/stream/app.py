@@ -34,6 +34,7 @@ from pipeline.metrics.registry import Metrics
 from pipeline.settings import Settings
 from pipeline.stream import faust_adapter, restore, transactions, web
 from pipeline.stream.access import advertised_host
+from pipeline.stream.cache import RecordCache
 from pipeline.stream.clock import Clock
 from pipeline.stream.codec import decode_assign, decode_event, decode_leads_line, unpack
 from pipeline.stream.inputs import InputConsumer
@@ -48,7 +49,7 @@ from pipeline.stream.stages.records import Destinations, RawMessage, StageOutput
 from pipeline.stream.stages.score import score, tick_due, tick_requests
 from pipeline.stream.stages.stitch import stitch
 from pipeline.stream.standby import StandbyFollower
-from pipeline.stream.tables import BatchTable
+from pipeline.stream.tables import LEAD_CODEC, BatchTable
 
 Event = EventT[Any]
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ class LeadflowApp:
             f"{settings.app_id}-assign", partitions=parts, internal=True, **raw
         )
         self.owners = self.app.Table("owners", default=None, **table, **opts())
+        #: Decoded lead records between batches; emptied at every rebalance (`_rebalancing`).
+        self.lead_cache = RecordCache(settings.lead_cache_mb * 1024 * 1024)
         #: Where the stages send (topics, internal topics, partitions, rules version).
         self.dest = Destinations.of(t, settings.app_id, parts, rules.version,
                                     score_ledger=settings.score_ledger)
@@ -279,6 +282,7 @@ class LeadflowApp:
             _guarded(self._decay_timer)
         )
         self.app.timer(5.0, name=f"{settings.app_id}.metrics")(_guarded(self._metrics_timer))
+        self.app.on_partitions_revoked.connect(self._rebalancing)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.task(self._follow_rules)
         web.install(self)
@@ -511,7 +515,7 @@ class LeadflowApp:
                 line = decode_leads_line(raw, ev.message.key)
                 lines.append(line)
                 by_key[line.lead_id.encode()] = ev
-        leads = BatchTable(self.leads, by_key)
+        leads = BatchTable(self.leads, by_key, LEAD_CODEC, self.lead_cache)
         await self._commit(score(
             lines, leads.get, self.rules, self.dest,
             dedup_retention_ms=int(self.settings.dedup_retention_s * 1000),
@@ -545,7 +549,12 @@ class LeadflowApp:
         if due:
             await self._send_all(tick_requests(due, now_ms, self.dest))
 
+    async def _rebalancing(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # A revoked partition may change on another worker before it comes back here.
+        self.lead_cache.clear()
+
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.lead_cache.clear()  # and nothing read before the assignment is kept
         self.metrics.rebalance()
         # A partition may come back from another worker, far ahead: no hole.
         self._offsets.reset()

@@ -23,3 +23,13 @@ def test_parse_reads_what_both_write() -> None:
     assert parse_iso("2026-11-30T08:00:00") == want
     with pytest.raises(ValueError):
         parse_iso("yesterday")
+
+
+def test_milliseconds_are_written_the_same_however_often_asked() -> None:
+    # every millisecond of two seconds, twice over (the second time from the memo), the
+    # same text as through a datetime (whatever /1000 rounds to)
+    for _ in range(2):
+        for ms in range(MS - 1000, MS + 1000):
+            dt = datetime.fromtimestamp(ms / 1000, UTC)
+            assert iso_offset(ms) == dt.isoformat(timespec="milliseconds") == iso_offset(dt)
+            assert iso_z(ms) == iso_z(dt) == iso_offset(dt).replace("+00:00", "Z")

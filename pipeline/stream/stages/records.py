@@ -7,10 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from pipeline.core.routing import TeamState
-from pipeline.core.state import LeadState
+from pipeline.core.state import LeadState, without_seen
 from pipeline.settings import Topics
-from pipeline.stream.codec import pack
+from pipeline.stream.codec import dumps, pack
 from pipeline.stream.keys import partition_for
 from pipeline.stream.produce import Send
 
@@ -101,7 +103,8 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class LeadRecord:
     """A lead as the leads table keeps it: the core state, the dedup window beside it (so
-    both go in one changelog record) and its route.
+    both go in one changelog record) and its route. Immutable: the worker keeps decoded
+    records between batches (`stream.cache`) and hands the same one to later batches.
 
     Stored as `{"s": state, "seen": window, "route": {...}}` (`to_stored`). The window is
     `stream.dedup`'s (messageId digests by event time); the state's own short dedup list
@@ -116,6 +119,21 @@ class LeadRecord:
     def from_stored(cls, stored: Mapping[str, Any]) -> LeadRecord:
         return cls(LeadState.from_dict(stored["s"]), stored.get("seen"),
                    Route.from_stored(stored))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LeadRecord:
+        """A leads-table value (`encode`d) -> its record."""
+        return cls.from_stored(orjson.loads(raw))
+
+    def as_stored(self) -> LeadRecord:
+        """The record as the table gives it back (`decode(encode())`): the state's own
+        dedup list is not stored. What the record cache keeps of a write."""
+        state = without_seen(self.state)
+        return self if state is self.state else LeadRecord(state, self.seen, self.route)
+
+    def encode(self) -> bytes:
+        """The leads-table value of this record (the JSON of `to_stored`)."""
+        return dumps(self.to_stored())
 
     def to_stored(self) -> dict[str, Any]:
         state = self.state.to_dict()

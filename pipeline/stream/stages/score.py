@@ -93,14 +93,27 @@ def score_batch(
     time-driven moves of leads that send nothing. `owners` maps a lead to the owner, team
     and alert the assign step chose: written to the lead's state.
     """
-    res = _score(events, get, rules, dedup_retention_ms, ticks or {}, owners or {}, ledger)
+    res = _score(events, stored_records(get), rules, dedup_retention_ms, ticks or {},
+                 owners or {}, ledger)
     return ScoreResult(res.outputs, {k: r.to_stored() for k, r in res.records.items()},
                        res.duplicates)
 
 
+#: Reads a lead's record from the leads table (None: the table has none).
+RecordReader = Callable[[str], LeadRecord | None]
+
+
+def stored_records(get: Callable[[str], Mapping[str, Any] | None]) -> RecordReader:
+    """A reader of lead records over a table of stored (`LeadRecord.to_stored`) dicts."""
+    def read(lead: str) -> LeadRecord | None:
+        stored = get(lead)
+        return None if stored is None else LeadRecord.from_stored(stored)
+    return read
+
+
 def _score(
     events: Sequence[Event],
-    get: Callable[[str], Mapping[str, Any] | None],
+    get: RecordReader,
     rules: CompiledRules,
     dedup_retention_ms: int,
     ticks: Mapping[str, int],
@@ -114,18 +127,17 @@ def _score(
     for lead in ticks:
         by_lead.setdefault(lead, [])
     for lead, evs in by_lead.items():
-        stored = get(lead)
+        known = get(lead)
         tick_at = ticks.get(lead)
         if not evs:  # a tick alone
-            if stored is None or tick_at is None:
+            if known is None or tick_at is None:
                 continue
-            rec = LeadRecord.from_stored(stored)
+            rec = known
             res = tick(rec.state, tick_at, rules, ledger=ledger)
             if res.outputs or res.state.hot != rec.state.hot:  # a move, or a hot lead cooled
                 out.outputs.extend(res.outputs)
                 out.records[lead] = replace(rec, state=res.state)
             continue
-        known = LeadRecord.from_stored(stored) if stored is not None else None
         window = SeenWindow(known.seen if known is not None else None,
                             retention_ms=dedup_retention_ms)
         fresh = [e for e in evs if window.add(e.message_id, e.timestamp_ms)]
@@ -143,10 +155,9 @@ def _score(
     for lead, own in owners.items():
         known = out.records.get(lead)
         if known is None:
-            stored = get(lead)
-            if stored is None:
+            known = get(lead)
+            if known is None:
                 continue  # an owner for a lead this table never held: nothing to attach it to
-            known = LeadRecord.from_stored(stored)
         out.records[lead] = LeadRecord(with_owner(known.state, own.owner, own.team),
                                        known.seen, Route(own.team, own.alert_id))
     return out
@@ -355,7 +366,7 @@ def plan_scored(
     outputs: Sequence[object],
     records: Mapping[str, LeadRecord],
     events: Sequence[Event],
-    get: Callable[[str], Mapping[str, Any] | None],
+    get: RecordReader,
     routing: RoutingRules,
     topics: Topics,
     *,
@@ -366,7 +377,7 @@ def plan_scored(
 
     Only the few leads that are alerted, handed off or acknowledged are looked up: reading
     the traits of every written lead was a measurable cost per event (README). `get` reads
-    a stored lead the batch did not write.
+    the record of a lead the batch did not write.
     """
     routed = {o.lead_id for o in outputs if isinstance(o, AlertTrigger | RoutingDecision)}
     traits = {lead: records[lead].traits() for lead in routed if lead in records}
@@ -374,7 +385,9 @@ def plan_scored(
     routes: dict[str, Route] = {}
     for lead in {e.lead_id for e in events if e.type == "track" and e.name in ACK_EVENTS}:
         rec = records.get(lead)
-        route = rec.route if rec is not None else Route.from_stored(get(lead))
+        if rec is None:
+            rec = get(lead)
+        route = rec.route if rec is not None else None
         if route is not None:
             routes[lead] = route
     # the lead's team after the batch: an owner update in the same batch also names its moves
@@ -394,7 +407,7 @@ class Scored:
     """A score batch's sends, lead table writes and what to count."""
 
     sends: tuple[Send, ...]
-    writes: Mapping[str, Any]
+    writes: Mapping[str, LeadRecord]  # the leads table's codec encodes them
     duplicates: int
     moves: tuple[CountedMove, ...]
     #: event time (ms) of every event scored, for the processing lag
@@ -415,7 +428,7 @@ class Scored:
 
 def score(
     lines: Sequence[LeadsLine],
-    get: Callable[[str], Mapping[str, Any] | None],
+    get: RecordReader,
     rules: CompiledRules,
     dest: Destinations,
     *,
@@ -424,8 +437,9 @@ def score(
 ) -> Scored:
     """Score a batch of leads-topic lines (events, tick requests, owner updates).
 
-    `routed_ms` is when the batch's alerts are routed: their SLA clocks start there (see
-    `assign.assign_batch`).
+    `get` reads a lead's record; the records written come back as `writes`, for the
+    leads table to encode (`LeadRecord.encode`). `routed_ms` is when the batch's alerts
+    are routed: their SLA clocks start there (see `assign.assign_batch`).
     """
     events: list[Event] = []
     ticks: dict[str, int] = {}
@@ -450,9 +464,8 @@ def score(
                 records[lead] = replace(records[lead],
                                         route=Route(team, cmd.alert["alert_id"]))
         sends.append(Send(dest.assign, team.encode(), encode_assign(cmd), None))
-    return Scored(tuple(sends), {k: r.to_stored() for k, r in records.items()},
-                  res.duplicates, tuple(p.moves), tuple(e.timestamp_ms for e in events),
-                  tuple(p.attributions))
+    return Scored(tuple(sends), records, res.duplicates, tuple(p.moves),
+                  tuple(e.timestamp_ms for e in events), tuple(p.attributions))
 
 
 # The stages a quiet lead can decay out of, as the stored records spell them.

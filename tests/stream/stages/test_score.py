@@ -163,9 +163,10 @@ def test_plan_scored_looks_up_only_the_routes_of_acknowledged_leads() -> None:
     page = Event(message_id="p1", lead_id="u2", type="page", timestamp_ms=t0, user_id="u2")
     asked: list[str] = []
 
-    def get(lead: str) -> dict[str, Any] | None:
+    def get(lead: str) -> LeadRecord | None:
         asked.append(lead)
-        return {"route": {"team": "sales", "alert_id": "x"}} if lead == "u1" else None
+        return (LeadRecord(LeadState(lead), None, Route("sales", "x")) if lead == "u1"
+                else None)
 
     p = plan_scored([], {}, [ack, page], get, RULES.routing, Topics(),
                     free_mail=RULES.free_email)
@@ -256,7 +257,7 @@ def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() ->
     [cmd] = by_topic["lf-assign"]
     body = orjson.loads(cmd.value)
     assert (cmd.key, body["op"], body["routed_ms"]) == (b"emea", "alert", 42)
-    assert out.writes["u1"]["route"] == {"team": "emea", "alert_id": body["alert"]["alert_id"]}
+    assert out.writes["u1"].route == Route("emea", body["alert"]["alert_id"])
     assert [(m.from_stage, m.to_stage) for m in out.moves][:1] == [("visitor", "lead")]
     assert out.event_ms == (ident.timestamp_ms, demo.timestamp_ms)
     reg = CollectorRegistry()
@@ -267,8 +268,8 @@ def test_the_stage_sends_changes_and_alert_commands_and_remembers_the_route() ->
     again = score([OwnerUpdate("u1", "rep-1", "emea", "x")], table.get, RULES, DEST,
                   dedup_retention_ms=10**9, routed_ms=43)
     assert again.sends == ()
-    assert again.writes["u1"]["s"]["owner"] == "rep-1"
-    assert again.writes["u1"]["route"] == {"team": "emea", "alert_id": "x"}
+    assert again.writes["u1"].state.owner == "rep-1"
+    assert again.writes["u1"].route == Route("emea", "x")
 
 
 def test_the_decay_dry_run_agrees_with_ticking_every_stored_record() -> None:
@@ -338,7 +339,7 @@ def test_score_changes_go_to_their_topic_one_per_change_and_match_the_schema() -
                                   "engagement": round(core[-1].engagement, 2),
                                   "product": round(core[-1].product, 2)}
     # the lead keeps them for /history
-    assert len(out.writes["u1"]["s"]["changes"]) == len(core)
+    assert len(out.writes["u1"].state.changes) == len(core)
 
 
 def test_the_decay_timer_sends_decay_as_a_change_without_a_message_id() -> None:
@@ -347,14 +348,14 @@ def test_the_decay_timer_sends_decay_as_a_change_without_a_message_id() -> None:
     table: dict[str, Any] = {}
     table.update(score([page], table.get, RULES, DEST, dedup_retention_ms=10**9,
                        routed_ms=1).writes)
-    before = LeadRecord.from_stored(table["u1"]).state.engagement
+    before = table["u1"].state.engagement
     later = page.timestamp_ms + 120 * 86_400_000
     out = score([TickRequest("u1", later)], table.get, RULES, DEST, dedup_retention_ms=10**9,
                 routed_ms=2)
     sent = [orjson.loads(s.value) for s in out.sends if s.topic == "leads.score-changes"]
     assert [(m["kind"], m["rule"], m["group"], m["message_id"], m["at_ms"]) for m in sent] == [
         ("decay", "decay", "engagement", None, later)]
-    after = LeadRecord.from_stored(out.writes["u1"]).state.engagement
+    after = out.writes["u1"].state.engagement
     assert after < before and sent[0]["delta"] == round(after - before, 4) < 0
     assert sent[0]["change_id"] == f"u1:decay:engagement:{later}"
 
@@ -368,7 +369,7 @@ def test_ledger_off_sends_no_score_change_and_keeps_none() -> None:
     on_out = score([ident, page], {}.get, RULES, DEST, dedup_retention_ms=10**9, routed_ms=1)
     off_out = score([ident, page], {}.get, RULES, off, dedup_retention_ms=10**9, routed_ms=1)
     assert [s for s in off_out.sends if s.topic == "leads.score-changes"] == []
-    assert off_out.writes["u1"]["s"]["changes"] == []
+    assert off_out.writes["u1"].state.changes == ()
     assert [s for s in on_out.sends if s.topic != "leads.score-changes"] == list(off_out.sends)
 
 
