@@ -335,7 +335,8 @@ class LeadflowApp:
         silently) and the agent goes on with the next batch.
         """
         await self.rules_feed.wait_caught_up()
-        async for events in faust_adapter.take_queued(stream, batch_max):
+        within = self.tuning.batch_within_s
+        async for events in faust_adapter.take_queued(stream, batch_max, within):
             self._take_rules()  # one rules version per batch
             if self.settings.processing_guarantee == "exactly_once":
                 # One transaction per source partition group, dead letters included.

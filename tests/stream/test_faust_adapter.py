@@ -115,7 +115,7 @@ async def test_take_queued_takes_what_is_queued_up_to_the_max_and_acks_after_the
     release: asyncio.Queue[None] = asyncio.Queue()
 
     async def body(stream: Any) -> None:
-        async for batch in faust_adapter.take_queued(stream, 4):
+        async for batch in faust_adapter.take_queued(stream, 4, 60.0):
             await entered.put([(ev.value, ev.message.acked) for ev in batch])
             await release.get()
 
@@ -151,3 +151,26 @@ async def test_take_queued_takes_what_is_queued_up_to_the_max_and_acks_after_the
         # and no event of a batch is acked while it is processed
         assert not any(acked for b in batches for _, acked in b)
         release.put_nowait(None)
+
+
+def test_a_batch_is_behind_when_the_consumer_has_seen_records_past_it() -> None:
+    from types import SimpleNamespace
+
+    def stream(high: dict[str, int | None]) -> Any:
+        def highwater(tp: str) -> int | None:
+            if tp not in high:
+                raise AssertionError("not assigned")  # as aiokafka does
+            return high[tp]
+        return SimpleNamespace(app=SimpleNamespace(consumer=SimpleNamespace(highwater=highwater)))
+
+    def ev(tp: str, offset: int) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+    batch = [ev("a", 3), ev("b", 7), ev("a", 4)]
+    # caught up: the next offset, or one more for a transaction's commit marker
+    assert not faust_adapter._behind(stream({"a": 5, "b": 8}), batch)
+    assert not faust_adapter._behind(stream({"a": 6, "b": 9}), batch)
+    # records past the batch's last of a partition; a partition gone or unknown counts not
+    assert faust_adapter._behind(stream({"a": 7, "b": 8}), batch)
+    assert faust_adapter._behind(stream({"b": 10}), batch)
+    assert not faust_adapter._behind(stream({"a": None, "b": None}), batch)
