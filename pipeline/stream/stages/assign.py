@@ -128,6 +128,21 @@ def _acks(key: str, lead: str, supersedes: Sequence[str], entry_lead: str,
     return key == alert_id or alert_id in supersedes
 
 
+def _first_owner(t: _Team, team: Team, aid: str, alert: Mapping[str, Any], sla: int | None,
+                 at_ms: int, supersedes: tuple[str, ...], out: AssignResult) -> None:
+    """Give an alert its first owner at `at_ms` (or queue it, unowned, with why); its SLA
+    runs from then, and an alert with no SLA is no longer pending."""
+    t.state, body = _place(team, t.state, alert, sla, at_ms, frozenset())
+    out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
+    if body["owner"] is None:
+        t.enqueue(body, at_ms, _unowned_why(body))
+    if sla:
+        t.pending[aid] = PendingAlert(sla_due(team, at_ms, sla * 1000), alert,
+                                      body["owner"], (), supersedes)
+    else:
+        t.pending.pop(aid, None)
+
+
 def _alert(t: _Team, team: Team, cmd: AlertCommand, routing: RoutingRules,
            out: AssignResult) -> None:
     alert = dict(cmd.alert)
@@ -166,13 +181,7 @@ def _alert(t: _Team, team: Team, cmd: AlertCommand, routing: RoutingRules,
                                       reason=f"team closed until {iso_offset(opens)}",
                                       since=iso_offset(due_from))
         return
-    t.state, body = _place(team, t.state, alert, sla, due_from, frozenset())
-    out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
-    if body["owner"] is None:
-        t.enqueue(body, due_from, _unowned_why(body))
-    if sla:
-        t.pending[aid] = PendingAlert(sla_due(team, due_from, sla * 1000), alert,
-                                      body["owner"], (), supersedes)
+    _first_owner(t, team, aid, alert, sla, due_from, supersedes, out)
 
 
 def _ack(t: _Team, team: Team, cmd: AckCommand, out: AssignResult) -> None:
@@ -196,15 +205,7 @@ def _tick(t: _Team, team: Team, now: int, routing: RoutingRules, out: AssignResu
             t.pending[key] = replace(p, due_ms=opens)
             continue
         if p.waiting:
-            t.state, body = _place(team, t.state, alert, sla, now, frozenset())
-            out.emitted.append(Emitted("team", team.name, alert["lead_id"], body))
-            if body["owner"] is None:
-                t.enqueue(body, now, _unowned_why(body))
-            if sla:
-                t.pending[key] = PendingAlert(sla_due(team, now, sla * 1000), alert,
-                                              body["owner"], (), p.supersedes)
-            else:
-                del t.pending[key]
+            _first_owner(t, team, key, alert, sla, now, p.supersedes, out)
             continue
         excluded = frozenset([*p.excluded, *([p.owner] if p.owner else [])])
         t.state, body = _place(team, t.state, alert, sla, now, excluded)
