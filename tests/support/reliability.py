@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.core.engine import apply
 from pipeline.core.outputs import AlertTrigger, RoutingDecision, StageMove
@@ -30,8 +31,10 @@ from pipeline.core.rules import load_default_rules
 from pipeline.core.state import LeadState
 from pipeline.models.events import parse_message
 from pipeline.simulator import Message, generate
+from pipeline.stream import dedup
 from pipeline.stream.codec import CONTROL_PREFIXES, decode_event, unpack
 from pipeline.stream.leadview import lead_document
+from pipeline.stream.stages.records import LeadRecord
 from tests.support.workers import TEAMS, Isolated, WorkerProcess
 from tests.support.workers import make_isolated as _make_isolated
 
@@ -286,8 +289,59 @@ async def settled(worker: WorkerProcess, events: dict[str, int],
         await asyncio.sleep(1.0)
     behind = {k: (d or {}).get("events_seen") for k, d in docs.items()
               if d is None or d["events_seen"] < events[k]}
+    try:  # where it stopped; the failure is reported whatever this finds
+        found = f"{await group_lag(worker.iso)}\n{await where_behind(worker.iso, behind, events)}"
+    except Exception as exc:
+        found = f"(not diagnosed: {exc!r})"
     raise AssertionError(f"not settled: {len(behind)} leads behind, e.g. "
-                         f"{list(behind.items())[:5]}\n{worker.tail()}")
+                         f"{list(behind.items())[:5]}\n{found}\n{worker.tail()}")
+
+
+async def where_behind(iso: Isolated, behind: dict[str, Any], events: dict[str, int]) -> str:
+    """For leads behind: their partition, how many distinct events reached the score agent
+    (the leads topic, read committed) and how many the last changelog record counts."""
+    app = iso.env["LEADFLOW_APP_ID"]
+    part: dict[str, int] = {}
+    got: dict[str, set[str]] = {}
+    for r in await read_all(iso.bootstrap, [f"{app}-leads"], read_committed=True):
+        for line in unpack(r.value or b""):
+            if not line.startswith(CONTROL_PREFIXES):
+                e = decode_event(line)
+                part.setdefault(e.lead_id, r.partition)
+                got.setdefault(e.lead_id, set()).add(e.message_id)
+    logged: dict[str, Any] = {}
+    for r in await read_all(iso.bootstrap, [f"{app}-leads-changelog"], read_committed=True):
+        k = (r.key or b"").decode()
+        if k in behind:
+            logged[k] = (dedup.count(LeadRecord.decode(r.value).seen)
+                         if r.value else "tombstone", r.partition, r.offset)
+    return "behind (lead: expected, served, on leads topic, partition, changelog): " + "; ".join(
+        f"{k}: {events[k]}, {v}, {len(got.get(k, ()))}, {part.get(k)}, {logged.get(k)}"
+        for k, v in sorted(behind.items())[:20])
+
+
+async def group_lag(iso: Isolated) -> str:
+    """Each partition the app's groups read that they have not committed to its end: where
+    a stalled pipeline stopped (group, topic[partition], committed offset, end offset)."""
+    app = iso.env["LEADFLOW_APP_ID"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=iso.bootstrap)
+    await admin.start()
+    c = AIOKafkaConsumer(bootstrap_servers=iso.bootstrap, isolation_level="read_committed")
+    await c.start()
+    lines = []
+    try:
+        for group in (app, f"{app}-ingest"):
+            done = await admin.list_consumer_group_offsets(group)
+            ends = await c.end_offsets(list(done)) if done else {}
+            for tp in sorted(done, key=lambda tp: (tp.topic, tp.partition)):
+                if done[tp].offset < ends[tp]:
+                    lines.append(f"{group} {tp.topic}[{tp.partition}] committed "
+                                 f"{done[tp].offset} end {ends[tp]}")
+    finally:
+        await c.stop()
+        await admin.close()
+    return "group lag: " + ("; ".join(lines) if lines else "none (every partition committed "
+                                                            "to its end)")
 
 
 @dataclass
