@@ -58,6 +58,14 @@ def never_commit_past_gaps(consumer: Any) -> None:
     consumer._add_gap = _no_gap
 
 
+def hands_on(consumer: Any, tp: Any) -> bool:
+    """Whether Faust's `Consumer.getmany` hands on fetched records of `tp` (its partition
+    is active, or out of the fetch only because its stream buffer is full) or drops them;
+    it keeps the sets to itself."""
+    active = consumer._active_partitions
+    return active is None or tp in active or tp in consumer._buffered_partitions
+
+
 def changelog_topics(tables: Any) -> Collection[str]:
     """The changelog topic names of the app's tables (Faust's registry of them is private)."""
     return cast(Collection[str], tables._changelogs)

@@ -37,6 +37,13 @@ committed); and events.web[3] offset 330 handled, then 336-350, 331-335 never de
 partitions back until the seek is done, and `ExactlyOnce.run` still drops any record below
 the offset this worker has committed for its partition (or seen twice in one batch).
 
+Records of a partition not active in Faust were also dropped *after* that seek:
+aiokafka's `fetched_records`, waiting with Faust's live set of active partitions, returns
+every partition's records once a rebalance has emptied that set, and Faust's `getmany`
+drops those of partitions it does not hand on, their position already past them; the next
+transaction then committed past them. `_ConsumerThread._fetch_records` seeks such records
+back, to be fetched again.
+
 That seek is also what reads again the records Faust's consumer throws away during a
 rebalance: records fetched while its flow is stopped (`Consumer.getmany`, "getmany called
 while flow not active") or cut off by a new generation are dropped, on the promise that
@@ -312,6 +319,21 @@ def from_start(committed: Mapping[Any, int | None], changelogs: Collection[str])
                   if not offset and tp.topic not in changelogs)
 
 
+def handed_on(records: Mapping[TP, list[Any]], hands_on: Callable[[TP], bool],
+              assigned: Collection[Any]) -> tuple[dict[TP, list[Any]], dict[TP, int]]:
+    """Split fetched records (partition -> records) into those Faust's consumer hands on
+    and, per assigned partition whose records it would drop, the offset to seek back to
+    (its first fetched record). A partition no longer assigned is its next owner's."""
+    kept: dict[TP, list[Any]] = {}
+    back: dict[TP, int] = {}
+    for tp, recs in records.items():
+        if hands_on(tp):
+            kept[tp] = recs
+        elif recs and tp in assigned:
+            back[tp] = recs[0].offset
+    return kept, back
+
+
 class _ConsumerThread(AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek to the committed offsets, and partitions with none to their beginning.
@@ -336,6 +358,32 @@ class _ConsumerThread(AIOKafkaConsumerThread):
                 consumer.seek(tp, offset)
         return committed
 
+    async def _fetch_records(self, consumer: Any, active_partitions: set[TP],
+                             timeout: float | None = None,
+                             max_records: int | None = None) -> Mapping[TP, list[Any]]:
+        """The fetched records of the partitions Faust hands on; the others are sought back
+        to their first record, to be fetched again once their partition is handed on.
+
+        aiokafka's `fetched_records` is given Faust's live set of active partitions and,
+        while it waits, reads it again: emptied by a rebalance (every partition paused) it
+        returns every partition's records, and the records of a partition that is not
+        active are dropped by Faust's `Consumer.getmany` with their position already past
+        them. Dropped before the seek to the committed offsets, they are read again; after
+        it (the stream partitions are resumed only after that seek, `_Consumer`), never.
+        """
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records)
+        # No await from the fetch to the seeks: nothing else on this thread's loop (the
+        # seek to the committed offsets) runs in between.
+        kept, back = handed_on(records, lambda tp: faust_adapter.hands_on(self.consumer, tp),
+                               consumer.assignment())
+        for tp, offset in back.items():
+            consumer.seek(tp, offset)
+        if back:
+            log.debug("fetched records of paused partitions sought back: %s", ", ".join(
+                f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in back.items()))
+        return kept
+
     async def _highwaters(self, partitions: list[TP]) -> dict[TP, int]:
         # Faust's version returns `last_stable_offset`, unknown (None) for a partition not
         # fetched yet; `end_offsets` asks the broker, at the consumer's isolation level.
@@ -348,6 +396,7 @@ class _Consumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer, with the fixes exactly-once needs (module docstring)."""
 
     _held: set[TP] | None = None
+    _seeking: asyncio.Lock | None = None
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -368,12 +417,25 @@ class _Consumer(AIOKafkaConsumer):
         super().resume_partitions(tps - streams)
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets, then resume the stream partitions held back."""
-        await super().perform_seek()
-        held, self._held = self._held or set(), None
-        assigned = self.assignment()
-        if held & assigned:
-            super().resume_partitions(held & assigned)
+        """Seek to the committed offsets, then resume the stream partitions held back when
+        this seek began.
+
+        Faust seeks from two places at a rebalance: its recovery, and `getmany` when it
+        fetched while the flow was stopped; the two ran at once. The one that began before
+        the hold released the partitions, records were handed on from the committed
+        offsets, and the recovery's seek moved the positions back while they were being
+        handed on, and records went missing from the batches. So the seeks run one at a
+        time, and each resumes only what was held before it began.
+        """
+        if self._seeking is None:
+            self._seeking = asyncio.Lock()
+        async with self._seeking:
+            held = set(self._held or ())
+            await super().perform_seek()
+            self._held = (self._held or set()) - held or None
+            assigned = self.assignment()
+            if held & assigned:
+                super().resume_partitions(held & assigned)
 
 
 def install(app: faust.App) -> None:
