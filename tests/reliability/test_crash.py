@@ -4,16 +4,17 @@ A fixed event set from the simulator is split into K + 1 shares, one per worker 
 Each worker is awaited on /readyz; the first half of its share trickles in (small steps),
 then the second half comes as one burst, and the worker is killed (SIGKILL to its process
 group) while it works on it: under at-least-once 0-100 ms after it started scoring it
-(`leadflow_events_scored_total` moved), under exactly-once 0-30 ms after ingest handled
-its first batch of the burst (`leadflow_events_in_total` moved), while the burst's
-transactions follow one another. The next worker restarts from its RocksDB state and the
-changelogs. The test asserts that kills landed inside batches: under at-least-once some
-inputs were read again after a restart (events processed whose offsets were not yet
-committed: a successor drops them as already scored, `leadflow_duplicates_total`, read
-from each worker before its kill; the traffic itself repeats no messageId), under
-exactly-once some transactions were aborted. (Traffic paced per lifetime, not over a fixed time:
-under exactly-once a restart can wait 6-15 s in Faust's recovery for aborted transactions,
-and later kills then fell on idle workers.) The last one is left to finish.
+(`leadflow_events_scored_total` moved), under exactly-once once ingest has started on it
+(`leadflow_events_in_total` moved) and then at the first moment a transaction has written
+records it has not committed yet (some topic's last stable offset is behind its end).
+The next worker restarts from its RocksDB state and the changelogs. The test asserts that
+kills landed inside batches: under at-least-once some inputs were read again after a restart
+(events processed whose offsets were not yet committed: a successor drops them as already
+scored, `leadflow_duplicates_total`, read from each worker before its kill; the traffic
+itself repeats no messageId), under exactly-once some transactions were aborted. (Traffic
+paced per lifetime, not over a fixed time: under exactly-once a restart can wait 6-15 s in
+Faust's recovery for aborted transactions, and later kills then fell on idle workers.)
+The last one is left to finish.
 Then, per identified lead (see tests/support/reliability.py):
 - scores and events_seen equal the pure core's over the generator's events (exact);
 - the stage equals the core's over the order the score agent saw (exact);
@@ -39,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.simulator import Message
 from tests.support.reliability import (
+    OpenTransactions,
     aborted_records,
     alert_ids,
     events_per_lead,
@@ -105,26 +107,46 @@ async def test_sigkill_is_exact_and_loses_nothing(
         restarts.append(round(time.monotonic() - t, 1))
         return w
 
-    for life in range(KILLS):
-        w = await started()
-        half = len(lives[life]) // 2
-        await trickle(lives[life][:half])
-        # Aim at a busy moment. At-least-once: once the score step has started on the burst
-        # (its offsets are committed every few seconds, so what it just scored is not yet).
-        # Exactly-once: once ingest has handled its first batch of the burst, whose
-        # transaction then commits while stitch and score follow in transactions of their
-        # own (a fixed delay after the burst was acked missed them all on a fast machine).
-        moved = "leadflow_events_in_total" if eos else "leadflow_events_scored_total"
-        before = await w.metric(moved)
-        await burst(lives[life][half:])
-        deadline = time.monotonic() + 30
-        while await w.metric(moved) <= before and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(rng.uniform(0.0, 0.03) if eos else rng.uniform(0.0, 0.1))
-        repeats += await w.metric("leadflow_duplicates_total")
+    async def kill_inside_a_transaction(w: WorkerProcess, watch: OpenTransactions) -> str:
+        """SIGKILL at the first moment a transaction has written records (5 s at most).
+
+        Returns how long that took ("-" if no transaction was seen open)."""
+        t = time.monotonic()
+        while time.monotonic() < t + 5:
+            if await watch.any_open():
+                w.stop(signal.SIGKILL)
+                return f"{time.monotonic() - t:.3f}"
         w.stop(signal.SIGKILL)
-        kills += 1
-        timeline.append(round(time.monotonic() - t0, 1))
+        return "-"
+
+    inside: list[str] = []  # exactly-once: the wait for an open transaction, per kill
+    w = await started()
+    async with OpenTransactions(iso) as watch:  # the worker has made its topics
+        for life in range(KILLS):
+            if life:
+                w = await started()
+            half = len(lives[life]) // 2
+            await trickle(lives[life][:half])
+            # Aim at a busy moment. At-least-once: once the score step has started on the
+            # burst (its offsets are committed every few seconds, so what it just scored is
+            # not yet). Exactly-once: once ingest has started on the burst, at the first
+            # moment a transaction has written records it has not committed (any fixed delay
+            # missed every transaction of the burst on a fast machine, where they are short).
+            moved = "leadflow_events_in_total" if eos else "leadflow_events_scored_total"
+            before = await w.metric(moved)
+            await burst(lives[life][half:])
+            deadline = time.monotonic() + 30
+            while await w.metric(moved) <= before and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            if eos:
+                repeats += await w.metric("leadflow_duplicates_total")
+                inside.append(await kill_inside_a_transaction(w, watch))
+            else:
+                await asyncio.sleep(rng.uniform(0.0, 0.1))
+                repeats += await w.metric("leadflow_duplicates_total")
+                w.stop(signal.SIGKILL)
+            kills += 1
+            timeline.append(round(time.monotonic() - t0, 1))
     w = await started()
     for share in lives[KILLS:]:
         await trickle(share)
@@ -142,6 +164,7 @@ async def test_sigkill_is_exact_and_loses_nothing(
     duplicated = v.duplicated + v.alerts_duplicated
     report(capsys, " ".join([
         f"crash-test: events={len(msgs)} kills={kills} lost={lost} duplicated={duplicated}",
+        f"open-transaction-seen-after-s={','.join(inside) if eos else '-'}",
         f"guarantee={guarantee} leads={len(ref.events)} replayed-inputs={replayed}",
         f"aborted-records={aborted} forwarded-again={reread} repeats-dropped={repeats:.0f}",
         f"stage-changes: lost={len(v.lost)} duplicated={v.duplicated} of {v.emitted}",

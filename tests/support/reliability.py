@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.alerts import topic_partitions
 from pipeline.core.engine import apply
 from pipeline.core.outputs import AlertTrigger, RoutingDecision, StageMove
 from pipeline.core.rules import load_default_rules
@@ -235,6 +236,16 @@ async def stage_changes(iso: Isolated, *, read_committed: bool = False) -> list[
     return moves
 
 
+def transactional_topics(iso: Isolated) -> list[str]:
+    """Every topic the worker writes in its transactions: internal, changelogs, outputs."""
+    t = iso.settings.topics
+    app = iso.env["LEADFLOW_APP_ID"]
+    return [*(f"{app}-{name}" for name in ("identity", "leads", "assign")),
+            *(f"{app}-{table}-changelog" for table in ("identity", "leads", "owners")),
+            t.stage_changes, t.assignments, *(t.routing(team) for team in TEAMS),
+            t.nurture, t.recycle, t.review]
+
+
 async def aborted_records(iso: Isolated) -> int:
     """Records of aborted transactions on the internal topics, changelogs and outputs.
 
@@ -242,15 +253,47 @@ async def aborted_records(iso: Isolated) -> int:
     what a killed worker wrote in transactions that never committed, i.e. proof that the
     kills landed inside open transactions.
     """
-    t = iso.settings.topics
-    app = iso.env["LEADFLOW_APP_ID"]
-    topics = [*(f"{app}-{name}" for name in ("identity", "leads", "assign")),
-              *(f"{app}-{table}-changelog" for table in ("identity", "leads", "owners")),
-              t.stage_changes, t.assignments, *(t.routing(team) for team in TEAMS),
-              t.nurture, t.recycle, t.review]
+    topics = transactional_topics(iso)
     everything = await read_all(iso.bootstrap, topics)
     committed = await read_all(iso.bootstrap, topics, read_committed=True)
     return len(everything) - len(committed)
+
+
+class OpenTransactions:
+    """Whether a transaction that has written records is open on the worker's topics now.
+
+    Such a partition's end offset as read_committed sees it (the last stable offset) is
+    behind its end as a plain consumer sees it (the high watermark): a SIGKILL at that
+    moment leaves records that the next owner's producer aborts.
+    """
+
+    def __init__(self, iso: Isolated) -> None:
+        self._iso = iso
+        self._plain = AIOKafkaConsumer(bootstrap_servers=iso.bootstrap,
+                                       enable_auto_commit=False)
+        self._committed = AIOKafkaConsumer(bootstrap_servers=iso.bootstrap,
+                                           enable_auto_commit=False,
+                                           isolation_level="read_committed")
+        self._tps: list[Any] = []
+
+    async def __aenter__(self) -> OpenTransactions:
+        await self._plain.start()
+        await self._committed.start()
+        tps, missing = await topic_partitions(self._iso.bootstrap,
+                                              transactional_topics(self._iso))
+        assert not missing, missing
+        self._tps = list(tps)
+        await self.any_open()  # the first call fetches the partitions' metadata
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._plain.stop()
+        await self._committed.stop()
+
+    async def any_open(self) -> bool:
+        stable, ends = await asyncio.gather(self._committed.end_offsets(self._tps),
+                                            self._plain.end_offsets(self._tps))
+        return any(stable[tp] < ends[tp] for tp in self._tps)
 
 
 async def alert_ids(iso: Isolated, *, read_committed: bool = False) -> list[str]:
