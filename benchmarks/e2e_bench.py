@@ -95,6 +95,12 @@ class Result:
     p50_ms: float | None = None
     p99_ms: float | None = None
     latency_events: int = 0
+    #: Latency-phase events per CPU second of the system's process, from the first send
+    #: until the phase is committed: what a rate costs, idle waits and small batches included.
+    latency_events_per_cpu_s: float | None = None
+    #: Seconds the process's threads waited for a core during the latency phase (from
+    #: /proc schedstat): on a shared machine, how much of the latency is the machine's.
+    latency_runqueue_s: float | None = None
     peak_rss_mb: float | None = None
     ratio_to_limit: float | None = None
     seconds: float | None = None
@@ -305,6 +311,17 @@ def _cpu_s(pid: int) -> float | None:
     if own is None:
         return None
     return own + sum(_one_cpu_s(k) or 0.0 for k in _children(pid))
+
+
+def _runqueue_s(pid: int) -> float | None:
+    """Seconds the threads of a process and its children have waited on a run queue."""
+    total, seen = 0, False
+    for p in [pid, *_children(pid)]:
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+                seen = True
+    return total / 1e9 if seen else None
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -566,12 +583,18 @@ async def bench_system(name: str, run: Run, offsets: Offsets, seed: int) -> Resu
                 f"({run.rate:.0f}/s for {run.latency_s:.0f} s)…")
         count = int(run.rate * run.latency_s)
         t_lat = time.time() * 1000
+        cpu0, wait0 = _cpu_s(proc.pid), _runqueue_s(proc.pid)
         took = await _produce_paced(run.bootstrap, count, run.leads, run.rate, run.inputs,
                                     seed + 1)
         if took > run.latency_s * 1.1:
             res.notes.append(f"producer reached only {count / took:.0f}/s")
         drained = await offsets.watch(groups, inputs, topics, run.drain_s, proc)
         res.drained = drained[-1].done
+        cpu1, wait1 = _cpu_s(proc.pid), _runqueue_s(proc.pid)
+        if wait0 is not None and wait1 is not None:
+            res.latency_runqueue_s = round(wait1 - wait0, 2)
+        if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
+            res.latency_events_per_cpu_s = round(count / (cpu1 - cpu0), 1)
         if not res.drained:
             res.notes.append(f"latency phase not drained {run.drain_s:.0f} s after sending: "
                              "quantiles over the events done by then")

@@ -4,14 +4,15 @@
         --stitch--> <app>-leads (by lead id) --score--> leads.stage-changes, routing.*
         --> <app>-assign (by team) --assign--> routing.<team>, routing.escalations
 
-Each agent takes a batch (`take_events`), runs a pure stage from `stream.stages` over it,
-sends what the stage emits together with its table's changelog records (one per key per
-batch), waits for the broker's acks, and only then writes its store and lets Faust ack
-the batch. Outputs are therefore never behind the state: a crash can repeat an output
-(at least once, with stable ids) but cannot lose one, and replayed input is recognised by
-messageId in the lead state. The identity and leads topics carry envelopes (many events
-in one record, see `codec.pack`) sent to the partition of their keys, so a key's state,
-its changelog records and its events share one partition (see `tables.BatchTable`).
+Each agent takes a batch (what is queued: `faust_adapter.take_queued`), runs a pure stage
+from `stream.stages` over it, sends what the stage emits together with its table's
+changelog records (one per key per batch), waits for the broker's acks, and only then
+writes its store and lets Faust ack the batch. Outputs are therefore never behind the
+state: a crash can repeat an output (at least once, with stable ids) but cannot lose one,
+and replayed input is recognised by messageId in the lead state. The identity and leads
+topics carry envelopes (many events in one record, see `codec.pack`) sent to the partition
+of their keys, so a key's state, its changelog records and its events share one partition
+(see `tables.BatchTable`).
 """
 
 from __future__ import annotations
@@ -55,13 +56,19 @@ Event = EventT[Any]
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
+#: How long the input consumer waits for records when none are buffered.
 BATCH_WITHIN_S = 0.05
 ENVELOPES_MAX = 64
+#: The longest a fetch waits at the broker for new records, for Faust's consumer and the
+#: input consumer (`faust_adapter.set_fetch_max_wait`).
+FETCH_MAX_WAIT_MS = 10
 
 
 @dataclass(frozen=True, slots=True)
 class Tuning:
-    """Batch size and wait: larger batches amortise Faust's per-event cost."""
+    """Batch sizes and waits. A batch is what is queued when a stage is free
+    (`faust_adapter.take_queued`): one event when idle, the backlog under load, so larger
+    batches amortise the per-batch cost exactly when there is a backlog to amortise."""
 
     batch_max: int = BATCH_MAX
     #: Envelopes per batch on the internal topics (each holds up to a batch of events).
@@ -69,6 +76,7 @@ class Tuning:
     #: decoded states are all in memory at once (README, "Tried and not kept").
     envelopes_max: int = ENVELOPES_MAX
     batch_within_s: float = BATCH_WITHIN_S
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
     visitor_buffer: int = 200
 
 
@@ -335,7 +343,8 @@ class LeadflowApp:
         silently) and the agent goes on with the next batch.
         """
         await self.rules_feed.wait_caught_up()
-        async for events in stream.take_events(batch_max, within=self.tuning.batch_within_s):
+        within = self.tuning.batch_within_s
+        async for events in faust_adapter.take_queued(stream, batch_max, within):
             self._take_rules()  # one rules version per batch
             if self.settings.processing_guarantee == "exactly_once":
                 # One transaction per source partition group, dead letters included.
@@ -471,6 +480,7 @@ class LeadflowApp:
             on_failure=self._dead_letter_failed,
             batch_max=self.tuning.batch_max,
             within_s=self.tuning.batch_within_s,
+            fetch_max_wait_ms=self.tuning.fetch_max_wait_ms,
             client_kwargs=KafkaSecurity.from_settings(self.settings).client_kwargs(),
         )
         await self.input_consumer.run()
@@ -559,6 +569,8 @@ class LeadflowApp:
         # A partition may come back from another worker, far ahead: no hole.
         self._offsets.reset()
         consumer = cast(Any, self.app.consumer)
+        if consumer is not None:
+            faust_adapter.set_fetch_max_wait(consumer, self.tuning.fetch_max_wait_ms)
         self._starts = {}
         if self.settings.processing_guarantee == "at_least_once" and consumer is not None:
             # Faust seeks to the committed offsets only after recovery, while its fetcher

@@ -53,6 +53,7 @@ class InputConsumer:
         on_failure: OnFailure,
         batch_max: int,
         within_s: float,
+        fetch_max_wait_ms: int = 500,
         client_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.topics = list(topics)
@@ -68,6 +69,9 @@ class InputConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=batch_max,
+            # aiokafka fetches the partitions holding no buffered records, one fetch at a
+            # time: this bounds how long the others' new records wait behind that fetch.
+            fetch_max_wait_ms=fetch_max_wait_ms,
             **(client_kwargs or {}),
         )
         #: Offsets committed by this consumer (next offset to read), for the lag metric.

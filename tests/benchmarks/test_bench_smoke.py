@@ -23,6 +23,9 @@ async def test_limit_consumes_every_event(kafka_bootstrap: str) -> None:
     assert r["events_per_s"] is not None and r["events_per_s"] > 0
     assert r["p50_ms"] is not None and r["p99_ms"] is not None and r["p50_ms"] <= r["p99_ms"]
     assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] > 10
+    # What the latency phase cost the process, and how long it waited for a core.
+    assert r["latency_events_per_cpu_s"] is not None and r["latency_events_per_cpu_s"] > 0
+    assert r["latency_runqueue_s"] is not None and r["latency_runqueue_s"] >= 0
     # The published rate is the committed events over the span. Both figures are rounded
     # (seconds to 0.01, the rate to 0.1): the rate lies within what the span's rounding allows,
     # which on a fast run of half a second is more than 1 %.

@@ -4,12 +4,16 @@ stream modules import each other without a cycle."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import aiokafka
 import faust
 import mode
+
+from pipeline.stream import faust_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "pipeline"
@@ -103,3 +107,70 @@ def test_the_stream_package_has_no_import_cycle() -> None:
 
     cycles = {name: c for name in graph if (c := cycle_from(name)) is not None}
     assert cycles == {}
+
+
+async def test_take_queued_takes_what_is_queued_up_to_the_max_and_acks_after_the_batch() -> None:
+    app = faust.App("test-take-queued", broker="kafka://127.0.0.1:1", store="memory://")
+    entered: asyncio.Queue[list[Any]] = asyncio.Queue()
+    release: asyncio.Queue[None] = asyncio.Queue()
+
+    async def body(stream: Any) -> None:
+        async for batch in faust_adapter.take_queued(stream, 4, 60.0):
+            await entered.put([(ev.value, ev.message.acked) for ev in batch])
+            await release.get()
+
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    agent = app.agent(name="take-queued")(body)
+    async with agent.test_context() as test_agent:
+        counter = asyncio.ensure_future(count_turns())
+        # Idle: the one event is a batch at once, within a few turns of the event loop
+        # (a window would hold it while the loop turns thousands of times).
+        start = turns
+        first = await test_agent.put(1, wait=False)
+        assert await asyncio.wait_for(entered.get(), 10) == [(1, False)]
+        assert turns - start < 50
+        counter.cancel()
+        # A backlog built while the batch is processed: the next batches are all of it,
+        # in order, none over the max.
+        for value in range(10, 20):
+            await test_agent.put(value, wait=False)
+        batches = []
+        for _ in range(3):
+            release.put_nowait(None)
+            batches.append(await asyncio.wait_for(entered.get(), 10))
+        assert first.message.acked  # acked once its batch's body went on
+        assert [[v for v, _ in b] for b in batches] == [
+            [10, 11, 12, 13], [14, 15, 16, 17], [18, 19]]
+        # and no event of a batch is acked while it is processed
+        assert not any(acked for b in batches for _, acked in b)
+        release.put_nowait(None)
+
+
+def test_a_batch_is_behind_when_the_consumer_has_seen_records_past_it() -> None:
+    from types import SimpleNamespace
+
+    def stream(high: dict[str, int | None]) -> Any:
+        def highwater(tp: str) -> int | None:
+            if tp not in high:
+                raise AssertionError("not assigned")  # as aiokafka does
+            return high[tp]
+        return SimpleNamespace(app=SimpleNamespace(consumer=SimpleNamespace(highwater=highwater)))
+
+    def ev(tp: str, offset: int) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+    batch = [ev("a", 3), ev("b", 7), ev("a", 4)]
+    # caught up: the next offset, or one more for a transaction's commit marker
+    assert not faust_adapter._behind(stream({"a": 5, "b": 8}), batch)
+    assert not faust_adapter._behind(stream({"a": 6, "b": 9}), batch)
+    # records past the batch's last of a partition; a partition gone or unknown counts not
+    assert faust_adapter._behind(stream({"a": 7, "b": 8}), batch)
+    assert faust_adapter._behind(stream({"b": 10}), batch)
+    assert not faust_adapter._behind(stream({"a": None, "b": None}), batch)
