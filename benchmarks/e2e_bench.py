@@ -189,6 +189,7 @@ class Offsets:
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
+        self.behind: list[str] = []
 
     async def __aenter__(self) -> Offsets:
         from aiokafka import AIOKafkaConsumer
@@ -225,9 +226,11 @@ class Offsets:
             # KafkaError: e.g. the group's coordinator is not known yet
             with contextlib.suppress(KafkaError):
                 committed.update(await self.admin.list_consumer_group_offsets(g))
-        done = sum(min(committed[tp].offset, ends[tp]) if tp in committed and
-                   committed[tp].offset >= 0 else 0 for tp in tps)
-        return done, sum(ends.values())
+        at = {tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in tps}
+        #: The partitions not committed to their end at this poll: what a timeout names.
+        self.behind = sorted(f"{tp.topic}[{tp.partition}] {at[tp]}/{ends[tp]}"
+                             for tp in tps if at[tp] < ends[tp])
+        return sum(min(at[tp], ends[tp]) for tp in tps), sum(ends.values())
 
     async def assigned(self, groups: list[str]) -> bool | None:
         """Has the broker handed one of `groups` its partitions (Stable, with members)?

@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import sys
 import time
 import uuid
@@ -64,6 +65,30 @@ async def _standbys(port: int) -> dict[Key, int]:
         for partition, pos in parts.items():
             out[(table, int(partition))] = int(pos["stored"])
     return out
+
+
+def _tails(workdir: Path, lines: int = 8) -> str:
+    """The last warnings and errors of each worker's log, for a failure seen only in CI."""
+    out = []
+    for log in sorted(workdir.glob("worker-*.log")):
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", log.read_text(errors="replace"))
+        found = [ln.strip()[:300] for ln in text.splitlines()
+                 if "[WARNING]" in ln or "[ERROR]" in ln]
+        out.append(f"{log.name}: " + (" | ".join(found[-lines:]) or "none"))
+    return "; ".join(out)
+
+
+async def _own_lag(port: int) -> str:
+    """The partitions a worker itself reports behind (its `leadflow_consumer_lag` > 0): a
+    commit it believes made but the broker lacks shows here as no lag."""
+    try:
+        _, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics", 2.0)
+    except OSError as exc:
+        return f"{port}: {exc!r}"
+    lines = [ln for ln in body.decode(errors="replace").splitlines()
+             if ln.startswith("leadflow_consumer_lag{")
+             and not ln.endswith((" 0", " 0.0"))]
+    return f"{port}: " + (" ".join(lines) or "none")
 
 
 async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: int = 5000,
@@ -106,12 +131,16 @@ async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: i
             topics = [*run.inputs.values(), *(f"{group}-{t}" for t in INTERNAL)]
             while True:
                 done, end = await offsets.status(group, topics)
-                held = [await _standbys(port) for port in ports]
-                if (end > 0 and done >= end and all(held)
-                        and len(set(held[0]) | set(held[1])) == len(DEFAULT_TABLES) * partitions):
+                holding = [await _standbys(port) for port in ports]
+                if (end > 0 and done >= end and all(holding) and len(
+                        set(holding[0]) | set(holding[1])) == len(DEFAULT_TABLES) * partitions):
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"not settled after {timeout_s:.0f} s (standbys {held})")
+                    raise TimeoutError(
+                        f"not settled after {timeout_s:.0f} s: committed/end "
+                        f"{', '.join(offsets.behind) or 'all done'}; standbys {holding}; "
+                        f"lag the workers report: {[await _own_lag(p) for p in ports]}; "
+                        f"worker logs: {_tails(workdir)}")
                 await asyncio.sleep(0.5)
         _say(f"{leads:,} leads identified; offering {rate:,.0f} events/s for {seconds:.0f} s")
         await ends_of.start()
