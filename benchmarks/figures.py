@@ -5,13 +5,15 @@ Pure functions, so that the rules are unit-tested (tests/benchmarks/test_figures
 - `rate`: events over a wall-clock (or CPU) span;
 - `quantiles`: exact nearest-rank quantiles of a sample, no histogram interpolation;
 - `throughput_span`: which polls of a consumer group start and stop a system's clock;
-- `standby_lags`: how far a standby's store is behind its changelog, in records and seconds.
+- `standby_lags`: how far a standby's store is behind its changelog, in records and seconds;
+- `first_stamps`, `hop_delays`: how long each hop of the worker took per event (`hops_bench.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -133,4 +135,37 @@ def standby_lags(samples: Sequence[StandbySample]) -> list[tuple[int, float]]:
                 since = earlier.at_s
                 break
         out.append((behind, s.at_s - since))
+    return out
+
+
+def first_stamps(seen: Iterable[tuple[str | None, int]]) -> dict[str, int]:
+    """(message id, record timestamp ms) pairs -> the earliest timestamp per id: a record
+    written again (a batch retried after a rebalance or a crash) does not count twice."""
+    out: dict[str, int] = {}
+    for mid, ts in seen:
+        if mid is not None and (mid not in out or ts < out[mid]):
+            out[mid] = ts
+    return out
+
+
+def hop_delays(stamps: Mapping[str, Mapping[str, int]],
+               chain: Sequence[str]) -> dict[str, list[float]]:
+    """The delays (ms) of each hop of `chain` and of the whole of it, per message.
+
+    `stamps` maps each stage to {message id: when it wrote the record carrying the
+    message}. Hop "a>b" (consecutive stages) counts every message seen at both; "a>z"
+    (first to last stage) only messages seen at every stage, and so does "a>b*" per hop,
+    so that those hops add up to the whole for the same messages.
+    """
+    if len(chain) < 2:
+        raise ValueError("a chain needs at least two stages")
+    everywhere = set(stamps[chain[0]]).intersection(*(stamps[s] for s in chain[1:]))
+    out: dict[str, list[float]] = {}
+    for a, b in itertools.pairwise(chain):
+        sa, sb = stamps[a], stamps[b]
+        both = sorted(set(sa) & set(sb))
+        out[f"{a}>{b}"] = [float(sb[m] - sa[m]) for m in both]
+        out[f"{a}>{b}*"] = [float(sb[m] - sa[m]) for m in sorted(everywhere)]
+    first, last = stamps[chain[0]], stamps[chain[-1]]
+    out[f"{chain[0]}>{chain[-1]}"] = [float(last[m] - first[m]) for m in sorted(everywhere)]
     return out

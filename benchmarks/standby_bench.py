@@ -148,7 +148,8 @@ async def standby_bench(bootstrap: str, *, rate: float, seconds: float, leads: i
         missed: list[str] = []
         t0 = time.monotonic()
         producing = asyncio.create_task(_produce_paced(
-            bootstrap, int(rate * seconds), leads, rate, run.inputs, seed))
+            # seed + 1: with the identifies' seed some messageIds repeat (dropped as repeats)
+            bootstrap, int(rate * seconds), leads, rate, run.inputs, seed + 1))
         load_end: float | None = None
         while True:
             now = time.monotonic()

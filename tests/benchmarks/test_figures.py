@@ -112,3 +112,31 @@ def test_standby_lag_before_any_caught_up_sample_counts_from_the_first() -> None
     assert f.standby_lags([S(5.0, 100, -1), S(7.5, 200, 50)]) == [(100, 0.0), (149, 2.5)]
     with pytest.raises(ValueError, match="time order"):
         f.standby_lags([S(2.0, 1, 0), S(1.0, 1, 0)])
+
+
+def test_first_stamps_keep_the_earliest_record_per_message() -> None:
+    # m1 written again later (a retried batch), m2 once; a line without an id is ignored
+    assert fig.first_stamps([("m1", 120), ("m2", 130), ("m1", 110), (None, 5)]) == {
+        "m1": 110, "m2": 130}
+
+
+def test_hop_delays_per_hop_and_over_the_whole_chain() -> None:
+    stamps = {
+        "input": {"a": 1000, "b": 2000, "c": 3000},
+        "identity": {"a": 1010, "b": 2030, "c": 3005},
+        "leads": {"a": 1050, "b": 2040},  # c not stitched yet
+        "routing": {"b": 2100},  # only b raised an alert
+    }
+    d = fig.hop_delays(stamps, ["input", "identity", "leads", "routing"])
+    assert d["input>identity"] == [10.0, 30.0, 5.0]  # a, b, c (by id)
+    assert d["identity>leads"] == [40.0, 10.0]
+    assert d["leads>routing"] == [60.0]
+    # starred hops and the whole: only b, seen at every stage, and they add up
+    assert d["input>identity*"] == [30.0] and d["identity>leads*"] == [10.0]
+    assert d["leads>routing*"] == [60.0]
+    assert d["input>routing"] == [100.0] == [30.0 + 10.0 + 60.0]
+
+
+def test_hop_delays_need_two_stages() -> None:
+    with pytest.raises(ValueError):
+        fig.hop_delays({"input": {"a": 1}}, ["input"])
