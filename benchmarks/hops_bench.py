@@ -40,8 +40,10 @@ from e2e_bench import (
     SOURCES,
     Offsets,
     Run,
+    _cpu_s,
     _produce_all,
     _produce_paced,
+    _runqueue_s,
     _stop,
     leadflow_env,
 )
@@ -164,11 +166,13 @@ async def hops_bench(bootstrap: str, *, rate: float, seconds: float, leads: int 
         async with Offsets(bootstrap) as offsets:
             await _caught_up(offsets, group, topics, timeout_s, proc)
             t_lat_ms = int(time.time() * 1000)
+            cpu0, wait0 = _cpu_s(proc.pid), _runqueue_s(proc.pid)
             # Another seed than the identifies': the same one repeats some messageIds,
             # and the worker drops those events as repeats.
             took = await _produce_paced(bootstrap, int(rate * seconds), leads, rate,
                                         run.inputs, seed + 1)
             await _caught_up(offsets, group, topics, timeout_s, proc)
+            cpu1, wait1 = _cpu_s(proc.pid), _runqueue_s(proc.pid)
         from aiokafka import AIOKafkaConsumer
 
         meta = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -197,6 +201,14 @@ async def hops_bench(bootstrap: str, *, rate: float, seconds: float, leads: int 
             "offered_s": round(took, 1),
             "offered_per_s": round(int(rate * seconds) / took) if took > 0 else None,
             "events": len(inputs),
+            # The worker's CPU over the paced phase and its drain: a hop waits for the
+            # event loop while the others' batches run, so this bounds every hop.
+            "worker_cpu_s": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2),
+            "events_per_cpu_s": (None if cpu0 is None or cpu1 is None or cpu1 <= cpu0
+                                 else round(len(inputs) / (cpu1 - cpu0))),
+            # seconds its threads waited for a core meanwhile (the machine's share)
+            "worker_runqueue_s": (None if wait0 is None or wait1 is None
+                                  else round(wait1 - wait0, 2)),
             "alerts": len(stamps["routing"]),
             # every event, input to its leads-topic line: what every event pays
             "input>leads": _figures(hop_delays(stamps, CHAIN[:3])["input>leads"]),

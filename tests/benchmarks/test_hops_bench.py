@@ -25,5 +25,10 @@ async def test_every_event_is_followed_through_each_hop(kafka_bootstrap: str) ->
         if f["n"]:
             # record timestamps are taken in order along the path: no hop is negative
             assert 0 <= f["p50_ms"] <= f["p99_ms"] <= f["max_ms"], name
+    # the worker's CPU over the phase is measured (its process is read, not assumed)
+    assert res["worker_cpu_s"] > 0.1  # the worker process was read while it worked
+    # events over that CPU time (which is rounded to 0.01 s)
+    assert res["events_per_cpu_s"] == pytest.approx(res["events"] / res["worker_cpu_s"],
+                                                    rel=0.02)
     # the hops of the events seen everywhere cannot be longer than the whole path
     assert hops["input>identity*"]["max_ms"] <= hops["input>routing"]["max_ms"]
