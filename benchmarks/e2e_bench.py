@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,26 +411,35 @@ def outputs_prefix(run: Run, name: str) -> str:
     return f"{run.prefix}.{name.replace('_', '-')}."
 
 
-async def _alert_latencies(bootstrap: str, routing_prefix: str, since_ms: float,
-                           timeout_s: float = 30.0) -> list[float]:
-    """Alert record timestamp minus `triggered_ms` (ms), for alerts triggered at `since_ms` or
-    later, over every team routing topic under `routing_prefix` (SLA re-sends excluded)."""
-    import orjson
+def team_topics(routing_prefix: str) -> Callable[[Any], list[str]]:
+    """Picks the team routing topics under `routing_prefix` from cluster metadata (the
+    nurture, recycle, review and escalation topics carry no first alerts)."""
+    def choose(cluster: Any) -> list[str]:
+        return [t for t in cluster.topics() if t.startswith(routing_prefix)
+                and t[len(routing_prefix):] not in NOT_ALERTS]
+    return choose
+
+
+async def read_to_end(bootstrap: str, choose: Callable[[Any], Iterable[str]],
+                      timeout_s: float, *, read_committed: bool = False,
+                      ) -> tuple[list[Any], bool]:
+    """Every record of the topics `choose` picks from the cluster's metadata, from their
+    start to their end offsets when reading began; and whether those ends were reached
+    within `timeout_s` (if not, the records read by then)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted")
     await consumer.start()
-    lats: list[float] = []
+    records: list[Any] = []
     try:
         # consumer.topics() does not update the consumer's own metadata: keep the answer.
         cluster = await consumer._client.fetch_all_metadata()
-        teams = [t for t in cluster.topics() if t.startswith(routing_prefix)
-                 and t[len(routing_prefix):] not in NOT_ALERTS]
-        tps = [TopicPartition(t, p) for t in teams
+        tps = [TopicPartition(t, p) for t in choose(cluster)
                for p in cluster.partitions_for_topic(t) or ()]
         if not tps:
-            return lats
+            return records, True
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -437,15 +447,28 @@ async def _alert_latencies(bootstrap: str, routing_prefix: str, since_ms: float,
         while time.monotonic() < deadline:
             positions = [await consumer.position(tp) for tp in tps]
             if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
+                return records, True
             for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    alert = orjson.loads(m.value)
-                    triggered = int(alert["triggered_ms"])
-                    if triggered >= since_ms and not alert.get("reassigned"):
-                        lats.append(float(m.timestamp - triggered))
+                records += msgs
+        return records, False
     finally:
         await consumer.stop()
+
+
+async def _alert_latencies(bootstrap: str, routing_prefix: str, since_ms: float,
+                           timeout_s: float = 30.0) -> list[float]:
+    """Alert record timestamp minus `triggered_ms` (ms), for alerts triggered at `since_ms` or
+    later, over every team routing topic under `routing_prefix` (SLA re-sends excluded)."""
+    import orjson
+
+    records, _ = await read_to_end(bootstrap, team_topics(routing_prefix), timeout_s,
+                                   read_committed=True)
+    lats: list[float] = []
+    for m in records:
+        alert = orjson.loads(m.value)
+        triggered = int(alert["triggered_ms"])
+        if triggered >= since_ms and not alert.get("reassigned"):
+            lats.append(float(m.timestamp - triggered))
     return lats
 
 

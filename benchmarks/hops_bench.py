@@ -35,7 +35,6 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from e2e_bench import (
-    NOT_ALERTS,
     ROOT,
     SOURCES,
     Offsets,
@@ -46,6 +45,8 @@ from e2e_bench import (
     _runqueue_s,
     _stop,
     leadflow_env,
+    read_to_end,
+    team_topics,
 )
 from figures import first_stamps, hop_delays, quantiles
 from state_bench import INTERNAL, _spawn, _until_ready
@@ -84,36 +85,17 @@ def _alert_trigger(value: bytes) -> Iterator[str | None]:
         yield (alert.get("trigger") or {}).get("message_id")
 
 
-async def _stamps(bootstrap: str, topics: Iterable[str], parse: Parse,
-                  timeout_s: float = 60.0) -> dict[str, int]:
-    """{message id: earliest timestamp} over every record of `topics`, read to their end."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def _stamps(bootstrap: str, choose: Callable[[Any], Iterable[str]],
+                  parse: Parse, timeout_s: float = 60.0) -> dict[str, int]:
+    """{message id: earliest timestamp} over every record of the topics `choose` picks."""
+    records, complete = await read_to_end(bootstrap, choose, timeout_s)
+    if not complete:
+        raise TimeoutError(f"topics not read to their end in {timeout_s:.0f} s")
+    return first_stamps((mid, r.timestamp) for r in records for mid in parse(r.value))
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    seen: list[tuple[str | None, int]] = []
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(t, p) for t in topics
-               for p in cluster.partitions_for_topic(t) or ()]
-        if not tps:
-            return {}
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    seen += [(mid, r.timestamp) for mid in parse(r.value)]
-        else:
-            raise TimeoutError(f"{list(topics)} not read to their end in {timeout_s:.0f} s")
-    finally:
-        await consumer.stop()
-    return first_stamps(seen)
+
+def _these(topics: Iterable[str]) -> Callable[[Any], list[str]]:
+    return lambda _cluster: list(topics)
 
 
 async def _caught_up(offsets: Offsets, group: str, topics: list[str], timeout_s: float,
@@ -173,26 +155,17 @@ async def hops_bench(bootstrap: str, *, rate: float, seconds: float, leads: int 
                                         run.inputs, seed + 1)
             await _caught_up(offsets, group, topics, timeout_s, proc)
             cpu1, wait1 = _cpu_s(proc.pid), _runqueue_s(proc.pid)
-        from aiokafka import AIOKafkaConsumer
-
-        meta = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await meta.start()
-        try:
-            cluster = await meta._client.fetch_all_metadata()
-        finally:
-            await meta.stop()
-        routing_prefix = f"{prefix}.routing."
-        teams = [t for t in cluster.topics() if t.startswith(routing_prefix)
-                 and t[len(routing_prefix):] not in NOT_ALERTS]
         inputs = {m: ts for m, ts in
-                  (await _stamps(bootstrap, run.inputs.values(), _input_id)).items()
+                  (await _stamps(bootstrap, _these(run.inputs.values()), _input_id)).items()
                   if ts >= t_lat_ms}
         stamps = {
             "input": inputs,
-            "identity": await _stamps(bootstrap, [internal["identity"]], _envelope_ids),
-            "leads": await _stamps(bootstrap, [internal["leads"]], _envelope_ids),
-            "assign": await _stamps(bootstrap, [internal["assign"]], _assign_trigger),
-            "routing": await _stamps(bootstrap, teams, _alert_trigger),
+            "identity": await _stamps(bootstrap, _these([internal["identity"]]),
+                                      _envelope_ids),
+            "leads": await _stamps(bootstrap, _these([internal["leads"]]), _envelope_ids),
+            "assign": await _stamps(bootstrap, _these([internal["assign"]]), _assign_trigger),
+            "routing": await _stamps(bootstrap, team_topics(f"{prefix}.routing."),
+                                     _alert_trigger),
         }
         # Only the latency phase's events (the identifies before it are left out).
         stamps = {k: {m: ts for m, ts in v.items() if m in inputs} for k, v in stamps.items()}
